@@ -1,0 +1,135 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"kiln/configs/cluster"
+	"kiln/pki"
+)
+
+func genCommand() *cobra.Command {
+	gen := groupCommand(&cobra.Command{
+		Use:   "gen",
+		Short: "Generate kiln's files (cluster directories)",
+		Long: `Generate the files kiln builds from.
+
+  kiln gen cluster   a cluster directory: CAs, keys, bootstrap token, admin kubeconfig`,
+	})
+	gen.AddCommand(genClusterCommand())
+	return gen
+}
+
+func genClusterCommand() *cobra.Command {
+	opts := cluster.Options{}
+	out := "out/cluster"
+	c := &cobra.Command{
+		Use:   "cluster",
+		Short: "Generate a cluster directory: the cluster's CAs, keys and admin kubeconfig",
+		Long: `Generate a cluster directory, the identity of one cluster:
+
+  cluster.yaml                  name, API endpoint, service and pod ranges, CA hash
+  admin.kubeconfig              cluster-admin client certificate (system:masters)
+  pki/ca.{crt,key}              cluster CA
+  pki/etcd/ca.{crt,key}         etcd CA
+  pki/front-proxy-ca.{crt,key}  front-proxy CA
+  pki/sa.{key,pub}              service-account signing key
+  secrets/encryption.key        Secrets encryption at rest
+  secrets/bootstrap-token       for joining workers
+
+Keys and secrets are mode 0600 in 0700 directories. Every node built from the
+directory trusts its CAs, so kiln refuses to overwrite a cluster unless
+--force is given (which invalidates every node built from the old one).
+
+The endpoint is where nodes and clients reach the API server: the master's
+address, or a load balancer or DNS name in front of the masters.`,
+		Example: `  kiln gen cluster
+  kiln gen cluster --name prod --out clusters/prod --endpoint 192.168.1.10:6443`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return genCluster(c.OutOrStdout(), c.ErrOrStderr(), out, opts)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&opts.Name, "name", "kiln", "cluster name (a DNS label: a-z, 0-9, '-')")
+	f.StringVarP(&out, "out", "o", out, "cluster directory to write")
+	f.StringVar(&opts.Endpoint, "endpoint", strings.TrimPrefix(cluster.DefaultEndpoint, "https://"),
+		"API server endpoint, HOST:PORT or https://HOST:PORT")
+	f.BoolVar(&opts.Force, "force", false, "overwrite the cluster already in --out (invalidates every node built from it)")
+	f.StringVar(&opts.ServiceCIDR, "service-cidr", cluster.DefaultServiceCIDR, "service IP range")
+	f.StringVar(&opts.PodCIDR, "pod-cidr", cluster.DefaultPodCIDR, "pod IP range")
+	return c
+}
+
+func genCluster(stdout, stderr io.Writer, dir string, opts cluster.Options) error {
+	_, err := os.Stat(filepath.Join(dir, cluster.ConfigFile))
+	replacing := !errors.Is(err, fs.ErrNotExist)
+	cl, err := cluster.Generate(dir, opts)
+	if err != nil {
+		return err
+	}
+	if replacing {
+		fmt.Fprintf(stderr, "kiln: replaced the cluster in %s: nodes built from the old one no longer trust it\n", dir)
+	}
+	fmt.Fprintf(stdout, "generated cluster %s in %s\n", cl.Name, dir)
+	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	p := func(rel, format string, a ...any) {
+		fmt.Fprintf(w, "  %s\t%s\n", filepath.Join(dir, rel), fmt.Sprintf(format, a...))
+	}
+	p(cluster.ConfigFile, "endpoint %s, services %s, pods %s, DNS %s",
+		cl.Endpoint, cl.ServiceCIDR, cl.PodCIDR, cl.ClusterDNS)
+	p(cluster.AdminKubeconfigFile, "cluster-admin (%s, group %s)%s",
+		cluster.AdminUser, cluster.AdminGroup, adminExpiry(filepath.Join(dir, cluster.AdminKubeconfigFile)))
+	p("pki/ca.{crt,key}", "cluster CA %s, valid until %s", cl.CA.Cert.Subject.CommonName, day(cl.CA.Cert.NotAfter))
+	p("pki/etcd/ca.{crt,key}", "etcd CA %s", cl.EtcdCA.Cert.Subject.CommonName)
+	p("pki/front-proxy-ca.{crt,key}", "front-proxy CA %s", cl.FrontProxyCA.Cert.Subject.CommonName)
+	p("pki/sa.{key,pub}", "service-account signing key (%s)", keyType(cl))
+	p(cluster.EncryptionKeyFile, "Secrets encryption key (%d bytes)", len(cl.EncryptionKey))
+	p(cluster.BootstrapTokenFile, "bootstrap token %s.<secret>, for joining workers", cl.BootstrapTokenID())
+	w.Flush()
+	fmt.Fprintf(stdout, "CA hash: %s\n", cl.CAHash)
+	fmt.Fprintf(stdout, "once a master runs: kubectl --kubeconfig %s get nodes\n",
+		filepath.Join(dir, cluster.AdminKubeconfigFile))
+	return nil
+}
+
+func day(t time.Time) string { return t.UTC().Format("2006-01-02") }
+
+// adminExpiry is ", valid until DAY" for the admin kubeconfig's certificate.
+func adminExpiry(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	kc, err := pki.ParseKubeconfig(data)
+	if err != nil {
+		return ""
+	}
+	cert, err := pki.ParseCertPEM(kc.CertPEM)
+	if err != nil {
+		return ""
+	}
+	return ", valid until " + day(cert.NotAfter)
+}
+
+func keyType(cl *cluster.Cluster) string {
+	switch k := cl.ServiceAccountKey.Public().(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA %d", k.N.BitLen())
+	default:
+		return fmt.Sprintf("%T", k)
+	}
+}
