@@ -1,0 +1,98 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseEmptyIsDefault(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, Default()) {
+		t.Fatalf("got %+v, want defaults", cfg)
+	}
+}
+
+func TestLoadGolden(t *testing.T) {
+	cfg, err := Load("testdata/master.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.Hostname = "master-0"
+	want.Address = "127.0.0.2"
+	want.Ports.APIServer = 7443
+	want.ExtraArgs = map[string]map[string]string{"kube-apiserver": {"v": "2"}}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		want      []string // substrings of the error
+	}{
+		{"unknown field", "role: master\nrloe: worker\n", []string{"line 2", `unknown field "rloe"`}},
+		{"wrong type", "ports:\n  apiServer: lots\n", []string{"line 2", "lots"}},
+		{"bad role", "role: boss\n", []string{"role:", `"boss"`, `"master"`, `"worker"`}},
+		{"bad address", "address: 10.0.0\n", []string{"address:", "not an IP"}},
+		{"bad port", "ports:\n  apiServer: 70000\n", []string{"ports.apiServer", "70000"}},
+		{"duplicate port", "ports:\n  scheduler: 6443\n", []string{"ports.scheduler", "6443", "ports.apiServer"}},
+		{"bad kind", "kind: Pod\n", []string{"kind:", "NodeConfig"}},
+		{"unknown component", "extraArgs:\n  kube-apiservr:\n    v: \"2\"\n", []string{"kube-apiservr", "not a component"}},
+		{"dashed flag", "extraArgs:\n  kube-apiserver:\n    --v: \"2\"\n", []string{"extraArgs.kube-apiserver", "without dashes"}},
+		{"bad hostname", "hostname: Master_0\n", []string{"hostname:", "Master_0"}},
+		{"not yaml", "role: [master\n", []string{"line"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.doc))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadNamesFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(p, []byte("rloe: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p)
+	if err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("error %v does not name %s", err, p)
+	}
+	_, err = Load(filepath.Join(t.TempDir(), "missing.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "missing.yaml") || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("missing file error: %v", err)
+	}
+}
+
+func TestArgsDeterministicWithOverrides(t *testing.T) {
+	cfg := Default()
+	cfg.ExtraArgs = map[string]map[string]string{"kube-scheduler": {"v": "4", "profiling": "", "extra": "x"}}
+	defaults := map[string]string{"v": "0", "profiling": "false", "bind-address": "127.0.0.1"}
+	argv, over := cfg.Args("kube-scheduler", defaults)
+	want := []string{"--bind-address=127.0.0.1", "--extra=x", "--v=4"}
+	if !reflect.DeepEqual(argv, want) {
+		t.Fatalf("argv %v, want %v", argv, want)
+	}
+	if len(over) != 2 {
+		t.Fatalf("overrides %v, want 2 (v and profiling)", over)
+	}
+	again, _ := cfg.Args("kube-scheduler", defaults)
+	if !reflect.DeepEqual(argv, again) {
+		t.Fatal("not deterministic")
+	}
+}
