@@ -1,0 +1,376 @@
+// Package supervisor runs a fixed set of long-lived child processes the way
+// an init system would: in dependency order, gated by readiness probes,
+// restarted with exponential backoff when they exit, and stopped in reverse
+// dependency order. It knows nothing about Kubernetes; the node binary
+// describes each component as a Spec.
+//
+// Every child gets its own process group and a parent-death signal, so none
+// outlives the supervisor, and its output is split into lines that go to a
+// rotated log file, an in-memory ring (Logs, the /logs handler) and,
+// prefixed with the service name, an optional console writer.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Spec describes one supervised service.
+type Spec struct {
+	Name      string   // unique, e.g. "kube-apiserver"
+	Path      string   // executable to run
+	Args      []string // argv without argv[0]
+	Env       []string // extra environment (appended to os.Environ())
+	Dir       string   // working dir, "" = inherit
+	DependsOn []string // names that must be Ready before this one first starts
+	// Ready is the readiness probe, polled every Options.ProbeInterval while the
+	// process runs. nil means "ready as soon as the process has started".
+	Ready       func(ctx context.Context) error
+	StopTimeout time.Duration // SIGTERM then SIGKILL after this; 0 = Options.StopTimeout
+}
+
+// Options tune the supervisor; zero values take the defaults noted.
+type Options struct {
+	LogDir         string        // each service's output (stdout+stderr) goes to LogDir/<name>.log ("" = no files)
+	MaxLogBytes    int64         // rotate <name>.log -> <name>.log.1 ... when it passes this size (default 10 MiB)
+	MaxLogFiles    int           // rotated files kept (default 3)
+	Output         io.Writer     // if non-nil, every output line also written here as "<name> | <line>\n", and supervisor events as "supervisor | ..." lines
+	BackoffBase    time.Duration // first restart delay (default 1s)
+	BackoffMax     time.Duration // cap (default 30s)
+	StableAfter    time.Duration // a run at least this long resets backoff and crash-loop count (default 60s)
+	CrashLoopAfter int           // this many consecutive short runs => state crash-loop (default 3)
+	ProbeInterval  time.Duration // default 500ms
+	StopTimeout    time.Duration // default 15s
+	// CgroupRoot, if non-empty (e.g. /sys/fs/cgroup/kiln, cgroup v2), puts
+	// each service in CgroupRoot/<name>, created if missing. The supervisor
+	// only places processes there; enabling controllers in CgroupRoot's
+	// cgroup.subtree_control is left to whoever owns CgroupRoot.
+	CgroupRoot string
+}
+
+const (
+	defaultMaxLogBytes    = 10 << 20
+	defaultMaxLogFiles    = 3
+	defaultBackoffBase    = time.Second
+	defaultBackoffMax     = 30 * time.Second
+	defaultStableAfter    = 60 * time.Second
+	defaultCrashLoopAfter = 3
+	defaultProbeInterval  = 500 * time.Millisecond
+	defaultStopTimeout    = 15 * time.Second
+)
+
+func (o Options) withDefaults() Options {
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
+	if o.MaxLogBytes <= 0 {
+		o.MaxLogBytes = defaultMaxLogBytes
+	}
+	if o.MaxLogFiles <= 0 {
+		o.MaxLogFiles = defaultMaxLogFiles
+	}
+	if o.CrashLoopAfter <= 0 {
+		o.CrashLoopAfter = defaultCrashLoopAfter
+	}
+	setDur(&o.BackoffBase, defaultBackoffBase)
+	setDur(&o.BackoffMax, defaultBackoffMax)
+	if o.BackoffMax < o.BackoffBase {
+		o.BackoffMax = o.BackoffBase
+	}
+	setDur(&o.StableAfter, defaultStableAfter)
+	setDur(&o.ProbeInterval, defaultProbeInterval)
+	setDur(&o.StopTimeout, defaultStopTimeout)
+	return o
+}
+
+// State is where a service is in its life cycle.
+type State string
+
+const (
+	StateWaiting   State = "waiting"    // dependencies not ready yet
+	StateStarting  State = "starting"   // running, readiness probe not yet OK
+	StateReady     State = "ready"      // running, readiness probe OK
+	StateBackoff   State = "backoff"    // exited, waiting to restart
+	StateCrashLoop State = "crash-loop" // exited CrashLoopAfter times in a row after short runs; still restarted, with growing delays
+	StateStopping  State = "stopping"   // being stopped because the supervisor is stopping
+	StateStopped   State = "stopped"    // stopped for good
+)
+
+// Status is a snapshot of the whole supervisor.
+type Status struct {
+	Started  time.Time       `json:"started"`  // when Run began
+	Services []ServiceStatus `json:"services"` // in dependency (start) order
+	Timeline []Event         `json:"timeline"`
+}
+
+// ServiceStatus is a snapshot of one service.
+type ServiceStatus struct {
+	Name       string        `json:"name"`
+	State      State         `json:"state"`
+	PID        int           `json:"pid,omitempty"`
+	Restarts   int           `json:"restarts"`            // number of times restarted after an exit (or a failed start)
+	LastExit   string        `json:"lastExit,omitempty"`  // e.g. "exit status 1", "signal: killed", or why it could not start
+	LastExitAt time.Time     `json:"lastExitAt,omitzero"` // when that was
+	NextStart  time.Time     `json:"nextStart,omitzero"`  // when in backoff/crash-loop
+	Backoff    time.Duration `json:"backoff,omitempty"`   // current delay, when in backoff/crash-loop
+	StartedAt  time.Time     `json:"startedAt,omitzero"`  // current process start, while one runs
+	ReadyAt    time.Time     `json:"readyAt,omitzero"`    // first time it became ready
+}
+
+// Event is one entry of the timeline: what happened to which service, when.
+type Event struct {
+	At      time.Duration `json:"at"` // since Run began
+	Service string        `json:"service"`
+	What    string        `json:"what"` // "started", "ready", "exited: exit status 1", "restarting in 2s", "crash-loop", "stopping", "stopped", ...
+}
+
+// The timeline is kept whole up to maxEvents; past that the oldest events
+// are dropped, except the first keepFirstEvents, which tell how the node came
+// up. A service crash-looping for weeks must not grow memory without bound.
+const (
+	maxEvents       = 2000
+	keepFirstEvents = 200
+)
+
+// Supervisor runs a fixed set of services. Create it with New, drive it with
+// Run; every other method is safe to call from any goroutine at any time.
+type Supervisor struct {
+	opts     Options
+	services []*service // dependency (start) order
+	byName   map[string]*service
+	out      *prefixWriter // nil if Options.Output is nil
+	spawner  *spawner
+
+	// gate makes "stopping begins" and "a process is started" mutually
+	// exclusive: starts hold it shared, Run takes it exclusively to set
+	// stopping. So once stopping is set, no process is started any more.
+	gate     sync.RWMutex
+	stopping atomic.Bool
+
+	mu       sync.Mutex // guards everything below and every service's st
+	ran      bool
+	started  time.Time
+	timeline []Event
+	changed  chan struct{} // closed and replaced on every change: a broadcast for WaitReady and dependency waits
+}
+
+// New checks the specs and returns a supervisor for them. Names must be
+// non-empty, unique and usable as file names, Path must be set, every
+// dependency must name a service, and dependencies must not form a cycle (the
+// error names it). Zero options take their defaults.
+func New(opts Options, specs []Spec) (*Supervisor, error) {
+	if err := validate(specs); err != nil {
+		return nil, err
+	}
+	order, err := startOrder(specs)
+	if err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	s := &Supervisor{
+		opts:    opts,
+		byName:  make(map[string]*service, len(specs)),
+		changed: make(chan struct{}),
+	}
+	width := len(supervisorPrefix)
+	for _, sp := range order {
+		width = max(width, len(sp.Name))
+	}
+	if opts.Output != nil {
+		s.out = &prefixWriter{w: opts.Output, width: width}
+	}
+	for _, sp := range order {
+		sv := newService(sp, opts, s.out)
+		s.services = append(s.services, sv)
+		s.byName[sp.Name] = sv
+	}
+	for _, sv := range s.services {
+		for _, d := range sv.spec.DependsOn {
+			dep := s.byName[d]
+			sv.deps = append(sv.deps, dep)
+			dep.dependents = append(dep.dependents, sv)
+		}
+	}
+	return s, nil
+}
+
+// Run starts the services and supervises them until ctx is cancelled, then
+// stops them, dependents before their dependencies, and returns nil once
+// every child has exited. It returns an error without starting anything if
+// the log directory or the cgroups cannot be set up, and if called twice.
+func (s *Supervisor) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.ran {
+		s.mu.Unlock()
+		return errors.New("supervisor: Run called more than once")
+	}
+	s.ran = true
+	s.started = time.Now()
+	s.mu.Unlock()
+
+	if err := s.setup(); err != nil {
+		s.teardown()
+		return err
+	}
+	defer s.teardown()
+	s.spawner = newSpawner()
+	defer s.spawner.close()
+
+	var wg sync.WaitGroup
+	for _, sv := range s.services {
+		wg.Go(func() { s.runService(ctx, sv) })
+	}
+
+	<-ctx.Done()
+	s.gate.Lock()
+	s.stopping.Store(true)
+	s.gate.Unlock()
+	s.say("stopping all services")
+	s.notify()
+
+	// Each service is stopped as soon as everything that depends on it
+	// has stopped: a chain stops strictly in reverse, siblings in parallel.
+	for _, sv := range s.services {
+		wg.Go(func() {
+			for _, d := range sv.dependents {
+				<-d.stopped
+			}
+			close(sv.stopCh)
+			<-sv.done
+			s.update(sv, func(st *ServiceStatus) []event {
+				detail := ""
+				if st.State == StateStopping {
+					detail = st.LastExit
+				}
+				st.State = StateStopped
+				st.PID = 0
+				st.StartedAt = time.Time{}
+				st.NextStart = time.Time{}
+				st.Backoff = 0
+				return []event{{what: "stopped", detail: detail}}
+			})
+			close(sv.stopped)
+		})
+	}
+	wg.Wait()
+	s.say("all services stopped")
+	return nil
+}
+
+// Status returns a snapshot of every service and the timeline.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{
+		Started:  s.started,
+		Services: make([]ServiceStatus, len(s.services)),
+		Timeline: append([]Event(nil), s.timeline...),
+	}
+	for i, sv := range s.services {
+		st.Services[i] = sv.st
+	}
+	return st
+}
+
+// WaitReady blocks until every named service (every service, if none is
+// named) is ready at the same moment. It fails at once for an unknown name,
+// when ctx is done, and when the supervisor starts stopping, since nothing
+// becomes ready after that; the error says which services were not ready.
+func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
+	targets := s.services
+	if len(names) > 0 {
+		targets = make([]*service, 0, len(names))
+		for _, n := range names {
+			sv, ok := s.byName[n]
+			if !ok {
+				return fmt.Errorf("supervisor: unknown service %q", n)
+			}
+			targets = append(targets, sv)
+		}
+	}
+	for {
+		s.mu.Lock()
+		var waiting []string
+		for _, sv := range targets {
+			if sv.st.State != StateReady {
+				waiting = append(waiting, fmt.Sprintf("%s (%s)", sv.spec.Name, sv.st.State))
+			}
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		if len(waiting) == 0 {
+			return nil
+		}
+		if s.stopping.Load() {
+			return fmt.Errorf("supervisor: stopping; not ready: %s", strings.Join(waiting, ", "))
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%w; not ready: %s", ctx.Err(), strings.Join(waiting, ", "))
+		}
+	}
+}
+
+// Logs returns the most recent lines of a service's output, oldest first,
+// and false if there is no such service.
+func (s *Supervisor) Logs(name string) ([]string, bool) {
+	sv, ok := s.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return sv.logs.lines(), true
+}
+
+// event is a timeline entry in the making; detail only goes to Output.
+type event struct {
+	what, detail string
+}
+
+// update changes a service's status under the lock; f returns the events
+// the change amounts to. Waiters are woken, and the events are written to
+// Output after the lock is released so a slow console never stalls Status.
+func (s *Supervisor) update(sv *service, f func(st *ServiceStatus) []event) {
+	s.mu.Lock()
+	evs := f(&sv.st)
+	now := time.Since(s.started)
+	for _, e := range evs {
+		s.timeline = append(s.timeline, Event{At: now, Service: sv.spec.Name, What: e.what})
+	}
+	if n := len(s.timeline); n > maxEvents {
+		s.timeline = append(s.timeline[:keepFirstEvents], s.timeline[keepFirstEvents+n-maxEvents:]...)
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	for _, e := range evs {
+		msg := sv.spec.Name + ": " + e.what
+		if e.detail != "" {
+			msg += " (" + e.detail + ")"
+		}
+		s.say(msg)
+	}
+}
+
+// notify wakes everyone waiting for a change without changing anything.
+func (s *Supervisor) notify() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// say writes a supervisor line to Output, if there is one.
+func (s *Supervisor) say(msg string) {
+	if s.out != nil {
+		s.out.line(supervisorPrefix, []byte(msg))
+	}
+}
