@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"kiln/init/supervisor"
+	"kiln/init/up"
+)
+
+// statusGet asks the node running on dataDir over its unix socket.
+func statusGet(dataDir, path string) ([]byte, error) {
+	sock := up.SocketPath(dataDir)
+	if _, err := os.Stat(sock); err != nil {
+		return nil, fmt.Errorf("no kiln-node is running with data dir %s (no %s)", dataDir, sock)
+	}
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	resp, err := client.Get("http://kiln" + path)
+	if err != nil {
+		return nil, fmt.Errorf("asking the node on %s: %w", sock, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", path, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+
+func statusCommand() *cobra.Command {
+	var dataDir, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the state of every component of the node running on a data dir",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return usageError{fmt.Errorf("-o %q: want table or json", output)}
+			}
+			body, err := statusGet(dataDir, "/status")
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				_, err := c.OutOrStdout().Write(body)
+				return err
+			}
+			var st supervisor.Status
+			if err := json.Unmarshal(body, &st); err != nil {
+				return fmt.Errorf("decoding status: %w", err)
+			}
+			printStatus(c.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the node's data dir")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.MarkFlagRequired("data-dir")
+	return cmd
+}
+
+func printStatus(w io.Writer, st supervisor.Status) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tRESTARTS\tREADY AFTER\tLAST EXIT")
+	for _, s := range st.Services {
+		pid, ready, last := "-", "-", "-"
+		if s.PID > 0 {
+			pid = fmt.Sprint(s.PID)
+		}
+		if !s.ReadyAt.IsZero() {
+			ready = s.ReadyAt.Sub(st.Started).Round(10 * time.Millisecond).String()
+		}
+		if s.LastExit != "" {
+			last = s.LastExit + " (" + time.Since(s.LastExitAt).Round(time.Second).String() + " ago)"
+		}
+		state := string(s.State)
+		if !s.NextStart.IsZero() {
+			state += fmt.Sprintf(" (restart in %s)", time.Until(s.NextStart).Round(100*time.Millisecond))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, state, pid, s.Restarts, ready, last)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nup %s\n", time.Since(st.Started).Round(time.Second))
+	if len(st.Timeline) > 0 {
+		fmt.Fprintln(w, "timeline:")
+		for _, e := range st.Timeline {
+			fmt.Fprintf(w, "  %8.2fs  %-24s %s\n", e.At.Seconds(), e.Service, e.What)
+		}
+	}
+}
+
+func logsCommand() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:   "logs COMPONENT",
+		Short: "Print the recent output of one component of the running node",
+		Long: `Print the recent output of one component, from the running node's memory.
+Older output is in DATA/log/COMPONENT.log (rotated by size).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			body, err := statusGet(dataDir, "/logs/"+args[0])
+			if err != nil {
+				return err
+			}
+			_, err = c.OutOrStdout().Write(body)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the node's data dir")
+	cmd.MarkFlagRequired("data-dir")
+	return cmd
+}

@@ -1,0 +1,175 @@
+package components
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"strconv"
+
+	"kiln/configs/node"
+	"kiln/pki"
+)
+
+// APIServer is upstream kube-apiserver: TLS only, RBAC and Node
+// authorization, NodeRestriction, anonymous access only to the health
+// endpoints, Secrets encrypted at rest, bootstrap tokens for joining nodes.
+type APIServer struct{}
+
+var _ Component = APIServer{}
+var _ Prober = APIServer{}
+var _ Listener = APIServer{}
+
+func (APIServer) Name() string        { return "kube-apiserver" }
+func (APIServer) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
+func (APIServer) DependsOn() []string { return []string{"etcd"} }
+func (APIServer) Listens(env *Env) []string {
+	return []string{hostPort(env.Config.Address, env.Config.Ports.APIServer)}
+}
+
+const (
+	apiCACert            = "pki/ca.crt"
+	apiServingCert       = "pki/apiserver.crt"
+	apiServingKey        = "pki/apiserver.key"
+	apiKubeletClientCert = "pki/apiserver-kubelet-client.crt"
+	apiKubeletClientKey  = "pki/apiserver-kubelet-client.key"
+	frontProxyCACert     = "pki/front-proxy-ca.crt"
+	frontProxyClientCert = "pki/front-proxy-client.crt"
+	frontProxyClientKey  = "pki/front-proxy-client.key"
+	apiEncryptionConfig  = "config/encryption-config.yaml"
+	apiAuthnConfig       = "config/authentication-config.yaml"
+	serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
+)
+
+func (APIServer) Prepare(env *Env) error {
+	c := env.Cluster
+	if err := pki.WriteFile(env.Path(apiCACert), c.CA.CertPEM, false); err != nil {
+		return err
+	}
+	if err := pki.WriteFile(env.Path(frontProxyCACert), c.FrontProxyCA.CertPEM, false); err != nil {
+		return err
+	}
+	dns, ips, err := apiServerSANs(env)
+	if err != nil {
+		return err
+	}
+	if err := issue(c.CA, env.Path(apiServingCert), env.Path(apiServingKey), pki.CertRequest{
+		CommonName: "kube-apiserver", DNSNames: dns, IPs: ips, Server: true,
+	}); err != nil {
+		return err
+	}
+	if err := issue(c.CA, env.Path(apiKubeletClientCert), env.Path(apiKubeletClientKey), pki.CertRequest{
+		CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true,
+	}); err != nil {
+		return err
+	}
+	if err := issue(c.FrontProxyCA, env.Path(frontProxyClientCert), env.Path(frontProxyClientKey), pki.CertRequest{
+		CommonName: "front-proxy-client", Client: true,
+	}); err != nil {
+		return err
+	}
+	// secretbox (XSalsa20-Poly1305) is the at-rest provider upstream
+	// recommends over aescbc; identity stays last so data written before
+	// encryption was on can still be read.
+	enc := fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - secretbox:
+      keys:
+      - name: kiln-1
+        secret: %s
+  - identity: {}
+`, base64.StdEncoding.EncodeToString(c.EncryptionKey))
+	if err := pki.WriteFile(env.Path(apiEncryptionConfig), []byte(enc), true); err != nil {
+		return err
+	}
+	// Anonymous requests are refused everywhere but the health endpoints,
+	// which the supervisor and load balancers probe without credentials.
+	authn := `apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+anonymous:
+  enabled: true
+  conditions:
+  - path: /livez
+  - path: /readyz
+  - path: /healthz
+`
+	return pki.WriteFile(env.Path(apiAuthnConfig), []byte(authn), false)
+}
+
+// apiServerSANs are every name and address a client may use to reach the
+// API: the in-cluster service names, its first service IP, this node, and
+// the cluster endpoint's host.
+func apiServerSANs(env *Env) ([]string, []net.IP, error) {
+	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc",
+		"kubernetes.default.svc." + env.Cluster.ClusterDomain, "localhost", env.NodeName}
+	ips := nodeIPs(env)
+	svcIP, err := firstIP(env.Cluster.ServiceCIDR)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster serviceCIDR: %w", err)
+	}
+	ips = append(ips, svcIP)
+	if host, _, err := net.SplitHostPort(trimScheme(env.Cluster.Endpoint)); err == nil {
+		if ip := net.ParseIP(host); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, host)
+		}
+	}
+	return dns, ips, nil
+}
+
+func (APIServer) Flags(env *Env) map[string]string {
+	c := env.Cluster
+	flags := map[string]string{
+		"advertise-address":                  env.Config.Address,
+		"bind-address":                       env.Config.Address,
+		"secure-port":                        strconv.Itoa(env.Config.Ports.APIServer),
+		"etcd-servers":                       etcdServers(env),
+		"etcd-cafile":                        env.Path(etcdCACert),
+		"etcd-certfile":                      env.Path(etcdClientCert),
+		"etcd-keyfile":                       env.Path(etcdClientKey),
+		"client-ca-file":                     env.Path(apiCACert),
+		"tls-cert-file":                      env.Path(apiServingCert),
+		"tls-private-key-file":               env.Path(apiServingKey),
+		"kubelet-client-certificate":         env.Path(apiKubeletClientCert),
+		"kubelet-client-key":                 env.Path(apiKubeletClientKey),
+		"kubelet-preferred-address-types":    "InternalIP,Hostname",
+		"authorization-mode":                 "Node,RBAC",
+		"enable-admission-plugins":           "NodeRestriction",
+		"authentication-config":              env.Path(apiAuthnConfig),
+		"enable-bootstrap-token-auth":        "true",
+		"service-account-issuer":             serviceAccountIssuer,
+		"service-account-key-file":           env.Cluster.Paths().ServiceAccountPub,
+		"service-account-signing-key-file":   env.Cluster.Paths().ServiceAccountKey,
+		"service-cluster-ip-range":           c.ServiceCIDR,
+		"encryption-provider-config":         env.Path(apiEncryptionConfig),
+		"requestheader-client-ca-file":       env.Path(frontProxyCACert),
+		"requestheader-allowed-names":        "front-proxy-client",
+		"requestheader-extra-headers-prefix": "X-Remote-Extra-",
+		"requestheader-group-headers":        "X-Remote-Group",
+		"requestheader-username-headers":     "X-Remote-User",
+		"proxy-client-cert-file":             env.Path(frontProxyClientCert),
+		"proxy-client-key-file":              env.Path(frontProxyClientKey),
+		"allow-privileged":                   "true",
+		"profiling":                          "false",
+		"cert-dir":                           env.Path("pki/apiserver-generated"),
+	}
+	// The apiserver publishes its address as the endpoint of the
+	// "kubernetes" Service, and refuses a loopback one. On loopback (host
+	// mode) no pod could reach it anyway: don't publish.
+	if ip := net.ParseIP(env.Config.Address); ip != nil && ip.IsLoopback() {
+		flags["endpoint-reconciler-type"] = "none"
+	}
+	return flags
+}
+
+// Ready asks /readyz anonymously, as a load balancer would, and checks the
+// serving certificate against the cluster CA.
+func (APIServer) Ready(ctx context.Context, env *Env) error {
+	return probeHTTPS(ctx, env.URL(env.Config.Ports.APIServer)+"/readyz",
+		&tls.Config{RootCAs: caPool(env.Cluster.CA.CertPEM), ServerName: "localhost"}, "ok")
+}

@@ -1,0 +1,88 @@
+// Package components describes each Kubernetes component kiln runs: its name,
+// the roles it runs in, what it depends on, the files it needs, its
+// arguments built from the node config, and how its readiness is checked.
+//
+// A description is data for the supervisor; the code that runs the component
+// is upstream's, reached through the node binary's "component NAME"
+// sub-command (see components/entry). This package does not link the
+// Kubernetes server code.
+package components
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"kiln/configs/cluster"
+	"kiln/configs/node"
+)
+
+// Env is everything a component needs to describe itself on one node.
+type Env struct {
+	Config   node.Config
+	Cluster  *cluster.Cluster
+	NodeName string
+	DataDir  string
+}
+
+// Path returns a path under the node's data directory.
+func (e *Env) Path(parts ...string) string {
+	return filepath.Join(append([]string{e.DataDir}, parts...)...)
+}
+
+// URL is https://address:port on this node.
+func (e *Env) URL(port int) string {
+	return fmt.Sprintf("https://%s", hostPort(e.Config.Address, port))
+}
+
+// Component is one supervised process.
+type Component interface {
+	Name() string
+	Roles() []node.Role
+	DependsOn() []string
+	// Prepare writes what the component reads at start: certificates,
+	// kubeconfigs, config files. It runs before every start of the node.
+	Prepare(env *Env) error
+	// Flags are the component's default flags (name without dashes →
+	// value); the node config's extraArgs are merged over them.
+	Flags(env *Env) map[string]string
+}
+
+// Prober is implemented by components whose readiness can be checked.
+type Prober interface {
+	Ready(ctx context.Context, env *Env) error
+}
+
+// Listener is implemented by components that bind TCP addresses; they are
+// checked to be free before anything starts.
+type Listener interface {
+	Listens(env *Env) []string
+}
+
+// All lists every component, in start order.
+var All = []Component{
+	Etcd{},
+	APIServer{},
+	ControllerManager{},
+	Scheduler{},
+}
+
+// ForRole returns the components a role runs, in start order.
+func ForRole(role node.Role) []Component {
+	var out []Component
+	for _, c := range All {
+		for _, r := range c.Roles() {
+			if r == role {
+				out = append(out, c)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Args is the component's full argv (after "component NAME"), defaults with
+// the node config's overrides merged in, sorted.
+func Args(c Component, env *Env) (argv, overridden []string) {
+	return env.Config.Args(c.Name(), c.Flags(env))
+}

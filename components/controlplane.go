@@ -1,0 +1,109 @@
+package components
+
+import (
+	"context"
+	"crypto/tls"
+	"strconv"
+
+	"kiln/configs/node"
+)
+
+// ControllerManager is upstream kube-controller-manager. It signs kubelet
+// certificates with the cluster CA and allocates pod CIDRs to nodes.
+type ControllerManager struct{}
+
+var _ Component = ControllerManager{}
+var _ Prober = ControllerManager{}
+var _ Listener = ControllerManager{}
+
+func (ControllerManager) Name() string        { return "kube-controller-manager" }
+func (ControllerManager) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
+func (ControllerManager) DependsOn() []string { return []string{"kube-apiserver"} }
+func (ControllerManager) Listens(env *Env) []string {
+	return []string{hostPort(env.Config.Address, env.Config.Ports.ControllerManager)}
+}
+
+const controllerManagerKubeconfig = "kubeconfig/kube-controller-manager.conf"
+
+func (ControllerManager) Prepare(env *Env) error {
+	return writeKubeconfig(env, env.Path(controllerManagerKubeconfig), "system:kube-controller-manager", nil)
+}
+
+func (ControllerManager) Flags(env *Env) map[string]string {
+	kc := env.Path(controllerManagerKubeconfig)
+	return map[string]string{
+		"kubeconfig":                       kc,
+		"authentication-kubeconfig":        kc,
+		"authorization-kubeconfig":         kc,
+		"bind-address":                     env.Config.Address,
+		"secure-port":                      strconv.Itoa(env.Config.Ports.ControllerManager),
+		"cert-dir":                         env.Path("pki/kube-controller-manager"),
+		"client-ca-file":                   env.Path(apiCACert),
+		"requestheader-client-ca-file":     env.Path(frontProxyCACert),
+		"root-ca-file":                     env.Path(apiCACert),
+		"cluster-signing-cert-file":        env.Cluster.Paths().CACert,
+		"cluster-signing-key-file":         env.Cluster.Paths().CAKey,
+		"service-account-private-key-file": env.Cluster.Paths().ServiceAccountKey,
+		"use-service-account-credentials":  "true",
+		"controllers":                      "*,bootstrapsigner,tokencleaner",
+		"allocate-node-cidrs":              "true",
+		"cluster-cidr":                     env.Cluster.PodCIDR,
+		"service-cluster-ip-range":         env.Cluster.ServiceCIDR,
+		"cluster-name":                     env.Cluster.Name,
+		// One master: no one to elect, and electing delays a restart by
+		// the lease duration.
+		"leader-elect": "false",
+		"profiling":    "false",
+	}
+}
+
+func (ControllerManager) Ready(ctx context.Context, env *Env) error {
+	return probeSelfSigned(ctx, env.URL(env.Config.Ports.ControllerManager)+"/healthz")
+}
+
+// Scheduler is upstream kube-scheduler.
+type Scheduler struct{}
+
+var _ Component = Scheduler{}
+var _ Prober = Scheduler{}
+var _ Listener = Scheduler{}
+
+func (Scheduler) Name() string        { return "kube-scheduler" }
+func (Scheduler) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
+func (Scheduler) DependsOn() []string { return []string{"kube-apiserver"} }
+func (Scheduler) Listens(env *Env) []string {
+	return []string{hostPort(env.Config.Address, env.Config.Ports.Scheduler)}
+}
+
+const schedulerKubeconfig = "kubeconfig/kube-scheduler.conf"
+
+func (Scheduler) Prepare(env *Env) error {
+	return writeKubeconfig(env, env.Path(schedulerKubeconfig), "system:kube-scheduler", nil)
+}
+
+func (Scheduler) Flags(env *Env) map[string]string {
+	kc := env.Path(schedulerKubeconfig)
+	return map[string]string{
+		"kubeconfig":                   kc,
+		"authentication-kubeconfig":    kc,
+		"authorization-kubeconfig":     kc,
+		"bind-address":                 env.Config.Address,
+		"secure-port":                  strconv.Itoa(env.Config.Ports.Scheduler),
+		"cert-dir":                     env.Path("pki/kube-scheduler"),
+		"client-ca-file":               env.Path(apiCACert),
+		"requestheader-client-ca-file": env.Path(frontProxyCACert),
+		"leader-elect":                 "false",
+		"profiling":                    "false",
+	}
+}
+
+func (Scheduler) Ready(ctx context.Context, env *Env) error {
+	return probeSelfSigned(ctx, env.URL(env.Config.Ports.Scheduler)+"/healthz")
+}
+
+// probeSelfSigned checks /healthz of a component serving a certificate it
+// generated itself at start: there is nothing to verify it against, and
+// /healthz carries no secret.
+func probeSelfSigned(ctx context.Context, url string) error {
+	return probeHTTPS(ctx, url, &tls.Config{InsecureSkipVerify: true}, "ok")
+}

@@ -1,0 +1,220 @@
+// Package up brings a node up: it loads the node config and the cluster
+// directory, checks that the node can start (ports free, data dir not in
+// use), writes each component's files, and runs the role's components under
+// the supervisor until the context is cancelled. Host mode (`kiln-node up`)
+// calls it directly; PID 1 calls it after mounting, networking and the state
+// disk.
+package up
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"kiln/components"
+	"kiln/configs/cluster"
+	"kiln/configs/node"
+	"kiln/init/supervisor"
+)
+
+// Options are what `kiln-node up` is told.
+type Options struct {
+	Config     node.Config
+	ClusterDir string
+	DataDir    string
+	// Self is the node binary; components run as `Self component NAME ...`.
+	Self string
+	// Console receives stage lines and, prefixed, every component's output.
+	Console io.Writer
+	// Quiet keeps component output off the console (it still goes to the
+	// log files).
+	Quiet bool
+	// CgroupRoot, if set, puts each component in its own cgroup below it.
+	CgroupRoot string
+	// Started is the origin of the stage timestamps (process or kernel start).
+	Started time.Time
+	// Supervisor tunes restart behaviour; zero values take the supervisor's
+	// defaults.
+	Supervisor supervisor.Options
+}
+
+// SocketPath is where a running node serves its status, under the data dir.
+func SocketPath(dataDir string) string { return filepath.Join(dataDir, "run", "kiln.sock") }
+
+// LogDir is where each component's log file is written.
+func LogDir(dataDir string) string { return filepath.Join(dataDir, "log") }
+
+// Run brings the node up and blocks until ctx is cancelled and every
+// component has stopped. An error before any component started means nothing
+// was left running.
+func Run(ctx context.Context, o Options) error {
+	con := newConsole(o.Console, o.Started)
+	cfg := o.Config
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("node config: %w", err)
+	}
+	dataDir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return err
+	}
+	cl, err := cluster.Load(o.ClusterDir)
+	if err != nil {
+		return err
+	}
+	nodeName := cfg.Hostname
+	if nodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no hostname in the config and none from the system: %w", err)
+		}
+		nodeName = strings.ToLower(h)
+	}
+	env := &components.Env{Config: cfg, Cluster: cl, NodeName: nodeName, DataDir: dataDir}
+	comps := components.ForRole(cfg.Role)
+	if len(comps) == 0 {
+		return fmt.Errorf("role %s: no components are built in for this role yet", cfg.Role)
+	}
+	con.stage("node %s, role %s, cluster %s, data dir %s", nodeName, cfg.Role, cl.Name, dataDir)
+
+	if err := os.MkdirAll(filepath.Join(dataDir, "run"), 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	unlock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := checkPorts(env, comps); err != nil {
+		return err
+	}
+
+	specs := make([]supervisor.Spec, 0, len(comps))
+	for _, c := range comps {
+		if err := c.Prepare(env); err != nil {
+			return fmt.Errorf("%s: preparing files: %w", c.Name(), err)
+		}
+		argv, overridden := components.Args(c, env)
+		for _, o := range overridden {
+			con.stage("%s: config overrides %s", c.Name(), o)
+		}
+		spec := supervisor.Spec{
+			Name:      c.Name(),
+			Path:      o.Self,
+			Args:      append([]string{"component", c.Name()}, argv...),
+			DependsOn: c.DependsOn(),
+		}
+		if p, ok := c.(components.Prober); ok {
+			spec.Ready = func(ctx context.Context) error { return p.Ready(ctx, env) }
+		}
+		specs = append(specs, spec)
+	}
+	con.stage("files written")
+
+	sopts := o.Supervisor
+	sopts.LogDir = LogDir(dataDir)
+	sopts.CgroupRoot = o.CgroupRoot
+	if !o.Quiet {
+		sopts.Output = o.Console
+	}
+	sup, err := supervisor.New(sopts, specs)
+	if err != nil {
+		return err
+	}
+	stopStatus, err := serveStatus(SocketPath(dataDir), sup.Handler())
+	if err != nil {
+		return err
+	}
+	defer stopStatus()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(runCtx) }()
+	go reportReady(runCtx, con, sup, specs, env)
+
+	err = <-done
+	con.stage("all components stopped, in order: %s", strings.Join(stopOrder(sup.Status()), ", "))
+	return err
+}
+
+// stopOrder reads the order in which components stopped from the
+// supervisor's timeline.
+func stopOrder(st supervisor.Status) []string {
+	var order []string
+	for _, e := range st.Timeline {
+		if e.What == "stopped" {
+			order = append(order, e.Service)
+		}
+	}
+	return order
+}
+
+// reportReady prints one stage line as each component becomes ready, then
+// the line a user waits for.
+func reportReady(ctx context.Context, con *console, sup *supervisor.Supervisor, specs []supervisor.Spec, env *components.Env) {
+	for _, s := range specs {
+		if err := sup.WaitReady(ctx, s.Name); err != nil {
+			return
+		}
+		con.stage("%s ready", s.Name)
+	}
+	con.stage("%s ready: kubectl --kubeconfig %s get nodes", env.Config.Role,
+		filepath.Join(env.Cluster.Dir, "admin.kubeconfig"))
+}
+
+// checkPorts fails early, naming the port and the component, when an
+// address a component binds is taken: otherwise that component would only
+// crash-loop.
+func checkPorts(env *components.Env, comps []components.Component) error {
+	var errs []error
+	for _, c := range comps {
+		l, ok := c.(components.Listener)
+		if !ok {
+			continue
+		}
+		for _, addr := range l.Listens(env) {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s needs %s, which is not free: %w (stop what uses it, or choose another port in the node config's ports section)", c.Name(), addr, unwrapSyscall(err)))
+				continue
+			}
+			ln.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func unwrapSyscall(err error) error {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se.Err
+	}
+	return err
+}
+
+// serveStatus serves the supervisor's status and logs on a unix socket only
+// root (the data dir's owner) can open.
+func serveStatus(path string, h http.Handler) (func(), error) {
+	_ = os.Remove(path) // a stale socket from a killed run; the lock says no one else owns it
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	return func() {
+		srv.Close()
+		os.Remove(path)
+	}, nil
+}
