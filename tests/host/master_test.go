@@ -1,0 +1,213 @@
+//go:build integration
+
+package host
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"kiln/init/supervisor"
+)
+
+var masterComponents = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+// TestMasterLifecycle runs one master through its life: up, use, a killed
+// apiserver, encryption at rest, SIGTERM, up again on the same data, and a
+// misconfigured component crash-looping beside healthy ones.
+func TestMasterLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	clusterDir := genCluster(t, dir)
+	kc := filepath.Join(clusterDir, "admin.kubeconfig")
+	dataDir := filepath.Join(dir, "data")
+	config := writeConfig(t, dir, "")
+
+	n := startNode(t, clusterDir, dataDir, config)
+	took := n.waitReady(kc, 3*time.Minute)
+	t.Logf("figure: up to /readyz ok: %s", took.Round(10*time.Millisecond))
+
+	t.Run("all components ready", func(t *testing.T) {
+		eventually(t, time.Minute, "every component ready", func() error {
+			return allReady(n.status())
+		})
+		table, err := exec.Command(bin("kiln-node"), "status", "--data-dir", dataDir).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range masterComponents {
+			if !strings.Contains(string(table), c) {
+				t.Errorf("status table lacks %s:\n%s", c, table)
+			}
+		}
+		t.Logf("status:\n%s", table)
+	})
+
+	t.Run("version", func(t *testing.T) {
+		out := mustKubectl(t, kc, "get", "--raw", "/version")
+		if !strings.Contains(out, `"gitVersion": "v1.37.`) {
+			t.Fatalf("/version: %s", out)
+		}
+	})
+
+	t.Run("configmap round trip", func(t *testing.T) {
+		mustKubectl(t, kc, "create", "configmap", "kiln-test", "--from-literal=greeting=hello-kiln")
+		out := mustKubectl(t, kc, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}")
+		if out != "hello-kiln" {
+			t.Fatalf("read back %q", out)
+		}
+	})
+
+	t.Run("secrets encrypted at rest", func(t *testing.T) {
+		const canary = "kiln-plaintext-canary-7f3a9c"
+		mustKubectl(t, kc, "create", "secret", "generic", "kiln-canary", "--from-literal=v="+canary)
+		// The apiserver answers after etcd has the write in its WAL, so
+		// the bytes are on disk now.
+		plain, sealed := scan(t, filepath.Join(dataDir, "etcd"), canary, "k8s:enc:secretbox:v1:kiln-1")
+		if len(plain) > 0 {
+			t.Fatalf("secret value readable in plain text in %v", plain)
+		}
+		if len(sealed) == 0 {
+			t.Fatal("no secretbox-encrypted value found in etcd's files: is encryption at rest on?")
+		}
+	})
+
+	t.Run("kill -9 kube-apiserver is restarted", func(t *testing.T) {
+		before := service(n.status(), "kube-apiserver")
+		if before.PID == 0 {
+			t.Fatal("no apiserver pid in status")
+		}
+		if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 3*time.Minute, "apiserver restarted and ready", func() error {
+			s := service(n.status(), "kube-apiserver")
+			if s.Restarts < before.Restarts+1 || s.PID == before.PID || s.State != supervisor.StateReady {
+				return errorf("apiserver state %s pid %d restarts %d", s.State, s.PID, s.Restarts)
+			}
+			return nil
+		})
+		if out := mustKubectl(t, kc, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}"); out != "hello-kiln" {
+			t.Fatalf("after restart read %q", out)
+		}
+		s := service(n.status(), "kube-apiserver")
+		if !strings.Contains(s.LastExit, "killed") {
+			t.Errorf("last exit %q does not say it was killed", s.LastExit)
+		}
+	})
+
+	t.Run("SIGTERM stops in reverse order, exit 0, no orphans", func(t *testing.T) {
+		if err := n.stop(2 * time.Minute); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+		order := stopOrder(n.output())
+		want := []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"}
+		// scheduler and controller-manager are siblings: either may stop first.
+		if len(order) != 4 || order[2] != want[2] || order[3] != want[3] {
+			t.Fatalf("stop order %v, want %v (first two in any order)", order, want)
+		}
+		if left := processesUsing(dataDir); len(left) > 0 {
+			t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))
+		}
+	})
+
+	// Up again on the same data dir, this time with a scheduler flag that
+	// upstream rejects: the scheduler crash-loops, the rest serve.
+	t.Run("restart keeps state; a broken component crash-loops alone", func(t *testing.T) {
+		config := writeConfig(t, dir, "extraArgs:\n  kube-scheduler:\n    no-such-flag: \"1\"\n")
+		n2 := startNode(t, clusterDir, dataDir, config)
+		n2.waitReady(kc, 3*time.Minute)
+		if out := mustKubectl(t, kc, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}"); out != "hello-kiln" {
+			t.Fatalf("after restart read %q", out)
+		}
+		eventually(t, 2*time.Minute, "scheduler in crash-loop", func() error {
+			s := service(n2.status(), "kube-scheduler")
+			if s.State != supervisor.StateCrashLoop || s.Restarts < 3 {
+				return errorf("scheduler %s after %d restarts", s.State, s.Restarts)
+			}
+			return nil
+		})
+		st := n2.status()
+		for _, c := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+			if s := service(st, c); s.State != supervisor.StateReady || s.Restarts != 0 {
+				t.Errorf("%s: %s with %d restarts while the scheduler crash-loops", c, s.State, s.Restarts)
+			}
+		}
+		gaps := restartGaps(st, "kube-scheduler")
+		t.Logf("scheduler restart gaps: %v", gaps)
+		for i := 1; i < len(gaps); i++ {
+			if gaps[i] <= gaps[i-1] {
+				t.Errorf("restart delays do not grow: %v", gaps)
+			}
+		}
+		if !strings.Contains(n2.output(), "no-such-flag") {
+			t.Error("the scheduler's own error (unknown flag) is not on the console")
+		}
+		if err := n2.stop(2 * time.Minute); err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+		if left := processesUsing(dataDir); len(left) > 0 {
+			t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))
+		}
+	})
+}
+
+func allReady(st supervisor.Status) error {
+	for _, c := range masterComponents {
+		if s := service(st, c); s.State != supervisor.StateReady {
+			return errorf("%s is %s", c, s.State)
+		}
+	}
+	return nil
+}
+
+// scan reports the files under dir containing each needle.
+func scan(t *testing.T, dir string, plainNeedle, sealedNeedle string) (plain, sealed []string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte(plainNeedle)) {
+			plain = append(plain, path)
+		}
+		if bytes.Contains(b, []byte(sealedNeedle)) {
+			sealed = append(sealed, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plain, sealed
+}
+
+// restartGaps are the delays between each exit of a service and its next
+// start, from the supervisor's timeline: the backoff, without the time the
+// process itself took to fail.
+func restartGaps(st supervisor.Status, name string) []time.Duration {
+	var gaps []time.Duration
+	var exited time.Duration = -1
+	for _, e := range st.Timeline {
+		if e.Service != name {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(e.What, "exited"):
+			exited = e.At
+		case e.What == "started" && exited >= 0:
+			gaps = append(gaps, e.At-exited)
+			exited = -1
+		}
+	}
+	return gaps
+}
