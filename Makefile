@@ -25,7 +25,7 @@ LDFLAGS := -s -w $(KUBE_LDFLAGS)
 DATA ?= /tmp/kiln-host
 CLUSTER ?= out/cluster
 
-.PHONY: help build test test-unit test-host vet up gen clean
+.PHONY: help build test test-unit test-host vet up gen clean bench
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -48,7 +48,7 @@ bin/kubectl:
 vet: ## go vet every package
 	$(GO) vet ./...
 
-test-unit: ## unit tests (fast, no VMs)
+test-unit: deps ## unit tests, including the short QEMU boots of images/ and qemu/
 	$(GO) test ./...
 
 test-host: build ## host integration: the master components as real processes on loopback
@@ -82,10 +82,13 @@ deps: ## install the Debian packages the image builder and the VM tests need
 
 # --cluster is passed only when CLUSTER is not the default, so that kiln
 # build generates out/cluster the first time (and never a mistyped one).
-image: bin/kiln bin/kiln-node ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic]
+image: deps bin/kiln bin/kiln-node ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic]
 	bin/kiln build --role $(ROLE) --node-binary bin/kiln-node --out out/$(ROLE) \
 		$(if $(filter-out out/cluster,$(CLUSTER)),--cluster $(CLUSTER)) \
 		$(if $(FORMAT),--format $(FORMAT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(KERNEL),--kernel $(KERNEL))
 
-run: bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOOT=kernel|iso|qcow2|pxe]
+run: deps bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOOT=kernel|iso|qcow2|pxe]
 	bin/kiln run --image out/$(ROLE) --boot $(BOOT)
+
+bench: build ## measure sizes, up → /readyz time and idle memory of a host-mode master
+	$(GO) test -tags bench -count=1 -timeout 20m -v ./tests/bench/ -bin $(CURDIR)/bin

@@ -18,6 +18,7 @@
 #   cpio             initramfs listing/extraction in tests
 #   kmod             modinfo/depmod for module checks
 #   binutils         readelf/objdump for checking binaries copied into images
+#   nftables         nft, copied into images for kube-proxy and the pod network
 set -euo pipefail
 
 PACKAGES=(
@@ -36,6 +37,7 @@ PACKAGES=(
 	cpio
 	kmod
 	binutils
+	nftables
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -49,6 +49,8 @@ admin kubeconfig. Every node built from it trusts its CAs.
 
 Commands:
   kiln gen cluster   generate a cluster directory
+  kiln build         build a master's or a worker's images (kernel, ISO, qcow2, PXE)
+  kiln run           boot an image in QEMU
   kiln version       print kiln's version and the Kubernetes version it targets
 
 Run a master on this machine from a cluster directory with
@@ -64,7 +66,7 @@ Run a master on this machine from a cluster directory with
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})
-	root.AddCommand(genCommand(), versionCommand())
+	root.AddCommand(genCommand(), buildCommand(), runCommand(), versionCommand())
 	return root
 }
 

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"kiln/configs/cluster"
+	"kiln/configs/node"
+	"kiln/images/build"
+	"kiln/images/kernel"
+)
+
+// defaultClusterDir is where "kiln gen cluster" writes and where "kiln
+// build" looks when --cluster is not given.
+const defaultClusterDir = "out/cluster"
+
+type buildFlags struct {
+	role, nodeBinary, clusterDir, config, kernel, out, cacheDir string
+	formats                                                     []string
+	appendArgs                                                  []string
+	diskSizeGiB                                                 int
+}
+
+func buildCommand() *cobra.Command {
+	var f buildFlags
+	c := &cobra.Command{
+		Use:   "build --role master|worker",
+		Short: "Build bootable images of a master or a worker (kernel, ISO, qcow2, PXE)",
+		Long: `Build the images of one node role from the node binary (bin/kiln-node) and a
+cluster directory. The node binary becomes /init of an initramfs that also
+holds the node config (/etc/kiln/config.yaml), the cluster material the role
+needs (/etc/kiln/cluster: all of it for a master; for a worker only
+cluster.yaml, the CA certificate and the bootstrap token, never a private
+key), the kernel modules and a few tools. Then each format is written to
+--out:
+
+` + formatHelp() + `
+Without --cluster, kiln uses ` + defaultClusterDir + ` and generates it the first time
+(keep it: every node built from it trusts its CAs).
+
+The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
+		Example: `  kiln build --role master
+  kiln build --role worker --format iso,pxe --cluster clusters/prod --config worker.yaml
+  kiln build --role master --kernel generic --out out/metal`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runBuild(ctx, c.OutOrStdout(), f, c.Flags().Changed("cluster"))
+		},
+	}
+	fl := c.Flags()
+	fl.StringVar(&f.role, "role", "", "node role: master or worker (required)")
+	fl.StringVar(&f.nodeBinary, "node-binary", "bin/kiln-node", "the node binary, installed as /init")
+	fl.StringVar(&f.clusterDir, "cluster", defaultClusterDir, "cluster directory (kiln gen cluster)")
+	fl.StringVar(&f.config, "config", "", "node config file embedded as /etc/kiln/config.yaml (default: a minimal one with the role)")
+	fl.StringSliceVar(&f.formats, "format", nil, "formats to build, comma-separated: "+strings.Join(build.FormatNames(), ",")+" (default all)")
+	fl.StringVar(&f.kernel, "kernel", "cloud", "Debian kernel flavour: cloud (VMs) or generic (physical servers)")
+	fl.StringVarP(&f.out, "out", "o", "", "output directory (default out/<role>)")
+	fl.StringVar(&f.cacheDir, "cache-dir", "", "kernel download cache (default $KILN_CACHE_DIR or out/cache)")
+	fl.StringSliceVar(&f.appendArgs, "append", nil, "extra kernel command line arguments")
+	fl.IntVar(&f.diskSizeGiB, "disk-size", build.DefaultDiskSize>>30, "qcow2 disk size in GiB (sparse)")
+	return c
+}
+
+func formatHelp() string {
+	var b strings.Builder
+	for _, f := range build.Formats {
+		fmt.Fprintf(&b, "  %-7s %s\n", f.Name, f.Help)
+	}
+	return b.String()
+}
+
+// request turns the flags into a build request; flag mistakes are usage
+// errors.
+func (f buildFlags) request() (build.Request, error) {
+	var r build.Request
+	switch f.role {
+	case "":
+		return r, usageError{errors.New("kiln build needs --role master or --role worker\nsee 'kiln build --help'")}
+	case string(node.RoleMaster), string(node.RoleWorker):
+	default:
+		return r, usageError{fmt.Errorf("--role %q: want master or worker", f.role)}
+	}
+	flavour, err := kernel.ParseFlavour(f.kernel)
+	if err != nil {
+		return r, usageError{fmt.Errorf("--kernel %q: want cloud or generic", f.kernel)}
+	}
+	for _, name := range f.formats {
+		if !slices.Contains(build.FormatNames(), strings.TrimSpace(name)) {
+			return r, usageError{fmt.Errorf("--format %q: unknown format (want one or more of %s)", name, strings.Join(build.FormatNames(), ","))}
+		}
+	}
+	if f.diskSizeGiB < 1 {
+		return r, usageError{fmt.Errorf("--disk-size %d: want a size in GiB, at least 1", f.diskSizeGiB)}
+	}
+	r = build.Request{
+		Role:       node.Role(f.role),
+		NodeBinary: f.nodeBinary,
+		ClusterDir: f.clusterDir,
+		ConfigFile: f.config,
+		OutDir:     f.out,
+		Kernel:     flavour,
+		Formats:    f.formats,
+		CacheDir:   f.cacheDir,
+		Append:     f.appendArgs,
+		DiskSize:   int64(f.diskSizeGiB) << 30,
+		Version:    kilnVersion(),
+	}
+	if r.OutDir == "" {
+		r.OutDir = filepath.Join("out", f.role)
+	}
+	return r, nil
+}
+
+func runBuild(ctx context.Context, stdout io.Writer, f buildFlags, clusterGiven bool) error {
+	req, err := f.request()
+	if err != nil {
+		return err
+	}
+	if err := req.Check(); err != nil {
+		return err
+	}
+	// The default cluster directory is made the first time; one named
+	// with --cluster must exist (a typo must not start a new cluster).
+	if !clusterGiven {
+		_, err := os.Stat(filepath.Join(req.ClusterDir, cluster.ConfigFile))
+		if errors.Is(err, fs.ErrNotExist) {
+			cl, err := cluster.Generate(req.ClusterDir, cluster.Options{Name: "kiln"})
+			if err != nil {
+				return fmt.Errorf("generating the default cluster directory: %w", err)
+			}
+			fmt.Fprintf(stdout, "kiln build: no cluster directory given and %s had none: generated cluster %s there (CA hash %s); keep it, every node built from it trusts its CAs\n",
+				req.ClusterDir, cl.Name, cl.CAHash)
+		}
+	}
+	req.Progress = stdout
+	res, err := build.Build(ctx, req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "kiln build: boot it with: kiln run --image %s\n", res.OutDir)
+	return nil
+}

@@ -1,0 +1,466 @@
+// Package build turns kiln's node binary into bootable images: it fetches
+// the pinned Debian kernel, assembles a reproducible initramfs (the node
+// binary as /init, the node config, the cluster material the role needs,
+// kernel modules, a few userspace tools) and then runs the requested output
+// formats (Formats: kernel, iso, qcow2, pxe), each writing into one output
+// directory.
+//
+// An image directory looks like this after a full build of a master:
+//
+//	out/master/
+//	  vmlinuz, initramfs.img, cmdline    kernel format (direct boot)
+//	  master.iso                         iso format (BIOS and UEFI)
+//	  master.qcow2                       qcow2 format (boot partition + state partition)
+//	  pxe/{vmlinuz,initramfs.img,boot.ipxe}
+//	  image.json                         manifest read by "kiln run"
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"kiln/configs/cluster"
+	"kiln/configs/node"
+	"kiln/images/initramfs"
+	"kiln/images/kernel"
+)
+
+// DefaultDiskSize is the virtual size of the qcow2 disk: the boot partition
+// plus the state partition (the rest). The qcow2 file is sparse: it takes
+// about the size of the boot partition on the host until the node writes.
+const DefaultDiskSize = 8 << 30
+
+// Request says what to build. Empty fields take the defaults.
+type Request struct {
+	// Role is master or worker (required).
+	Role node.Role
+	// NodeBinary is the node program (bin/kiln-node), installed as /init.
+	NodeBinary string
+	// ClusterDir is the cluster directory (kiln gen cluster). A master
+	// image gets all of it; a worker image only cluster.yaml, the cluster
+	// CA certificate and the bootstrap token.
+	ClusterDir string
+	// ConfigFile is the node config embedded as /etc/kiln/config.yaml.
+	// Default: a minimal config naming the role. Its role must be Role.
+	ConfigFile string
+	// OutDir receives the images. Default out/<role>.
+	OutDir string
+	// Kernel is the Debian kernel flavour. Default kernel.Cloud.
+	Kernel kernel.Flavour
+	// Formats are the output formats to build (names from Formats).
+	// Default: all of them.
+	Formats []string
+	// CacheDir holds the downloaded kernel. Default kernel.DefaultCacheDir().
+	CacheDir string
+	// Progress receives one line per build step with its duration and
+	// the sizes it wrote. nil: no output.
+	Progress io.Writer
+	// Append adds kernel command line arguments to DefaultCmdline.
+	Append []string
+	// DiskSize is the qcow2 disk's virtual size in bytes. Default
+	// DefaultDiskSize.
+	DiskSize int64
+	// Version is kiln's version, written to /etc/os-release. Default "dev".
+	Version string
+}
+
+// Artifact is a file a format wrote.
+type Artifact struct {
+	Format string `json:"format"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+}
+
+// Step is one timed step of a build.
+type Step struct {
+	Name     string
+	Duration time.Duration
+}
+
+// Result describes a finished build.
+type Result struct {
+	Role   node.Role
+	OutDir string
+	// ID identifies the image: a hash of the kernel and the initramfs.
+	ID string
+	// Kernel is the kernel the image boots.
+	Kernel *kernel.Kernel
+	// Vmlinuz and Initramfs are the boot files in OutDir.
+	Vmlinuz, Initramfs string
+	// InitramfsRaw and InitramfsSize are the uncompressed and the
+	// compressed (file) sizes of the initramfs.
+	InitramfsRaw, InitramfsSize int64
+	// Cmdline is the kernel command line the formats use (each adds
+	// kiln.boot=<how it booted>).
+	Cmdline []string
+	// Modules are the kernel modules in the initramfs, in load order.
+	Modules []string
+	// Tools are the userspace tools in the initramfs (image paths), and
+	// MissingTools the optional ones the build host does not have.
+	Tools, MissingTools []string
+	// Entries is the number of entries in the initramfs.
+	Entries   int
+	Artifacts []Artifact
+	Steps     []Step
+}
+
+// Check validates the request without building anything and without
+// reading the cluster directory: role, node binary, config file, formats,
+// kernel flavour. Build calls it first; "kiln build" calls it before it
+// generates a default cluster directory, so that a mistyped flag writes
+// nothing.
+func (r *Request) Check() error {
+	switch r.Role {
+	case node.RoleMaster, node.RoleWorker:
+	case "":
+		return errors.New("no role given (want master or worker)")
+	default:
+		return fmt.Errorf("role %q is not a role (want master or worker)", r.Role)
+	}
+	if r.NodeBinary == "" {
+		return errors.New("no node binary given")
+	}
+	if err := checkNodeBinary(r.NodeBinary); err != nil {
+		return err
+	}
+	if r.ConfigFile != "" {
+		if _, err := r.nodeConfig(); err != nil {
+			return err
+		}
+	}
+	if _, err := lookupFormats(r.Formats); err != nil {
+		return err
+	}
+	if _, err := kernel.ParseFlavour(string(r.Kernel)); err != nil {
+		return err
+	}
+	if r.DiskSize < 0 {
+		return fmt.Errorf("disk size %d is negative", r.DiskSize)
+	}
+	return nil
+}
+
+// checkNodeBinary checks that p is an executable Linux ELF file.
+func checkNodeBinary(p string) error {
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("node binary %s does not exist (build it with \"make bin/kiln-node\", or name another with --node-binary)", p)
+	}
+	if err != nil {
+		return fmt.Errorf("node binary: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("node binary %s is not a regular file", p)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("node binary: %w", err)
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != "\x7fELF" {
+		return fmt.Errorf("node binary %s is not an ELF executable", p)
+	}
+	return nil
+}
+
+// nodeConfig returns the node config to embed: the config file's bytes
+// (validated, role checked), or a minimal generated one.
+func (r *Request) nodeConfig() ([]byte, error) {
+	if r.ConfigFile == "" {
+		data := []byte(fmt.Sprintf("# Generated by kiln build (no --config given).\napiVersion: %s\nkind: %s\nrole: %s\n",
+			node.APIVersion, node.Kind, r.Role))
+		if _, err := node.Parse(data); err != nil {
+			return nil, fmt.Errorf("generated node config: %w", err)
+		}
+		return data, nil
+	}
+	cfg, err := node.Load(r.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Role != r.Role {
+		return nil, fmt.Errorf("config %s: role is %s, but the image is for a %s (set \"role: %s\" in the file, or build the other role)",
+			r.ConfigFile, cfg.Role, r.Role, r.Role)
+	}
+	return os.ReadFile(r.ConfigFile)
+}
+
+// withDefaults returns the request with its defaults filled in.
+func (r Request) withDefaults() Request {
+	if r.OutDir == "" {
+		r.OutDir = filepath.Join("out", string(r.Role))
+	}
+	if r.Kernel == "" {
+		r.Kernel = kernel.Cloud
+	}
+	if f, err := kernel.ParseFlavour(string(r.Kernel)); err == nil {
+		r.Kernel = f
+	}
+	if len(r.Formats) == 0 {
+		r.Formats = FormatNames()
+	}
+	if r.CacheDir == "" {
+		r.CacheDir = kernel.DefaultCacheDir()
+	}
+	if r.DiskSize == 0 {
+		r.DiskSize = DefaultDiskSize
+	}
+	if r.Version == "" {
+		r.Version = "dev"
+	}
+	return r
+}
+
+// progress prints the build steps and records their durations.
+type progress struct {
+	w     io.Writer
+	steps []Step
+}
+
+// step runs f as a named step and prints its duration and the details it
+// returns.
+func (p *progress) step(name string, f func() (string, error)) error {
+	start := time.Now()
+	details, err := f()
+	d := time.Since(start)
+	p.steps = append(p.steps, Step{Name: name, Duration: d})
+	if p.w != nil {
+		status := details
+		if err != nil {
+			status = "FAILED"
+		}
+		fmt.Fprintf(p.w, "kiln build: %-9s %6.1fs  %s\n", name, d.Seconds(), status)
+	}
+	return err
+}
+
+func (p *progress) printf(format string, args ...any) {
+	if p.w != nil {
+		fmt.Fprintf(p.w, "kiln build: "+format+"\n", args...)
+	}
+}
+
+// Build builds the image the request describes. It checks everything it
+// can (request, host tools the formats need, cluster directory) before the
+// long steps.
+func Build(ctx context.Context, req Request) (*Result, error) {
+	if err := req.Check(); err != nil {
+		return nil, err
+	}
+	r := req.withDefaults()
+	formats, err := lookupFormats(r.Formats)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHostTools(formats); err != nil {
+		return nil, err
+	}
+	config, err := r.nodeConfig()
+	if err != nil {
+		return nil, err
+	}
+	if r.ClusterDir == "" {
+		return nil, errors.New("no cluster directory given")
+	}
+	// Load checks the material (and LoadForWorker that a worker needs no
+	// more than it gets).
+	if r.Role == node.RoleMaster {
+		_, err = cluster.Load(r.ClusterDir)
+	} else {
+		_, err = cluster.LoadForWorker(r.ClusterDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(r.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(r.OutDir, ".build-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+
+	p := &progress{w: r.Progress}
+	res := &Result{Role: r.Role, OutDir: r.OutDir}
+	total := time.Now()
+
+	if err := p.step("fetch", func() (string, error) {
+		k, err := kernel.Fetch(ctx, r.CacheDir, r.Kernel)
+		if err != nil {
+			return "", err
+		}
+		res.Kernel = k
+		return fmt.Sprintf("%s (Debian %s) from %s", k.Release, k.DebVersion, r.CacheDir), nil
+	}); err != nil {
+		return nil, err
+	}
+
+	var a *initramfs.Archive
+	if err := p.step("content", func() (string, error) {
+		var c *content
+		a, c, err = assemble(res.Kernel, r, config)
+		if err != nil {
+			return "", err
+		}
+		res.Modules, res.Tools, res.MissingTools = c.modules, c.tools, c.missingTools
+		res.Entries = len(a.Paths())
+		return fmt.Sprintf("%d entries: /init, %d modules, tools %s", res.Entries, len(c.modules), strings.Join(c.tools, " ")), nil
+	}); err != nil {
+		return nil, err
+	}
+	for _, m := range res.MissingTools {
+		p.printf("warning: optional tool %s is not on this host, the image will lack it", m)
+	}
+
+	res.Vmlinuz = filepath.Join(r.OutDir, "vmlinuz")
+	res.Initramfs = filepath.Join(r.OutDir, "initramfs.img")
+	if err := p.step("initramfs", func() (string, error) {
+		raw, comp, err := initramfs.WriteZstd(res.Initramfs, a)
+		if err != nil {
+			return "", err
+		}
+		res.InitramfsRaw, res.InitramfsSize = raw, comp
+		if err := copyFile(res.Vmlinuz, res.Kernel.Vmlinuz, 0o644); err != nil {
+			return "", err
+		}
+		if res.ID, err = imageID(res.Vmlinuz, res.Initramfs); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s: %s raw, %s zstd; vmlinuz %s; id %s", res.Initramfs, mb(raw), mb(comp), mb(fileSize(res.Vmlinuz)), res.ID), nil
+	}); err != nil {
+		return nil, err
+	}
+
+	res.Cmdline = append(DefaultCmdline(), r.Append...)
+	img := &Image{
+		Role:      r.Role,
+		ID:        res.ID,
+		OutDir:    r.OutDir,
+		Vmlinuz:   res.Vmlinuz,
+		Initramfs: res.Initramfs,
+		Cmdline:   res.Cmdline,
+		DiskSize:  r.DiskSize,
+		TmpDir:    tmp,
+	}
+	for _, f := range formats {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := p.step(f.Name, func() (string, error) {
+			files, err := f.Build(ctx, img)
+			if err != nil {
+				return "", fmt.Errorf("format %s: %w", f.Name, err)
+			}
+			var parts []string
+			for _, path := range files {
+				a := Artifact{Format: f.Name, Path: path, Size: fileSize(path)}
+				res.Artifacts = append(res.Artifacts, a)
+				parts = append(parts, fmt.Sprintf("%s %s", path, mb(a.Size)))
+			}
+			return strings.Join(parts, ", "), nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	res.Steps = p.steps
+	if err := writeManifest(r, res); err != nil {
+		return nil, err
+	}
+	p.printf("%s image %s in %s, done in %.1fs", r.Role, res.ID, r.OutDir, time.Since(total).Seconds())
+	return res, nil
+}
+
+// DefaultCmdline is the kernel command line of every format (each adds
+// kiln.boot=<kernel|iso-bios|iso-uefi|qcow2-bios|qcow2-uefi|pxe>).
+//
+// ttyS0 comes last on purpose: the last console= is /dev/console, which is
+// PID 1's standard output, and the serial port is what "kiln run", the tests
+// and a server's serial-over-LAN read. Kernel messages still go to both.
+// panic=-1 reboots at once on a panic (QEMU's -no-reboot turns that into
+// an exit instead of a hang).
+func DefaultCmdline() []string {
+	return []string{"console=tty0", "console=ttyS0,115200", "panic=-1"}
+}
+
+// imageID hashes the kernel and the initramfs.
+func imageID(files ...string) (string, error) {
+	h := sha256.New()
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// mb formats a size in MB (or KB when small).
+func mb(n int64) string {
+	if n < 1e6 {
+		return fmt.Sprintf("%.1f KB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+}
+
+// copyFile copies src to dst via a temporary file renamed into place.
+func copyFile(dst, src string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// linkOrCopy hard-links src to dst when they are on one file system, and
+// copies otherwise. Both writers of src replace it by rename, so a link
+// never sees a later build's bytes.
+func linkOrCopy(dst, src string) error {
+	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	return copyFile(dst, src, 0o644)
+}

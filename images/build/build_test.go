@@ -1,0 +1,377 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln/configs/cluster"
+	"kiln/configs/node"
+)
+
+func TestRequestCheck(t *testing.T) {
+	initBin, _ := fixtures(t)
+	dir := t.TempDir()
+	notELF := filepath.Join(dir, "script.sh")
+	os.WriteFile(notELF, []byte("#!/bin/sh\n"), 0o755)
+	workerCfg := filepath.Join(dir, "worker.yaml")
+	os.WriteFile(workerCfg, []byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: worker\n"), 0o644)
+	badCfg := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(badCfg, []byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: worker\nbogus: 1\n"), 0o644)
+
+	for _, tc := range []struct {
+		name string
+		req  Request
+		want string // "" = valid
+	}{
+		{"ok", Request{Role: "master", NodeBinary: initBin}, ""},
+		{"ok worker config", Request{Role: "worker", NodeBinary: initBin, ConfigFile: workerCfg, Formats: []string{"iso", "pxe"}}, ""},
+		{"no role", Request{NodeBinary: initBin}, "no role given"},
+		{"bad role", Request{Role: "boss", NodeBinary: initBin}, `role "boss" is not a role (want master or worker)`},
+		{"no binary", Request{Role: "master", NodeBinary: filepath.Join(dir, "nope")}, "node binary " + filepath.Join(dir, "nope") + " does not exist"},
+		{"binary not ELF", Request{Role: "master", NodeBinary: notELF}, "is not an ELF executable"},
+		{"binary is dir", Request{Role: "master", NodeBinary: dir}, "is not a regular file"},
+		{"missing config", Request{Role: "master", NodeBinary: initBin, ConfigFile: filepath.Join(dir, "none.yaml")}, "config " + filepath.Join(dir, "none.yaml")},
+		{"config role mismatch", Request{Role: "master", NodeBinary: initBin, ConfigFile: workerCfg}, "role is worker, but the image is for a master"},
+		{"config unknown field", Request{Role: "worker", NodeBinary: initBin, ConfigFile: badCfg}, `unknown field "bogus"`},
+		{"bad format", Request{Role: "master", NodeBinary: initBin, Formats: []string{"iso", "vmdk"}}, `unknown format "vmdk" (want one or more of kernel, iso, qcow2, pxe)`},
+		{"bad kernel", Request{Role: "master", NodeBinary: initBin, Kernel: "rt"}, `unknown flavour "rt"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.req.Check()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.want != "" && err == nil:
+				t.Fatalf("no error, want %q", tc.want)
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("error %q lacks %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	initBin, clusterDir := fixtures(t)
+	ctx := context.Background()
+	// A master needs the CA keys: a directory with only a worker's files
+	// is refused before anything is built.
+	workerOnly := filepath.Join(t.TempDir(), "workeronly")
+	for _, rel := range []string{cluster.ConfigFile, cluster.CACertFile, cluster.BootstrapTokenFile} {
+		data, err := os.ReadFile(filepath.Join(clusterDir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Dir(filepath.Join(workerOnly, rel)), 0o700)
+		os.WriteFile(filepath.Join(workerOnly, rel), data, 0o600)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	_, err := Build(ctx, Request{Role: "master", NodeBinary: initBin, ClusterDir: workerOnly, OutDir: out})
+	if err == nil || !strings.Contains(err.Error(), "pki/ca.key") {
+		t.Errorf("master from a worker's cluster files: %v", err)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Errorf("%s created by a failed build", out)
+	}
+	_, err = Build(ctx, Request{Role: "worker", NodeBinary: initBin, ClusterDir: filepath.Join(t.TempDir(), "none"), OutDir: out})
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("missing cluster: %v", err)
+	}
+	// ... while a worker builds from it.
+	if testing.Short() {
+		return
+	}
+	needKernel(t)
+	if _, err := Build(ctx, Request{Role: "worker", NodeBinary: initBin, ClusterDir: workerOnly, OutDir: out, Formats: []string{"kernel"}}); err != nil {
+		t.Errorf("worker from a worker's cluster files: %v", err)
+	}
+}
+
+func TestInitramfsReproducible(t *testing.T) {
+	ctx := context.Background()
+	var imgs [][]byte
+	var manifests [][]byte
+	for i := 0; i < 2; i++ {
+		req := testRequest(t, "worker", "kernel")
+		start := time.Now()
+		res, err := Build(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("build %d: %v, initramfs %d bytes raw, %d zstd, %d entries, id %s", i, time.Since(start).Round(time.Millisecond),
+			res.InitramfsRaw, res.InitramfsSize, res.Entries, res.ID)
+		data, err := os.ReadFile(res.Initramfs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, data)
+		m, err := os.ReadFile(filepath.Join(req.OutDir, ManifestFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		manifests = append(manifests, m)
+		if i == 0 {
+			// Different mtimes of the inputs must not matter.
+			future := time.Now().Add(time.Hour)
+			os.Chtimes(req.NodeBinary, future, future)
+		}
+	}
+	if !bytes.Equal(imgs[0], imgs[1]) {
+		t.Error("two builds from the same inputs gave different initramfs bytes")
+	}
+	// The manifests differ only in nothing: same ID, no time stamps.
+	if !bytes.Equal(manifests[0], manifests[1]) {
+		t.Errorf("manifests differ:\n%s\n%s", manifests[0], manifests[1])
+	}
+}
+
+func TestImageContents(t *testing.T) {
+	ctx := context.Background()
+	_, clusterDir := fixtures(t)
+	secrets := map[string][]byte{}
+	for _, rel := range []string{cluster.CAKeyFile, cluster.EtcdCAKeyFile, cluster.FrontProxyCAKeyFile,
+		cluster.ServiceAccountKeyFile, cluster.EncryptionKeyFile, cluster.AdminKubeconfigFile} {
+		data, err := os.ReadFile(filepath.Join(clusterDir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets[rel] = data
+	}
+
+	for _, role := range []string{"master", "worker"} {
+		t.Run(role, func(t *testing.T) {
+			req := testRequest(t, role, "kernel")
+			res, err := Build(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries, raw := readInitramfs(t, res.Initramfs)
+			t.Logf("%s: %d entries, %d bytes raw, %d compressed; %d modules; tools %v",
+				role, len(entries), len(raw), res.InitramfsSize, len(res.Modules), res.Tools)
+
+			get := func(p string) cpioEntry {
+				t.Helper()
+				e, ok := entries[p]
+				if !ok {
+					t.Fatalf("%s missing from the initramfs", p)
+				}
+				return e
+			}
+			if e := get("init"); e.mode != 0o100755 {
+				t.Errorf("/init mode %o", e.mode)
+			}
+			initData, _ := os.ReadFile(req.NodeBinary)
+			if !bytes.Equal(get("init").data, initData) {
+				t.Error("/init is not the node binary")
+			}
+			if e := get("dev/console"); e.mode != 0o020600 || e.major != 5 || e.minor != 1 {
+				t.Errorf("/dev/console: mode %o, %d:%d", e.mode, e.major, e.minor)
+			}
+			if e := get("etc/os-release"); !strings.Contains(string(e.data), `NAME="kiln"`) || !strings.Contains(string(e.data), "VARIANT_ID="+role) {
+				t.Errorf("os-release:\n%s", e.data)
+			}
+			cfg, err := node.Parse(get("etc/kiln/config.yaml").data)
+			if err != nil || string(cfg.Role) != role {
+				t.Errorf("config.yaml: role %q, %v", cfg.Role, err)
+			}
+			if e := get("tmp"); e.mode != 0o041777 {
+				t.Errorf("/tmp mode %o", e.mode)
+			}
+
+			// Modules: every listed one has its file; the list starts
+			// with what it depends on.
+			modDir := "lib/modules/" + res.Kernel.Release + "/"
+			files := map[string]bool{}
+			for n := range entries {
+				if strings.HasPrefix(n, modDir+"kernel/") && strings.HasSuffix(n, ".ko") {
+					files[strings.TrimSuffix(path.Base(n), ".ko")] = true
+				}
+			}
+			listed := strings.Fields(string(get("etc/kiln/modules").data))
+			if len(listed) != len(files) {
+				t.Errorf("%d modules listed, %d .ko files", len(listed), len(files))
+			}
+			pos := map[string]int{}
+			for i, m := range listed {
+				pos[m] = i
+				if !files[m] && !files[strings.ReplaceAll(m, "_", "-")] {
+					t.Errorf("module %s listed but not in the image", m)
+				}
+			}
+			for _, m := range []string{"virtio_net", "virtio_blk", "overlay", "br_netfilter", "vxlan", "bridge", "veth", "nf_conntrack", "isofs", "vfat", "button"} {
+				if _, ok := pos[m]; !ok {
+					t.Errorf("module %s not in /etc/kiln/modules", m)
+				}
+			}
+			for _, dep := range [][2]string{{"virtio_ring", "virtio_net"}, {"bridge", "br_netfilter"}, {"nf_conntrack", "nf_nat"}, {"fat", "vfat"}} {
+				if pos[dep[0]] >= pos[dep[1]] {
+					t.Errorf("module %s listed after %s, which needs it", dep[0], dep[1])
+				}
+			}
+			for _, idx := range []string{"modules.dep", "modules.dep.bin", "modules.alias", "modules.builtin"} {
+				get(modDir + idx)
+			}
+
+			// Tools with their loader and libraries.
+			get("usr/sbin/mke2fs")
+			get("lib64/ld-linux-x86-64.so.2")
+			if !strings.Contains(string(get("etc/kiln/tools").data), "/usr/sbin/mke2fs\n") {
+				t.Error("/etc/kiln/tools lacks mke2fs")
+			}
+
+			// Cluster material.
+			var clusterFiles []string
+			for n, e := range entries {
+				if strings.HasPrefix(n, "etc/kiln/cluster/") && e.mode&0o170000 == 0o100000 {
+					clusterFiles = append(clusterFiles, strings.TrimPrefix(n, "etc/kiln/cluster/"))
+					host, _ := os.ReadFile(filepath.Join(clusterDir, strings.TrimPrefix(n, "etc/kiln/cluster/")))
+					if !bytes.Equal(host, e.data) {
+						t.Errorf("%s differs from the cluster directory's", n)
+					}
+					if strings.HasSuffix(n, ".key") || strings.Contains(n, "secrets/") || strings.HasSuffix(n, ".kubeconfig") {
+						if e.mode&0o077 != 0 {
+							t.Errorf("%s mode %o: readable by others", n, e.mode)
+						}
+					}
+				}
+			}
+			want := len(clusterFilesFor(node.Role(role)))
+			if len(clusterFiles) != want {
+				t.Errorf("%d cluster files %v, want %d", len(clusterFiles), clusterFiles, want)
+			}
+			for rel, secret := range secrets {
+				_, inImage := entries["etc/kiln/cluster/"+rel]
+				if role == "master" && !inImage {
+					t.Errorf("master image lacks %s", rel)
+				}
+				if role == "worker" {
+					if inImage {
+						t.Errorf("worker image has %s", rel)
+					}
+					// Not under another name either.
+					if bytes.Contains(raw, bytes.TrimSpace(secret)) {
+						t.Errorf("worker initramfs contains the bytes of %s", rel)
+					}
+				}
+			}
+			if role == "worker" {
+				for _, e := range entries {
+					if bytes.Contains(e.data, []byte("PRIVATE KEY")) {
+						t.Errorf("worker initramfs: %s holds a private key", e.name)
+					}
+				}
+				for _, rel := range []string{cluster.ConfigFile, cluster.CACertFile, cluster.BootstrapTokenFile} {
+					get("etc/kiln/cluster/" + rel)
+				}
+			}
+		})
+	}
+}
+
+func clusterFilesFor(r node.Role) []clusterFile { return clusterFiles(r) }
+
+func TestMBR(t *testing.T) {
+	l, err := planDisk(8<<30, 60<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.bootOffset != 1<<20 || l.bootSize != 136<<20 || l.stateOffset != 137<<20 || l.stateOffset+l.stateLen != 8<<30 {
+		t.Errorf("layout %+v", l)
+	}
+	if _, err := planDisk(200<<20, 60<<20); err == nil || !strings.Contains(err.Error(), "too small") {
+		t.Errorf("tiny disk: %v", err)
+	}
+	code := bytes.Repeat([]byte{0xcc}, 440)
+	b, err := makeMBR(code, 0x12345678, []mbrPartition{
+		{active: true, typ: 0x0c, start: l.bootOffset, size: l.bootSize},
+		{typ: 0x83, start: l.stateOffset, size: l.stateLen},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 512 || b[510] != 0x55 || b[511] != 0xaa || !bytes.Equal(b[:440], code) {
+		t.Fatal("bad MBR framing")
+	}
+	if binary.LittleEndian.Uint32(b[440:]) != 0x12345678 {
+		t.Error("disk signature")
+	}
+	p1, p2 := b[446:462], b[462:478]
+	if p1[0] != 0x80 || p1[4] != 0x0c || binary.LittleEndian.Uint32(p1[8:]) != 2048 || binary.LittleEndian.Uint32(p1[12:]) != 136*2048 {
+		t.Errorf("partition 1: % x", p1)
+	}
+	if p2[0] != 0 || p2[4] != 0x83 || binary.LittleEndian.Uint32(p2[8:]) != 137*2048 {
+		t.Errorf("partition 2: % x", p2)
+	}
+	// LBA 2048 = C0 H32 S33 with 255/63 geometry.
+	if !bytes.Equal(p1[1:4], []byte{32, 33, 0}) {
+		t.Errorf("CHS of LBA 2048: % x", p1[1:4])
+	}
+	if !bytes.Equal(chs(1<<30), []byte{0xfe, 0xff, 0xff}) {
+		t.Error("CHS beyond 8 GiB")
+	}
+	if _, err := makeMBR(nil, 0, []mbrPartition{{start: 1}}); err == nil {
+		t.Error("unaligned partition accepted")
+	}
+}
+
+func TestFormatsRegistry(t *testing.T) {
+	seen := map[string]bool{}
+	for _, f := range Formats {
+		if f.Name == "" || f.Build == nil || f.Help == "" || seen[f.Name] {
+			t.Errorf("bad registry entry %+v", f)
+		}
+		seen[f.Name] = true
+	}
+	fs, err := lookupFormats([]string{"pxe", "kernel", "pxe"})
+	if err != nil || len(fs) != 2 || fs[0].Name != "kernel" || fs[1].Name != "pxe" {
+		t.Errorf("lookupFormats: %v %v", fs, err)
+	}
+	if _, err := lookupFormats([]string{" ", ""}); err == nil {
+		t.Error("empty format list accepted")
+	}
+	if got := strings.Join(DefaultCmdline(), " "); !strings.HasSuffix(got, "console=ttyS0,115200 panic=-1") {
+		t.Errorf("cmdline %q: ttyS0 must be the last console", got)
+	}
+}
+
+func TestSoftdepsAndAliases(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "modules.softdep"), []byte(`# comment
+softdep libcrc32c pre: crc32c
+softdep cifs gcm
+softdep vfio post: vfio_iommu_type1 pre: a-b
+`), 0o644)
+	os.WriteFile(filepath.Join(dir, "modules.alias"), []byte(`alias crc32c crc32c_intel
+alias crc32c crc32c-generic
+alias pci:v00008086d* e1000e
+`), 0o644)
+	sd, err := readSoftdeps(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sd["libcrc32c"]; len(got.pre) != 1 || got.pre[0] != "crc32c" || len(got.post) != 0 {
+		t.Errorf("libcrc32c: %+v", got)
+	}
+	if got := sd["cifs"]; len(got.pre)+len(got.post) != 0 {
+		t.Errorf("cifs (no section): %+v", got)
+	}
+	if got := sd["vfio"]; len(got.post) != 1 || len(got.pre) != 1 || got.pre[0] != "a-b" {
+		t.Errorf("vfio: %+v", got)
+	}
+	al, err := readAliases(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := al["crc32c"]; len(got) != 2 || got[0] != "crc32c_intel" || got[1] != "crc32c_generic" {
+		t.Errorf("crc32c aliases %v", got)
+	}
+	if len(al) != 1 {
+		t.Errorf("wildcard aliases kept: %v", al)
+	}
+}
