@@ -1,0 +1,123 @@
+package components
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"kiln/configs/cluster"
+	"kiln/configs/node"
+)
+
+func testEnv(t *testing.T) *Env {
+	t.Helper()
+	dir := t.TempDir()
+	cl, err := cluster.Generate(filepath.Join(dir, "cluster"), cluster.Options{Name: "unit", Endpoint: "master.example:6443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := node.Default()
+	cfg.Address = "192.0.2.10"
+	return &Env{Config: cfg, Cluster: cl, NodeName: "m0", DataDir: filepath.Join(dir, "data")}
+}
+
+func TestForRoleOrderAndDependencies(t *testing.T) {
+	var names []string
+	seen := map[string]bool{}
+	for _, c := range ForRole(node.RoleMaster) {
+		for _, d := range c.DependsOn() {
+			if !seen[d] {
+				t.Errorf("%s depends on %s, which is not started before it", c.Name(), d)
+			}
+		}
+		seen[c.Name()] = true
+		names = append(names, c.Name())
+	}
+	want := []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+	if !reflect.DeepEqual(names, want) {
+		t.Fatalf("master runs %v, want %v", names, want)
+	}
+}
+
+func TestPrepareAndArgs(t *testing.T) {
+	env := testEnv(t)
+	for _, c := range ForRole(node.RoleMaster) {
+		if err := c.Prepare(env); err != nil {
+			t.Fatalf("%s: %v", c.Name(), err)
+		}
+		argv, _ := Args(c, env)
+		again, _ := Args(c, env)
+		if !reflect.DeepEqual(argv, again) {
+			t.Errorf("%s: argv not deterministic", c.Name())
+		}
+		// Every file a flag names exists after Prepare.
+		for _, a := range argv {
+			v := a[strings.Index(a, "=")+1:]
+			if strings.HasPrefix(v, "/") && !strings.HasSuffix(a, "-dir="+v) && !strings.Contains(a, "--cert-dir") {
+				if _, err := os.Stat(v); err != nil {
+					t.Errorf("%s: %s: %v", c.Name(), a, err)
+				}
+			}
+		}
+	}
+}
+
+func TestAPIServerCertificateNames(t *testing.T) {
+	env := testEnv(t)
+	if err := (APIServer{}).Prepare(env); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(env.Path(apiServingCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(env.Cluster.CA.Cert)
+	for _, name := range []string{"kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost", "m0", "master.example", "127.0.0.1", "192.0.2.10", "10.96.0.1"} {
+		if _, err := cert.Verify(x509.VerifyOptions{DNSName: name, Roots: roots}); err != nil {
+			t.Errorf("serving certificate not valid for %s: %v", name, err)
+		}
+	}
+}
+
+func TestLoopbackDisablesEndpointReconciler(t *testing.T) {
+	env := testEnv(t)
+	if _, ok := (APIServer{}).Flags(env)["endpoint-reconciler-type"]; ok {
+		t.Error("a routable address must publish the kubernetes endpoint")
+	}
+	env.Config.Address = "127.0.0.1"
+	if v := (APIServer{}).Flags(env)["endpoint-reconciler-type"]; v != "none" {
+		t.Errorf("loopback: endpoint-reconciler-type=%q, want none", v)
+	}
+}
+
+func TestExtraArgsOverride(t *testing.T) {
+	env := testEnv(t)
+	env.Config.ExtraArgs = map[string]map[string]string{"kube-scheduler": {"v": "3", "profiling": ""}}
+	argv, over := Args(Scheduler{}, env)
+	joined := strings.Join(argv, " ")
+	if !strings.Contains(joined, "--v=3") || strings.Contains(joined, "--profiling") {
+		t.Errorf("argv %v", argv)
+	}
+	if len(over) != 1 || !strings.Contains(over[0], "profiling") {
+		t.Errorf("overrides %v, want the removed default profiling", over)
+	}
+}
+
+func TestFirstIP(t *testing.T) {
+	for cidr, want := range map[string]string{"10.96.0.0/12": "10.96.0.1", "fd00::/108": "fd00::1"} {
+		ip, err := firstIP(cidr)
+		if err != nil || ip.String() != want {
+			t.Errorf("firstIP(%s) = %v, %v; want %s", cidr, ip, err, want)
+		}
+	}
+}
