@@ -49,6 +49,10 @@ type Config struct {
 	// {"kube-apiserver": {"v": "2"}}. Keys are flag names without dashes.
 	// An empty value removes a default flag.
 	ExtraArgs map[string]map[string]string `yaml:"extraArgs,omitempty"`
+	// Network is how an appliance (kiln as PID 1) configures its NIC.
+	Network Network `yaml:"network,omitempty"`
+	// Storage is where an appliance keeps its state (/var/lib).
+	Storage Storage `yaml:"storage,omitempty"`
 }
 
 // Ports are the TCP ports the master components listen on.
@@ -99,12 +103,34 @@ func Load(path string) (Config, error) {
 // Parse decodes a config document over the defaults, strictly, then
 // validates it.
 func Parse(data []byte) (Config, error) {
-	cfg := Default()
+	return Overlay(Default(), data)
+}
+
+// Overlay decodes a config document over base, strictly, then validates the
+// result: the fields the document sets replace base's (a mapping such as
+// extraArgs is merged key by key), the others keep base's values. PID 1 uses
+// it to stack its config sources (embedded, config drive, kiln.config=).
+// base is not modified.
+func Overlay(base Config, data []byte) (Config, error) {
+	cfg := base.Clone()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	// An empty document (io.EOF) means "all defaults".
+	// An empty document (io.EOF) changes nothing.
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, cleanYAMLError(err)
+	}
+	// The decoder replaces a component's whole flag map: keep the base's
+	// flags the document does not mention.
+	for comp, flags := range base.ExtraArgs {
+		got := cfg.ExtraArgs[comp]
+		if got == nil {
+			continue
+		}
+		for k, v := range flags {
+			if _, set := got[k]; !set {
+				got[k] = v
+			}
+		}
 	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
@@ -184,6 +210,8 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.Network.validate()...)
+	errs = append(errs, c.Storage.validate()...)
 	return errors.Join(errs...)
 }
 

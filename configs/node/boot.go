@@ -1,0 +1,200 @@
+package node
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Network says how PID 1 configures the node's network. The zero value is
+// DHCPv4 on the first interface with a carrier.
+//
+//	network:
+//	  interface: auto          # or a name such as eth0
+//	  dhcp: false              # default: true unless address is set
+//	  address: 192.168.1.10/24
+//	  gateway: 192.168.1.1
+//	  dns: [192.168.1.1]
+type Network struct {
+	// Interface is the NIC to configure: "auto" (or empty) picks the
+	// first one with a carrier.
+	Interface string `yaml:"interface,omitempty"`
+	// DHCP asks for an address with DHCPv4. Unset, it is true unless a
+	// static Address is given.
+	DHCP *bool `yaml:"dhcp,omitempty"`
+	// Address is a static address with its prefix length (CIDR).
+	Address string `yaml:"address,omitempty"`
+	// Gateway is the default route's next hop for a static address.
+	Gateway string `yaml:"gateway,omitempty"`
+	// DNS lists name servers. With DHCP, a non-empty list replaces the
+	// servers the DHCP server offers.
+	DNS []string `yaml:"dns,omitempty"`
+}
+
+// InterfaceAuto is the Network.Interface value that picks the first NIC with
+// a carrier.
+const InterfaceAuto = "auto"
+
+// AutoInterface reports whether the interface is chosen by PID 1.
+func (n Network) AutoInterface() bool { return n.Interface == "" || n.Interface == InterfaceAuto }
+
+// UsesDHCP reports whether the address comes from DHCPv4.
+func (n Network) UsesDHCP() bool {
+	if n.DHCP != nil {
+		return *n.DHCP
+	}
+	return n.Address == ""
+}
+
+func (n Network) validate() []error {
+	var errs []error
+	if !n.AutoInterface() && !validIfName(n.Interface) {
+		errs = append(errs, fmt.Errorf("network.interface: %q is not an interface name (want %q or a name such as eth0, at most 15 characters, no '/', ':' or spaces)", n.Interface, InterfaceAuto))
+	}
+	var prefix netip.Prefix
+	if n.Address != "" {
+		p, err := netip.ParsePrefix(n.Address)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("network.address: %q is not an address with a prefix length (e.g. 192.168.1.10/24)", n.Address))
+		} else {
+			prefix = p
+		}
+	}
+	switch {
+	case n.DHCP != nil && *n.DHCP && n.Address != "":
+		errs = append(errs, fmt.Errorf("network.address: %q is set together with network.dhcp: true (want dhcp: false for a static address, or no address)", n.Address))
+	case n.DHCP != nil && !*n.DHCP && n.Address == "":
+		errs = append(errs, fmt.Errorf("network.dhcp: false needs network.address (a static address with its prefix length, e.g. 192.168.1.10/24)"))
+	}
+	if n.Gateway != "" {
+		gw, err := netip.ParseAddr(n.Gateway)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("network.gateway: %q is not an IP address (e.g. 192.168.1.1)", n.Gateway))
+		case n.UsesDHCP():
+			errs = append(errs, fmt.Errorf("network.gateway: %q is set with DHCP (want it only with a static network.address; DHCP gives the router)", n.Gateway))
+		case prefix.IsValid() && gw.Is4() != prefix.Addr().Is4():
+			errs = append(errs, fmt.Errorf("network.gateway: %q is not of the same IP family as network.address %q", n.Gateway, n.Address))
+		}
+	}
+	for i, d := range n.DNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			errs = append(errs, fmt.Errorf("network.dns[%d]: %q is not an IP address (e.g. 1.1.1.1)", i, d))
+		}
+	}
+	return errs
+}
+
+func validIfName(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	return !strings.ContainsAny(s, "/: \t\n")
+}
+
+// Format says whether PID 1 may format the state disk.
+type Format string
+
+const (
+	// FormatAuto formats the state disk when it is blank (no file system
+	// and no partition table), with ext4 labelled StateLabel.
+	FormatAuto Format = "auto"
+	// FormatNever never formats: a blank disk is an error.
+	FormatNever Format = "never"
+)
+
+// StateLabel is the file system label of a state disk PID 1 formats.
+const StateLabel = "kiln-state"
+
+// Storage says where the node keeps its state. The zero value is a
+// diskless node (tmpfs, lost at power-off).
+//
+//	storage:
+//	  stateDisk: /dev/vda      # or LABEL=kiln-state
+//	  format: auto             # or never
+type Storage struct {
+	// StateDisk is the block device mounted at /var/lib: a path under
+	// /dev, or LABEL=<file system label>. Empty means diskless.
+	StateDisk string `yaml:"stateDisk,omitempty"`
+	// Format is FormatAuto (the default) or FormatNever.
+	Format Format `yaml:"format,omitempty"`
+}
+
+// Label returns the label of a LABEL= state disk, or "".
+func (s Storage) Label() string {
+	l, _ := strings.CutPrefix(s.StateDisk, "LABEL=")
+	if l == s.StateDisk {
+		return ""
+	}
+	return l
+}
+
+// FormatPolicy returns Format with its default filled in.
+func (s Storage) FormatPolicy() Format {
+	if s.Format == "" {
+		return FormatAuto
+	}
+	return s.Format
+}
+
+func (s Storage) validate() []error {
+	var errs []error
+	switch {
+	case s.StateDisk == "":
+	case strings.HasPrefix(s.StateDisk, "LABEL="):
+		if l := s.Label(); l == "" || len(l) > 16 || strings.ContainsAny(l, "/ \t\n") {
+			errs = append(errs, fmt.Errorf("storage.stateDisk: %q: a label has 1 to 16 characters and no '/' or spaces (e.g. LABEL=%s)", s.StateDisk, StateLabel))
+		}
+	case strings.HasPrefix(s.StateDisk, "/dev/") && len(s.StateDisk) > len("/dev/") && !strings.Contains(s.StateDisk, ".."):
+	default:
+		errs = append(errs, fmt.Errorf("storage.stateDisk: %q is not a device (want a path such as /dev/vda, LABEL=%s, or nothing for a diskless node)", s.StateDisk, StateLabel))
+	}
+	switch s.Format {
+	case "", FormatAuto, FormatNever:
+	default:
+		errs = append(errs, fmt.Errorf("storage.format: %q is not a format policy (want %q or %q)", s.Format, FormatAuto, FormatNever))
+	}
+	return errs
+}
+
+// Clone returns a deep copy: changing the copy's maps or lists leaves c
+// alone.
+func (c Config) Clone() Config {
+	out := c
+	if c.ExtraArgs != nil {
+		out.ExtraArgs = make(map[string]map[string]string, len(c.ExtraArgs))
+		for comp, flags := range c.ExtraArgs {
+			if flags == nil {
+				out.ExtraArgs[comp] = nil
+				continue
+			}
+			m := make(map[string]string, len(flags))
+			for k, v := range flags {
+				m[k] = v
+			}
+			out.ExtraArgs[comp] = m
+		}
+	}
+	if c.Network.DHCP != nil {
+		v := *c.Network.DHCP
+		out.Network.DHCP = &v
+	}
+	if c.Network.DNS != nil {
+		out.Network.DNS = append([]string(nil), c.Network.DNS...)
+	}
+	return out
+}
+
+// SetsField reports whether a config document sets a top-level field (as
+// opposed to leaving its default). PID 1 uses it to tell a chosen address
+// from the default one. A document that does not parse sets nothing.
+func SetsField(data []byte, field string) bool {
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return false
+	}
+	_, ok := m[field]
+	return ok
+}

@@ -1,0 +1,109 @@
+package boot
+
+import "strings"
+
+// Kernel command line keys PID 1 reads.
+const (
+	// ParamConfig is a node config to stack over the embedded one: a path
+	// in the image, or an http:// or https:// URL fetched once the network
+	// is up.
+	ParamConfig = "kiln.config"
+	// ParamRole overrides the config's role (master or worker).
+	ParamRole = "kiln.role"
+	// ParamHostname overrides the config's hostname.
+	ParamHostname = "kiln.hostname"
+	// ParamSwitchRoot=off keeps the initramfs root instead of moving it to
+	// a tmpfs (see switchRoot).
+	ParamSwitchRoot = "kiln.switchroot"
+)
+
+// Param is one kernel command line parameter.
+type Param struct {
+	Key   string
+	Value string
+	// HasValue tells "key=" (empty value) from "key".
+	HasValue bool
+}
+
+// Cmdline is a parsed kernel command line.
+type Cmdline struct {
+	Params []Param
+}
+
+// ParseCmdline splits a kernel command line the way the kernel does: words
+// are separated by spaces outside double quotes; a quote may surround a
+// whole word ("key=a b") or a value (key="a b"), and the quotes are not
+// part of the key or value. The "--" separator is skipped.
+func ParseCmdline(s string) Cmdline {
+	var c Cmdline
+	for _, w := range splitQuoted(s) {
+		if w == "--" {
+			continue
+		}
+		c.Params = append(c.Params, parseParam(w))
+	}
+	return c
+}
+
+// splitQuoted splits s at white space outside double quotes; quotes are
+// kept.
+func splitQuoted(s string) []string {
+	var words []string
+	var cur strings.Builder
+	inQuote, inWord := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			inQuote = !inQuote
+			inWord = true
+			cur.WriteRune(r)
+		case !inQuote && (r == ' ' || r == '\t' || r == '\n' || r == '\r'):
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			inWord = true
+			cur.WriteRune(r)
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words
+}
+
+// parseParam splits one word into key and value and removes the quotes
+// like the kernel's next_arg: a leading quote of the word and its closing
+// quote at the end, or the quotes around the value.
+func parseParam(w string) Param {
+	quoted := strings.HasPrefix(w, `"`)
+	if quoted {
+		w = w[1:]
+	}
+	eq := strings.IndexByte(w, '=')
+	if eq < 0 {
+		if quoted {
+			w = strings.TrimSuffix(w, `"`)
+		}
+		return Param{Key: w}
+	}
+	key, val := w[:eq], w[eq+1:]
+	if strings.HasPrefix(val, `"`) {
+		val = strings.TrimSuffix(val[1:], `"`)
+	} else if quoted {
+		val = strings.TrimSuffix(val, `"`)
+	}
+	return Param{Key: key, Value: val, HasValue: true}
+}
+
+// Get returns the value of the last occurrence of key.
+func (c Cmdline) Get(key string) (string, bool) {
+	for i := len(c.Params) - 1; i >= 0; i-- {
+		if c.Params[i].Key == key {
+			return c.Params[i].Value, true
+		}
+	}
+	return "", false
+}
