@@ -25,7 +25,7 @@ LDFLAGS := -s -w $(KUBE_LDFLAGS)
 DATA ?= /tmp/kiln-host
 CLUSTER ?= out/cluster
 
-.PHONY: help build test test-unit test-host vet up gen clean bench
+.PHONY: help build test test-unit test-host test-vm vet up gen clean bench
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -55,7 +55,11 @@ test-host: build ## host integration: the master components as real processes on
 	@mkdir -p out
 	$(GO) test -tags integration -count=1 -timeout 20m -v ./tests/host/ -bin $(CURDIR)/bin 2>&1 | tee out/test-host.log; exit $${PIPESTATUS[0]}
 
-test: vet test-unit test-host ## everything CI runs: vet, unit and integration tests
+test-vm: deps build ## VM end-to-end: images booted in QEMU (TCG), used from the host
+	@mkdir -p out
+	$(GO) test -tags vm -count=1 -timeout 30m -v ./tests/vm/ -bin $(CURDIR)/bin 2>&1 | tee out/test-vm.log; exit $${PIPESTATUS[0]}
+
+test: vet test-unit test-host test-vm ## everything CI runs: vet, unit, host integration and VM tests
 
 gen: bin/kiln ## generate a cluster directory in $(CLUSTER) if there is none
 	@test -f $(CLUSTER)/cluster.yaml || bin/kiln gen cluster --out $(CLUSTER)

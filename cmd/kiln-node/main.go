@@ -13,6 +13,10 @@ import (
 )
 
 func main() {
+	// The kernel starts /init as PID 1 with no arguments: boot the machine.
+	if os.Getpid() == 1 {
+		pid1() // never returns
+	}
 	// The component entry point bypasses cobra: its arguments belong to the
 	// upstream command, flags and all.
 	if len(os.Args) > 1 && os.Args[1] == "component" {

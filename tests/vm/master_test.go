@@ -1,0 +1,194 @@
+//go:build vm
+
+// Package vm is the third test tier: images built by `kiln build`, booted in
+// QEMU (TCG here: no KVM), driven from the host through forwarded ports.
+// Each scenario is slow, so there are few and each proves something a user
+// relies on. Run with `make test-vm`.
+package vm
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln/qemu"
+)
+
+var binDir = flag.String("bin", "../../bin", "directory holding kiln, kiln-node and kubectl")
+
+func bin(name string) string {
+	p, _ := filepath.Abs(filepath.Join(*binDir, name))
+	return p
+}
+
+// buildImage runs `kiln build` for a role into dir and returns the image dir.
+func buildImage(t *testing.T, dir, role string) string {
+	t.Helper()
+	out := filepath.Join(dir, role)
+	cmd := exec.Command(bin("kiln"), "build", "--role", role, "--node-binary", bin("kiln-node"),
+		"--cluster", filepath.Join(dir, "cluster"), "--format", "kernel", "--out", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kiln build: %v\n%s", err, b)
+	}
+	return out
+}
+
+func genCluster(t *testing.T, dir string) {
+	t.Helper()
+	if b, err := exec.Command(bin("kiln"), "gen", "cluster", "--name", "vmtest", "--out", filepath.Join(dir, "cluster")).CombinedOutput(); err != nil {
+		t.Fatalf("kiln gen cluster: %v\n%s", err, b)
+	}
+}
+
+func bootKernel(t *testing.T, image string, extra []string, opts ...qemu.Option) *qemu.VM {
+	t.Helper()
+	cmdline, err := os.ReadFile(filepath.Join(image, "cmdline"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append(strings.Fields(string(cmdline)), extra...)
+	base := []qemu.Option{
+		qemu.WithKernel(filepath.Join(image, "vmlinuz")),
+		qemu.WithInitramfs(filepath.Join(image, "initramfs.img")),
+		qemu.WithoutDefaultAppend(),
+		qemu.WithAppend(args...),
+		qemu.WithSerialLog(filepath.Join(t.TempDir(), "console.log")),
+	}
+	vm, err := qemu.Start(context.Background(), append(base, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		vm.Kill()
+		if t.Failed() {
+			t.Logf("console (tail):\n%s", vm.Console().Tail(60))
+		}
+	})
+	return vm
+}
+
+func expect(t *testing.T, vm *qemu.VM, what string, timeout time.Duration) string {
+	t.Helper()
+	line, err := vm.Expect(context.Background(), what, timeout)
+	if err != nil {
+		t.Fatalf("console: waiting for %q: %v", what, err)
+	}
+	return line
+}
+
+func kubectl(kubeconfig, server string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	full := append([]string{"--kubeconfig", kubeconfig, "--server", server, "--request-timeout=50s"}, args...)
+	out, err := exec.CommandContext(ctx, bin("kubectl"), full...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// TestMasterImage boots the master image with -kernel/-initrd and uses its
+// API from the host, then powers it off with the ACPI power button.
+func TestMasterImage(t *testing.T) {
+	dir := t.TempDir()
+	genCluster(t, dir)
+	image := buildImage(t, dir, "master")
+
+	start := time.Now()
+	vm := bootKernel(t, image, nil,
+		qemu.WithMemory(2048), qemu.WithCPUs(2),
+		qemu.WithUserNet(qemu.Forward{GuestPort: 6443}))
+	server := fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
+	kc := filepath.Join(dir, "cluster", "admin.kubeconfig")
+
+	// The boot stages, in order.
+	for _, stage := range []string{"mounts done", "modules done", "config done", "network done", "storage done",
+		"etcd ready", "kube-apiserver ready", "kube-controller-manager ready", "kube-scheduler ready", "master ready"} {
+		line := expect(t, vm, "] "+stage, 6*time.Minute)
+		t.Logf("figure: %-30s console %s, host %s", stage, strings.TrimSpace(line[:strings.Index(line, "]")+1]), time.Since(start).Round(100*time.Millisecond))
+	}
+	cg := vm.Console().Output()
+	i := strings.Index(cg, "cgroups: ")
+	if i < 0 {
+		t.Fatal("no cgroups line on the console")
+	}
+	cgLine := cg[i : i+strings.Index(cg[i:], "\n")]
+	for _, c := range []string{"cpu", "memory", "io", "pids"} {
+		if !strings.Contains(" "+cgLine+" ", " "+c+" ") {
+			t.Errorf("cgroup controller %s not enabled: %s", c, cgLine)
+		}
+	}
+
+	var out string
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if out, err = kubectl(kc, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
+			break
+		}
+	}
+	if out != "ok" {
+		t.Fatalf("/readyz from the host: %q %v", out, err)
+	}
+	t.Logf("figure: QEMU start to /readyz ok from the host: %s", time.Since(start).Round(100*time.Millisecond))
+	if out, err := kubectl(kc, server, "get", "--raw", "/version"); err != nil || !strings.Contains(out, `"gitVersion": "v1.37.`) {
+		t.Fatalf("/version: %v %s", err, out)
+	}
+	if out, err := kubectl(kc, server, "create", "configmap", "vm-test", "--from-literal=a=b"); err != nil {
+		t.Fatalf("create configmap: %v %s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := vm.Shutdown(ctx); err != nil {
+		t.Fatalf("power button: %v", err)
+	}
+	con := vm.Console().Output()
+	for _, want := range []string{"power off requested", "all components stopped, in order: ", "reboot: Power down"} {
+		if !strings.Contains(con, want) {
+			t.Errorf("console lacks %q after the power button", want)
+		}
+	}
+	if strings.Contains(con, "Kernel panic") {
+		t.Error("kernel panic on the console")
+	}
+}
+
+// TestBadConfigReported: a malformed setting on the kernel command line is
+// reported on the console, and the node stays up instead of panicking.
+func TestBadConfigReported(t *testing.T) {
+	dir := t.TempDir()
+	genCluster(t, dir)
+	image := buildImage(t, dir, "master")
+	vm := bootKernel(t, image, []string{"kiln.role=boss"}, qemu.WithMemory(1024))
+	line, err := vm.ExpectRegexp(context.Background(), regexp.MustCompile(`kiln: FATAL: .*boss`), 3*time.Minute)
+	if err != nil {
+		t.Fatalf("no FATAL line naming the bad value: %v", err)
+	}
+	if !strings.Contains(line, "role") {
+		t.Errorf("the error does not name the field: %s", line)
+	}
+	// The node stays up and says it again.
+	deadline := time.Now().Add(2 * time.Minute)
+	for strings.Count(vm.Console().Output(), "kiln: FATAL: ") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the FATAL line was not repeated")
+		}
+		time.Sleep(time.Second)
+	}
+	select {
+	case <-vm.Done():
+		t.Fatal("the VM stopped after a config error")
+	default:
+	}
+	if strings.Contains(vm.Console().Output(), "Kernel panic") {
+		t.Fatal("kernel panic")
+	}
+	if err := vm.Console().Failure(); err != nil && !errors.Is(err, qemu.ErrExited) {
+		t.Fatalf("console failure: %v", err)
+	}
+}
