@@ -3,6 +3,8 @@ package components
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
+	"os"
 	"strconv"
 
 	"kiln/configs/node"
@@ -26,6 +28,9 @@ func (ControllerManager) Listens(env *Env) []string {
 const controllerManagerKubeconfig = "kubeconfig/kube-controller-manager.conf"
 
 func (ControllerManager) Prepare(env *Env) error {
+	if err := freshCertDir(env.Path("pki/kube-controller-manager")); err != nil {
+		return err
+	}
 	return writeKubeconfig(env, env.Path(controllerManagerKubeconfig), "system:kube-controller-manager", nil)
 }
 
@@ -78,6 +83,9 @@ func (Scheduler) Listens(env *Env) []string {
 const schedulerKubeconfig = "kubeconfig/kube-scheduler.conf"
 
 func (Scheduler) Prepare(env *Env) error {
+	if err := freshCertDir(env.Path("pki/kube-scheduler")); err != nil {
+		return err
+	}
 	return writeKubeconfig(env, env.Path(schedulerKubeconfig), "system:kube-scheduler", nil)
 }
 
@@ -106,4 +114,16 @@ func (Scheduler) Ready(ctx context.Context, env *Env) error {
 // /healthz carries no secret.
 func probeSelfSigned(ctx context.Context, url string) error {
 	return probeHTTPS(ctx, url, &tls.Config{InsecureSkipVerify: true}, "ok")
+}
+
+// freshCertDir empties the directory where a component writes the
+// self-signed serving certificate it generates at start. The component
+// writes it without fsync: after a hard power-off it can be left empty, and
+// the component would then refuse to start on every boot. Regenerating it
+// costs milliseconds.
+func freshCertDir(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("clearing %s: %w", dir, err)
+	}
+	return nil
 }

@@ -30,8 +30,17 @@ type Image struct {
 
 // CommandLine is the kernel command line for one boot method: Cmdline
 // plus kiln.boot=<boot>, so PID 1 (and the tests) know how the node booted.
+//
+// A qcow2 disk carries its own state partition (ext4, labelled
+// StateLabel), so its boot entries also name it with kiln.statedisk=: the
+// same image booted from ISO, PXE or -kernel stays diskless unless its
+// config says otherwise.
 func (img *Image) CommandLine(boot string) string {
-	return strings.Join(append(append([]string{}, img.Cmdline...), "kiln.boot="+boot), " ")
+	args := append(append([]string{}, img.Cmdline...), "kiln.boot="+boot)
+	if strings.HasPrefix(boot, "qcow2") {
+		args = append(args, "kiln.statedisk=LABEL="+StateLabel)
+	}
+	return strings.Join(args, " ")
 }
 
 // Builder writes one format into img.OutDir and returns the paths of the

@@ -12,6 +12,9 @@ const (
 	ParamRole = "kiln.role"
 	// ParamHostname overrides the config's hostname.
 	ParamHostname = "kiln.hostname"
+	// ParamStateDisk overrides the config's storage.stateDisk (a qcow2
+	// image names its own state partition with it).
+	ParamStateDisk = "kiln.statedisk"
 	// ParamSwitchRoot=off keeps the initramfs root instead of moving it to
 	// a tmpfs (see switchRoot).
 	ParamSwitchRoot = "kiln.switchroot"

@@ -60,6 +60,8 @@ func (s *configStack) resolve() (node.Config, error) {
 			cfg.Role = node.Role(p.Value)
 		case ParamHostname:
 			cfg.Hostname = p.Value
+		case ParamStateDisk:
+			cfg.Storage.StateDisk = p.Value
 		}
 		if err := cfg.Validate(); err != nil {
 			return node.Config{}, fmt.Errorf("config %s=%s: %w", p.Key, p.Value, err)
@@ -160,7 +162,7 @@ func localConfig(in configInputs) (*configStack, string, error) {
 		}
 	}
 	for _, p := range in.Cmdline.Params {
-		if p.Key == ParamRole || p.Key == ParamHostname {
+		if p.Key == ParamRole || p.Key == ParamHostname || p.Key == ParamStateDisk {
 			s.overrides = append(s.overrides, p)
 		}
 	}

@@ -30,11 +30,14 @@ func bin(name string) string {
 }
 
 // buildImage runs `kiln build` for a role into dir and returns the image dir.
-func buildImage(t *testing.T, dir, role string) string {
+func buildImage(t *testing.T, dir, role string, formats ...string) string {
 	t.Helper()
 	out := filepath.Join(dir, role)
+	if len(formats) == 0 {
+		formats = []string{"kernel"}
+	}
 	cmd := exec.Command(bin("kiln"), "build", "--role", role, "--node-binary", bin("kiln-node"),
-		"--cluster", filepath.Join(dir, "cluster"), "--format", "kernel", "--out", out)
+		"--cluster", filepath.Join(dir, "cluster"), "--format", strings.Join(formats, ","), "--out", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kiln build: %v\n%s", err, b)
 	}
@@ -190,5 +193,67 @@ func TestBadConfigReported(t *testing.T) {
 	}
 	if err := vm.Console().Failure(); err != nil && !errors.Is(err, qemu.ErrExited) {
 		t.Fatalf("console failure: %v", err)
+	}
+}
+
+// TestQcow2StatePersists boots the qcow2 disk (BIOS, syslinux), writes a
+// ConfigMap, powers the VM off hard, boots the same disk again: the cluster
+// state lives on the disk's kiln-state partition and survives.
+func TestQcow2StatePersists(t *testing.T) {
+	dir := t.TempDir()
+	genCluster(t, dir)
+	image := buildImage(t, dir, "master", "qcow2")
+	disk := filepath.Join(image, "master.qcow2")
+	kc := filepath.Join(dir, "cluster", "admin.kubeconfig")
+
+	boot := func() (*qemu.VM, string) {
+		vm, err := qemu.Start(context.Background(),
+			qemu.WithDisk(disk, "qcow2"), qemu.WithMemory(2048), qemu.WithCPUs(2),
+			qemu.WithUserNet(qemu.Forward{GuestPort: 6443}),
+			qemu.WithSerialLog(filepath.Join(t.TempDir(), "console.log")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			vm.Kill()
+			if t.Failed() {
+				t.Logf("console (tail):\n%s", vm.Console().Tail(60))
+			}
+		})
+		line := expect(t, vm, "storage: ", 3*time.Minute)
+		if !strings.Contains(line, "/dev/vda2 mounted") {
+			t.Errorf("storage line does not name the state partition: %s", line)
+		}
+		expect(t, vm, "] master ready", 6*time.Minute)
+		return vm, fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
+	}
+	ready := func(server string) {
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+			if out, err := kubectl(kc, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
+				return
+			}
+		}
+		t.Fatal("/readyz not ok from the host")
+	}
+
+	vm, server := boot()
+	ready(server)
+	if out, err := kubectl(kc, server, "create", "configmap", "survivor", "--from-literal=k=kept"); err != nil {
+		t.Fatalf("create configmap: %v %s", err, out)
+	}
+	// etcd has the write in its WAL (fsynced) once the API answered.
+	if err := vm.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-vm.Done()
+
+	vm2, server2 := boot()
+	ready(server2)
+	out, err := kubectl(kc, server2, "get", "configmap", "survivor", "-o", "jsonpath={.data.k}")
+	if err != nil || out != "kept" {
+		t.Fatalf("after a hard power-off and reboot: %q %v", out, err)
+	}
+	if strings.Contains(vm2.Console().Output(), "mke2fs") {
+		t.Error("the state partition was formatted again on the second boot")
 	}
 }
