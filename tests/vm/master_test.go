@@ -257,3 +257,53 @@ func TestQcow2StatePersists(t *testing.T) {
 		t.Error("the state partition was formatted again on the second boot")
 	}
 }
+
+// TestBootMethods boots the same master image from its ISO (BIOS, isolinux)
+// and over PXE (QEMU's iPXE ROM, QEMU's built-in TFTP): each reaches the
+// kiln init and a control plane that answers the host.
+func TestBootMethods(t *testing.T) {
+	dir := t.TempDir()
+	genCluster(t, dir)
+	image := buildImage(t, dir, "master", "iso", "pxe")
+	kc := filepath.Join(dir, "cluster", "admin.kubeconfig")
+	api := qemu.Forward{GuestPort: 6443}
+	for _, tc := range []struct {
+		boot string
+		opts []qemu.Option
+	}{
+		{"iso-bios", []qemu.Option{qemu.WithCDROM(filepath.Join(image, "master.iso")), qemu.WithBoot("d"), qemu.WithUserNet(api)}},
+		{"pxe", []qemu.Option{qemu.WithBoot("n"), qemu.WithUserNetConfig(qemu.UserNet{
+			Forwards: []qemu.Forward{api}, TFTPRoot: filepath.Join(image, "pxe"), BootFile: "boot.ipxe"})}},
+	} {
+		t.Run(tc.boot, func(t *testing.T) {
+			start := time.Now()
+			opts := append([]qemu.Option{qemu.WithMemory(2048), qemu.WithCPUs(2),
+				qemu.WithSerialLog(filepath.Join(t.TempDir(), "console.log"))}, tc.opts...)
+			vm, err := qemu.Start(context.Background(), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Kill()
+			defer func() {
+				if t.Failed() {
+					t.Logf("console (tail):\n%s", vm.Console().Tail(60))
+				}
+			}()
+			expect(t, vm, "kiln.boot="+tc.boot, 3*time.Minute)
+			expect(t, vm, "] mounts done", 3*time.Minute)
+			t.Logf("figure: %s: QEMU start to kiln init: %s", tc.boot, time.Since(start).Round(100*time.Millisecond))
+			expect(t, vm, "] kube-apiserver ready", 6*time.Minute)
+			server := fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
+			var out string
+			for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+				if out, err = kubectl(kc, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
+					break
+				}
+			}
+			if out != "ok" {
+				t.Fatalf("/readyz from the host: %q %v", out, err)
+			}
+			t.Logf("figure: %s: QEMU start to /readyz ok: %s", tc.boot, time.Since(start).Round(100*time.Millisecond))
+		})
+	}
+}
