@@ -19,6 +19,8 @@
 #   kmod             modinfo/depmod for module checks
 #   binutils         readelf/objdump for checking binaries copied into images
 #   nftables         nft, copied into images for kube-proxy and the pod network
+#   tftp-hpa         a real TFTP client for the PXE server's tests
+#   ipxe             undionly.kpxe and ipxe.efi, served by `kiln pxe serve`
 set -euo pipefail
 
 PACKAGES=(
@@ -38,6 +40,8 @@ PACKAGES=(
 	kmod
 	binutils
 	nftables
+	tftp-hpa
+	ipxe
 )
 
 if [ "$(id -u)" -ne 0 ]; then

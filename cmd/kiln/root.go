@@ -51,6 +51,7 @@ Commands:
   kiln gen cluster   generate a cluster directory
   kiln build         build a master's or a worker's images (kernel, ISO, qcow2, PXE)
   kiln run           boot an image in QEMU
+  kiln pxe serve     boot machines from the network: DHCP, TFTP and HTTP on one interface
   kiln version       print kiln's version and the Kubernetes version it targets
 
 Run a master on this machine from a cluster directory with
@@ -66,7 +67,7 @@ Run a master on this machine from a cluster directory with
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})
-	root.AddCommand(genCommand(), buildCommand(), runCommand(), versionCommand())
+	root.AddCommand(genCommand(), buildCommand(), runCommand(), pxeCommand(), versionCommand())
 	return root
 }
 
