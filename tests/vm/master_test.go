@@ -95,6 +95,19 @@ func kubectl(kubeconfig, server string, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// waitReadyz polls the API's /readyz from the host until it answers ok.
+func waitReadyz(t *testing.T, kubeconfig, server string) {
+	t.Helper()
+	var out string
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if out, err = kubectl(kubeconfig, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
+			return
+		}
+	}
+	t.Fatalf("/readyz from the host: %q %v", out, err)
+}
+
 // TestMasterImage boots the master image with -kernel/-initrd and uses its
 // API from the host, then powers it off with the ACPI power button.
 func TestMasterImage(t *testing.T) {
@@ -127,16 +140,7 @@ func TestMasterImage(t *testing.T) {
 		}
 	}
 
-	var out string
-	var err error
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if out, err = kubectl(kc, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
-			break
-		}
-	}
-	if out != "ok" {
-		t.Fatalf("/readyz from the host: %q %v", out, err)
-	}
+	waitReadyz(t, kc, server)
 	t.Logf("figure: QEMU start to /readyz ok from the host: %s", time.Since(start).Round(100*time.Millisecond))
 	if out, err := kubectl(kc, server, "get", "--raw", "/version"); err != nil || !strings.Contains(out, `"gitVersion": "v1.37.`) {
 		t.Fatalf("/version: %v %s", err, out)
@@ -227,14 +231,7 @@ func TestQcow2StatePersists(t *testing.T) {
 		expect(t, vm, "] master ready", 6*time.Minute)
 		return vm, fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
 	}
-	ready := func(server string) {
-		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-			if out, err := kubectl(kc, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
-				return
-			}
-		}
-		t.Fatal("/readyz not ok from the host")
-	}
+	ready := func(server string) { waitReadyz(t, kc, server) }
 
 	vm, server := boot()
 	ready(server)
@@ -294,15 +291,7 @@ func TestBootMethods(t *testing.T) {
 			t.Logf("figure: %s: QEMU start to kiln init: %s", tc.boot, time.Since(start).Round(100*time.Millisecond))
 			expect(t, vm, "] kube-apiserver ready", 6*time.Minute)
 			server := fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
-			var out string
-			for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-				if out, err = kubectl(kc, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
-					break
-				}
-			}
-			if out != "ok" {
-				t.Fatalf("/readyz from the host: %q %v", out, err)
-			}
+			waitReadyz(t, kc, server)
 			t.Logf("figure: %s: QEMU start to /readyz ok: %s", tc.boot, time.Since(start).Round(100*time.Millisecond))
 		})
 	}
