@@ -224,9 +224,9 @@ func TestQcow2StatePersists(t *testing.T) {
 				t.Logf("console (tail):\n%s", vm.Console().Tail(60))
 			}
 		})
-		line := expect(t, vm, "storage: ", 3*time.Minute)
-		if !strings.Contains(line, "/dev/vda2 mounted") {
-			t.Errorf("storage line does not name the state partition: %s", line)
+		// The console arrives in chunks: match the whole message, not its start.
+		if _, err := vm.ExpectRegexp(context.Background(), regexp.MustCompile(`storage: /dev/vda2 mounted on /var/lib`), 3*time.Minute); err != nil {
+			t.Fatalf("the state partition was not mounted: %v", err)
 		}
 		expect(t, vm, "] master ready", 6*time.Minute)
 		return vm, fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
