@@ -26,6 +26,7 @@ import (
 //	sleep-exit DUR   run for DUR, then exit 1
 //	ignore-term      ignore SIGTERM, create KILN_READY, run until killed
 //	lines N          print N numbered lines, one 100 KiB line and "after long", then serve
+//	oneshot MARKER   exit 1 the first time (creating MARKER), 0 after
 //	orphan [setsid]  start a grandchild (ignore-term, in a session of its own
 //	                 if asked), journal "orphan PID" once it runs, exit 1
 //
@@ -54,6 +55,15 @@ func helperMain(args []string) int {
 	switch args[0] {
 	case "serve":
 		return helperServe(name)
+	case "oneshot":
+		// Fail the first time (creating the marker), succeed after.
+		if _, err := os.Stat(args[1]); err != nil {
+			os.WriteFile(args[1], nil, 0o644)
+			journal("oneshot-fail " + name)
+			return 1
+		}
+		journal("oneshot-ok " + name)
+		return 0
 	case "exit":
 		code, _ := strconv.Atoi(args[1])
 		fmt.Fprintf(os.Stderr, "%s: exiting with %d\n", name, code)

@@ -78,6 +78,20 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 			return
 		}
 
+		if sv.spec.Oneshot && !r.startErr && r.exit == describeExit(nil) {
+			s.update(sv, func(st *ServiceStatus) []event {
+				st.State = StateDone
+				st.PID = 0
+				st.StartedAt = time.Time{}
+				st.LastExit = r.exit
+				st.LastExitAt = now
+				if st.ReadyAt.IsZero() {
+					st.ReadyAt = now
+				}
+				return []event{{what: "done", detail: "after " + r.ran.Round(time.Millisecond).String()}}
+			})
+			return
+		}
 		shortRuns = nextShortRuns(shortRuns, r.ran, s.opts.StableAfter)
 		delay := backoffDelay(s.opts.BackoffBase, s.opts.BackoffMax, shortRuns)
 		s.update(sv, func(st *ServiceStatus) []event {
@@ -114,7 +128,7 @@ func (s *Supervisor) waitDeps(ctx context.Context, sv *service) bool {
 		s.mu.Lock()
 		ready := true
 		for _, d := range sv.deps {
-			ready = ready && d.st.State == StateReady
+			ready = ready && d.st.State.satisfied()
 		}
 		changed := s.changed
 		s.mu.Unlock()
@@ -168,7 +182,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 		st.NextStart = time.Time{}
 		st.Backoff = 0
 		evs := []event{{what: "started", detail: fmt.Sprintf("pid %d", p.pid)}}
-		if sv.spec.Ready == nil {
+		if sv.spec.Ready == nil && !sv.spec.Oneshot {
 			evs = append(evs, becomeReady(st, startedAt)...)
 		}
 		return evs
@@ -178,7 +192,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
-		if sv.spec.Ready != nil {
+		if sv.spec.Ready != nil && !sv.spec.Oneshot {
 			s.probe(probeCtx, sv)
 		}
 	}()

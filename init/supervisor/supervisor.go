@@ -33,6 +33,11 @@ type Spec struct {
 	// process runs. nil means "ready as soon as the process has started".
 	Ready       func(ctx context.Context) error
 	StopTimeout time.Duration // SIGTERM then SIGKILL after this; 0 = Options.StopTimeout
+	// Oneshot marks a task that runs to completion (e.g. importing images):
+	// exit status 0 makes it done, which counts as ready for its dependents,
+	// and it is not started again; any other exit is restarted with backoff
+	// like a daemon's. Ready is not used.
+	Oneshot bool
 }
 
 // Options tune the supervisor; zero values take the defaults noted.
@@ -102,7 +107,12 @@ const (
 	StateCrashLoop State = "crash-loop" // exited CrashLoopAfter times in a row after short runs; still restarted, with growing delays
 	StateStopping  State = "stopping"   // being stopped because the supervisor is stopping
 	StateStopped   State = "stopped"    // stopped for good
+	StateDone      State = "done"       // a Oneshot that exited 0; counts as ready
 )
+
+// satisfied reports whether a service in this state lets its dependents
+// start: a ready daemon or a completed task.
+func (st State) satisfied() bool { return st == StateReady || st == StateDone }
 
 // Status is a snapshot of the whole supervisor.
 type Status struct {
@@ -281,7 +291,7 @@ func (s *Supervisor) Status() Status {
 }
 
 // WaitReady blocks until every named service (every service, if none is
-// named) is ready at the same moment. It fails at once for an unknown name,
+// named) is ready (or, for a Oneshot, done) at the same moment. It fails at once for an unknown name,
 // when ctx is done, and when the supervisor starts stopping, since nothing
 // becomes ready after that; the error says which services were not ready.
 func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
@@ -300,7 +310,7 @@ func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
 		s.mu.Lock()
 		var waiting []string
 		for _, sv := range targets {
-			if sv.st.State != StateReady {
+			if !sv.st.State.satisfied() {
 				waiting = append(waiting, fmt.Sprintf("%s (%s)", sv.spec.Name, sv.st.State))
 			}
 		}

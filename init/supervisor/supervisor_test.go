@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -384,5 +385,38 @@ func TestWaitReady(t *testing.T) {
 	}
 	if err := r.Run(context.Background()); err == nil {
 		t.Error("a second Run did not fail")
+	}
+}
+
+// A Oneshot that fails is retried; once it exits 0 it is done, is not
+// started again, and lets its dependents start.
+func TestOneshotRetriedUntilDone(t *testing.T) {
+	dir := t.TempDir()
+	// The task fails until a marker file exists; its second run creates it
+	// and succeeds.
+	marker := filepath.Join(dir, "second-run")
+	task := helperSpec(dir, "task", "oneshot", marker)
+	task.Oneshot = true
+	daemon := helperSpec(dir, "daemon", "serve")
+	daemon.Ready = fileProbe(readyFile(dir, "daemon"))
+	daemon.DependsOn = []string{"task"}
+	r := startSupervisor(t, testOptions(), task, daemon)
+	waitReady(t, r)
+
+	st := r.service("task")
+	if st.State != StateDone || st.Restarts != 1 || st.PID != 0 {
+		t.Fatalf("task: %+v, want done after one restart", st)
+	}
+	d := r.service("daemon")
+	if d.StartedAt.Before(st.ReadyAt) {
+		t.Errorf("daemon started at %s, before the task was done at %s", d.StartedAt, st.ReadyAt)
+	}
+	want := []string{"oneshot-fail task", "oneshot-ok task", "start daemon", "ready daemon"}
+	if got := readJournal(t, dir); !slices.Equal(got, want) {
+		t.Fatalf("journal %q, want %q", got, want)
+	}
+	r.stop(t)
+	if got := r.service("task").State; got != StateStopped {
+		t.Errorf("task after stop: %s, want stopped", got)
 	}
 }
