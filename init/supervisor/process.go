@@ -26,6 +26,8 @@ type process struct {
 	pipes     []*os.File // read ends of stdout and stderr
 	readers   sync.WaitGroup
 	cgroupDir string
+	// keepChildren: signals and the final kill reach the main process only.
+	keepChildren bool
 }
 
 // start starts the service's process in its own process group (so a stop
@@ -62,11 +64,12 @@ func (s *Supervisor) start(sv *service) (*process, error) {
 		return nil, err
 	}
 	p := &process{
-		pid:       cmd.Process.Pid,
-		proc:      cmd.Process,
-		exited:    make(chan error, 1),
-		pipes:     []*os.File{outR, errR},
-		cgroupDir: sv.cgroupDir,
+		pid:          cmd.Process.Pid,
+		proc:         cmd.Process,
+		exited:       make(chan error, 1),
+		pipes:        []*os.File{outR, errR},
+		cgroupDir:    sv.cgroupDir,
+		keepChildren: sv.spec.KeepChildren,
 	}
 	for _, r := range p.pipes {
 		p.readers.Go(func() {
@@ -98,6 +101,10 @@ func (p *process) terminate(timeout time.Duration) (error, bool) {
 // component must not find its predecessor's children holding its ports, and
 // nothing may outlive a stop. Then the remaining output is drained.
 func (p *process) cleanup() {
+	if p.keepChildren {
+		p.drain()
+		return
+	}
 	// Signalling a group whose leader is reaped is safe: while members
 	// remain, the kernel does not hand the id out again.
 	_ = syscall.Kill(-p.pid, syscall.SIGKILL)
@@ -106,6 +113,12 @@ func (p *process) cleanup() {
 		// is all there is.
 		_ = os.WriteFile(filepath.Join(p.cgroupDir, "cgroup.kill"), []byte("1"), 0)
 	}
+	p.drain()
+}
+
+// drain waits for the output pipes to close, giving up after drainTimeout
+// when a surviving child holds them.
+func (p *process) drain() {
 	drained := make(chan struct{})
 	go func() {
 		p.readers.Wait()
@@ -125,7 +138,9 @@ func (p *process) cleanup() {
 // to a group of its own (os.Process knows whether it has been reaped, so
 // this never hits a recycled pid). Errors only mean nothing is left.
 func (p *process) signal(sig syscall.Signal) {
-	_ = syscall.Kill(-p.pid, sig)
+	if !p.keepChildren {
+		_ = syscall.Kill(-p.pid, sig)
+	}
 	_ = p.proc.Signal(sig)
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -39,6 +40,35 @@ func TestLeftoverGroupMembersAreKilled(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// With KeepChildren (containerd and its shims) the children outlive the
+// main process's exit and restarts.
+func TestKeepChildrenLeavesChildrenAlive(t *testing.T) {
+	dir := t.TempDir()
+	sp := helperSpec(dir, "parent", "orphan")
+	sp.KeepChildren = true
+	r := startSupervisor(t, testOptions(), sp)
+	pid := orphanPid(t, dir)
+	t.Cleanup(func() {
+		// Every run left one; they ignore SIGTERM.
+		for _, l := range readJournal(t, dir) {
+			if p, ok := strings.CutPrefix(l, "orphan "); ok {
+				if n, err := strconv.Atoi(p); err == nil {
+					syscall.Kill(n, syscall.SIGKILL)
+				}
+			}
+		}
+	})
+	eventually(t, 10*time.Second, func() error {
+		if st := r.service("parent"); st.Restarts < 2 {
+			return fmt.Errorf("parent restarted %d times, want 2", st.Restarts)
+		}
+		return nil
+	})
+	if processGone(pid) {
+		t.Fatalf("child %d was killed with its parent", pid)
+	}
 }
 
 // cgroupV2Dir returns a fresh directory in this process's cgroup v2, and

@@ -38,6 +38,11 @@ type Spec struct {
 	// and it is not started again; any other exit is restarted with backoff
 	// like a daemon's. Ready is not used.
 	Oneshot bool
+	// KeepChildren limits signals and the clean-up after an exit to the
+	// main process, leaving the processes it started alive (systemd's
+	// KillMode=process): containerd's shims keep the pods running while
+	// containerd itself restarts.
+	KeepChildren bool
 }
 
 // Options tune the supervisor; zero values take the defaults noted.
