@@ -31,7 +31,7 @@ CLUSTER ?= out/cluster
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
 
-build: bin/kiln bin/kiln-node bin/kubectl ## build bin/kiln (host CLI), bin/kiln-node (node binary), bin/kubectl
+build: bin/kiln bin/kiln-node bin/kubectl pods ## build bin/kiln (host CLI), bin/kiln-node (node binary), bin/kubectl and the worker stack's programs
 
 # Go decides what is stale; these always ask it (a no-op build takes seconds).
 .PHONY: bin/kiln bin/kiln-node bin/kubectl
@@ -44,6 +44,25 @@ bin/kiln-node:
 bin/kubectl:
 	@echo "go build bin/kubectl ($(KUBE_VERSION))"
 	@$(GO) build -ldflags '$(LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubectl
+
+# The worker stack's programs, copied into images whose node runs pods:
+# runc (cgo, static, with seccomp), containerd's runc shim, the CNI plugins,
+# and the programs of the OCI images kiln builds (pause, CoreDNS, kiln-echo).
+CNI := github.com/containernetworking/plugins/plugins
+.PHONY: pods bin/runc bin/containerd-shim-runc-v2 bin/cni bin/oci
+pods: bin/runc bin/containerd-shim-runc-v2 bin/cni bin/oci
+bin/runc: deps
+	@echo "go build bin/runc (static, seccomp)"
+	@CGO_ENABLED=1 $(GO) build -tags 'seccomp netgo osusergo' -ldflags '-s -w -extldflags -static' -o $@ github.com/opencontainers/runc
+bin/containerd-shim-runc-v2:
+	@echo "go build bin/containerd-shim-runc-v2"
+	@$(GO) build -ldflags '-s -w' -o $@ ./cmd/containerd-shim-runc-v2
+bin/cni:
+	@echo "go build bin/cni/{bridge,host-local,loopback}"
+	@mkdir -p $@ && $(GO) build -ldflags '-s -w' -o $@/ $(CNI)/main/bridge $(CNI)/ipam/host-local $(CNI)/main/loopback
+bin/oci:
+	@echo "go build bin/oci/{pause,coredns,kiln-echo}"
+	@mkdir -p $@ && $(GO) build -ldflags '-s -w' -o $@/ ./images/oci/pause ./images/oci/coredns ./images/oci/kiln-echo
 
 vet: ## go vet every package
 	$(GO) vet ./...
@@ -86,8 +105,8 @@ deps: ## install the Debian packages the image builder and the VM tests need
 
 # --cluster is passed only when CLUSTER is not the default, so that kiln
 # build generates out/cluster the first time (and never a mistyped one).
-image: deps bin/kiln bin/kiln-node ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic]
-	bin/kiln build --role $(ROLE) --node-binary bin/kiln-node --out out/$(ROLE) \
+image: deps bin/kiln bin/kiln-node pods ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [IMAGES=a.tar,b.tar]
+	bin/kiln build --role $(ROLE) --node-binary bin/kiln-node --out out/$(ROLE) $(if $(IMAGES),--images $(IMAGES)) \
 		$(if $(filter-out out/cluster,$(CLUSTER)),--cluster $(CLUSTER)) \
 		$(if $(FORMAT),--format $(FORMAT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(KERNEL),--kernel $(KERNEL))
 

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 
 	"kiln/configs/node"
@@ -57,6 +58,15 @@ func (APIServer) Prepare(env *Env) error {
 	if err := issue(c.CA, env.Path(apiServingCert), env.Path(apiServingKey), pki.CertRequest{
 		CommonName: "kube-apiserver", DNSNames: dns, IPs: ips, Server: true,
 	}); err != nil {
+		return err
+	}
+	// Serve the CA after the leaf: a joining worker carries only the CA's
+	// hash and learns the certificate from this chain (see join).
+	leaf, err := os.ReadFile(env.Path(apiServingCert))
+	if err != nil {
+		return err
+	}
+	if err := pki.WriteFile(env.Path(apiServingCert), append(leaf, c.CA.CertPEM...), false); err != nil {
 		return err
 	}
 	if err := issue(c.CA, env.Path(apiKubeletClientCert), env.Path(apiKubeletClientKey), pki.CertRequest{

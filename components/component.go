@@ -59,20 +59,57 @@ type Listener interface {
 	Listens(env *Env) []string
 }
 
-// All lists every component, in start order.
+// Conditional is implemented by components a role runs only when the node
+// config asks for them (the worker stack on a master).
+type Conditional interface {
+	Enabled(cfg *node.Config) bool
+}
+
+// Task is implemented by components that run to completion (importing
+// images, joining, applying the cluster add-ons) instead of serving: the
+// supervisor counts them done when they exit 0 and retries them otherwise.
+type Task interface {
+	Task()
+}
+
+// ChildKeeper is implemented by components whose children must outlive a
+// restart of the component itself (containerd's shims hold the pods).
+type ChildKeeper interface {
+	KeepChildren()
+}
+
+// All lists every component, in start order. A dependency on a component
+// the node does not run (join, on a master) is ignored.
 var All = []Component{
 	Etcd{},
 	APIServer{},
 	ControllerManager{},
 	Scheduler{},
+	Addons{},
+	Join{},
+	Containerd{},
+	ImportImages{},
+	Kubelet{},
+	PodNetwork{},
+	KubeProxy{},
 }
 
-// ForRole returns the components a role runs, in start order.
+// ForRole returns the components a role runs by default, in start order.
 func ForRole(role node.Role) []Component {
+	cfg := node.Default()
+	cfg.Role = role
+	return For(&cfg)
+}
+
+// For returns the components a node runs, in start order.
+func For(cfg *node.Config) []Component {
 	var out []Component
 	for _, c := range All {
+		if cond, ok := c.(Conditional); ok && !cond.Enabled(cfg) {
+			continue
+		}
 		for _, r := range c.Roles() {
-			if r == role {
+			if r == cfg.Role {
 				out = append(out, c)
 				break
 			}

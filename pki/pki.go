@@ -481,3 +481,6 @@ func newSerial() (*big.Int, error) {
 func encodeCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: blockCertificate, Bytes: bytes.Clone(der)})
 }
+
+// EncodeCertPEM encodes a certificate as PEM.
+func EncodeCertPEM(c *x509.Certificate) []byte { return encodeCert(c.Raw) }

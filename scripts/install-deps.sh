@@ -42,6 +42,8 @@ PACKAGES=(
 	nftables
 	tftp-hpa
 	ipxe
+	libseccomp-dev
+	pkg-config
 )
 
 if [ "$(id -u)" -ne 0 ]; then

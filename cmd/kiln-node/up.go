@@ -18,7 +18,7 @@ func upCommand() *cobra.Command {
 	var (
 		role, clusterDir, dataDir, configPath, address, hostname string
 		apiPort                                                  int
-		quiet                                                    bool
+		quiet, runPods                                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -30,7 +30,12 @@ state.
 
 The node config (--config) is the same YAML a kiln image reads; flags given
 here override it. Component output goes to DATA/log/NAME.log and, prefixed
-with the component's name, to standard output.`,
+with the component's name, to standard output.
+
+On a host a master runs the control plane only, unless --run-pods is given:
+the worker stack (containerd, kubelet, kube-proxy, the pod network) changes
+the host's network and cgroups, and expects the programs a kiln image
+carries (runc, the CNI plugins) in their places.`,
 		Example: `  kiln gen cluster --out out/cluster
   kiln-node up --role master --cluster out/cluster --data-dir /tmp/kiln
   kubectl --kubeconfig out/cluster/admin.kubeconfig get --raw /readyz`,
@@ -57,6 +62,7 @@ with the component's name, to standard output.`,
 			if flags.Changed("hostname") {
 				cfg.Hostname = hostname
 			}
+			cfg.RunPods = runPods
 			if clusterDir == "" {
 				return usageError{fmt.Errorf("--cluster is required (create one with: kiln gen cluster --out DIR)")}
 			}
@@ -83,6 +89,7 @@ with the component's name, to standard output.`,
 	f.StringVar(&address, "address", "127.0.0.1", "IP address the components bind to and advertise")
 	f.StringVar(&hostname, "hostname", "", "node name (default: this host's name)")
 	f.IntVar(&apiPort, "api-port", 6443, "kube-apiserver's secure port")
+	f.BoolVar(&runPods, "run-pods", false, "also run the worker stack on a master (see above)")
 	f.BoolVarP(&quiet, "quiet", "q", false, "keep component output off the terminal (it still goes to the log files)")
 	return cmd
 }

@@ -27,7 +27,8 @@ const defaultClusterDir = "out/cluster"
 
 type buildFlags struct {
 	role, nodeBinary, clusterDir, config, kernel, out, cacheDir string
-	formats                                                     []string
+	binDir                                                      string
+	formats, images                                             []string
 	appendArgs                                                  []string
 	diskSizeGiB                                                 int
 }
@@ -41,8 +42,12 @@ func buildCommand() *cobra.Command {
 cluster directory. The node binary becomes /init of an initramfs that also
 holds the node config (/etc/kiln/config.yaml), the cluster material the role
 needs (/etc/kiln/cluster: all of it for a master; for a worker only
-cluster.yaml, the CA certificate and the bootstrap token, never a private
-key), the kernel modules and a few tools. Then each format is written to
+cluster.yaml, with the CA certificate's hash, and the bootstrap token, never
+a private key), the kernel modules and a few tools. A node that runs pods (a
+worker; a master unless its config says runPods: false) also gets runc,
+containerd's shim, the CNI plugins and the images it imports into
+containerd at boot: kiln's pause, CoreDNS and kiln-echo images, built here
+from bin/oci/*, and any --images archives. Then each format is written to
 --out:
 
 ` + formatHelp() + `
@@ -52,7 +57,8 @@ Without --cluster, kiln uses ` + defaultClusterDir + ` and generates it the firs
 The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 		Example: `  kiln build --role master
   kiln build --role worker --format iso,pxe --cluster clusters/prod --config worker.yaml
-  kiln build --role master --kernel generic --out out/metal`,
+  kiln build --role master --kernel generic --out out/metal
+  kiln build --role worker --images myapp.tar,redis.tar`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
@@ -70,6 +76,8 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 	fl.StringVarP(&f.out, "out", "o", "", "output directory (default out/<role>)")
 	fl.StringVar(&f.cacheDir, "cache-dir", "", "kernel download cache (default $KILN_CACHE_DIR or out/cache)")
 	fl.StringSliceVar(&f.appendArgs, "append", nil, "extra kernel command line arguments")
+	fl.StringVar(&f.binDir, "bin-dir", "", "where make build put runc, the containerd shim, cni/* and oci/* (default: the node binary's directory)")
+	fl.StringSliceVar(&f.images, "images", nil, "image archives (docker save) to import at boot, comma-separated, besides kiln's own")
 	fl.IntVar(&f.diskSizeGiB, "disk-size", build.DefaultDiskSize>>30, "qcow2 disk size in GiB (sparse)")
 	return c
 }
@@ -117,6 +125,8 @@ func (f buildFlags) request() (build.Request, error) {
 		Append:     f.appendArgs,
 		DiskSize:   int64(f.diskSizeGiB) << 30,
 		Version:    kilnVersion(),
+		BinDir:     f.binDir,
+		Images:     f.images,
 	}
 	if r.OutDir == "" {
 		r.OutDir = filepath.Join("out", f.role)

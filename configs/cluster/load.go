@@ -21,10 +21,11 @@ import (
 // what to do about it.
 func Load(dir string) (*Cluster, error) { return load(dir, true) }
 
-// LoadForWorker reads what a worker needs: cluster.yaml, the cluster CA
-// certificate (no key) and the bootstrap token. The returned cluster's
-// CA.Key, EtcdCA, FrontProxyCA, ServiceAccountKey and EncryptionKey are
-// nil.
+// LoadForWorker reads what a worker needs: cluster.yaml (endpoint, CA hash)
+// and the bootstrap token; the cluster CA certificate (never its key) only
+// if the directory has it, checked against the hash. Without it CA is nil:
+// the worker learns the certificate from the master when it joins. EtcdCA,
+// FrontProxyCA, ServiceAccountKey and EncryptionKey are always nil.
 func LoadForWorker(dir string) (*Cluster, error) { return load(dir, false) }
 
 type loader struct {
@@ -101,14 +102,17 @@ func load(dir string, master bool) (*Cluster, error) {
 		if c.CA, err = pki.LoadCA(l.p.CACert, l.p.CAKey); err != nil {
 			return nil, l.fail(CACertFile, err)
 		}
-	} else {
+	} else if _, statErr := os.Stat(l.p.CACert); statErr == nil {
 		cert, certPEM, err := pki.LoadCACert(l.p.CACert)
 		if err != nil {
 			return nil, l.fail(CACertFile, err)
 		}
 		c.CA = &pki.CA{Cert: cert, CertPEM: certPEM}
 	}
-	if h := pki.CAHash(c.CA.Cert); h != f.CAHash {
+	// A worker may carry only the CA's hash: it learns the certificate from
+	// the master at join and checks it against the hash then.
+	if c.CA != nil && pki.CAHash(c.CA.Cert) != f.CAHash {
+		h := pki.CAHash(c.CA.Cert)
 		return nil, l.fail(ConfigFile, fmt.Errorf("caHash %s does not match %s (%s): the CA was replaced, or the files come from two clusters",
 			f.CAHash, CACertFile, h))
 	}

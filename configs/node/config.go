@@ -16,6 +16,7 @@ import (
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -53,7 +54,22 @@ type Config struct {
 	Network Network `yaml:"network,omitempty"`
 	// Storage is where an appliance keeps its state (/var/lib).
 	Storage Storage `yaml:"storage,omitempty"`
+	// APIEndpoint is the API server this node's kubelet, kube-proxy and pod
+	// network talk to, https://HOST:PORT; empty means the cluster's endpoint
+	// (cluster.yaml). Workers behind a different route than the users' (a
+	// private L2, an internal load balancer) set it.
+	APIEndpoint string `yaml:"apiEndpoint,omitempty"`
+	// RunPods makes a master a node too: it also runs containerd, the
+	// kubelet, kube-proxy and the pod network, so one machine is a whole
+	// cluster. Default true. Workers always run pods.
+	RunPods bool `yaml:"runPods"`
+	// Schedulable removes the control-plane taint from a master that runs
+	// pods, so ordinary workloads are scheduled on it. Default false.
+	Schedulable bool `yaml:"schedulable,omitempty"`
 }
+
+// RunsPods reports whether the node runs the worker stack.
+func (c *Config) RunsPods() bool { return c.Role == RoleWorker || c.RunPods }
 
 // Ports are the TCP ports the master components listen on.
 type Ports struct {
@@ -71,6 +87,7 @@ func Default() Config {
 		Kind:       Kind,
 		Role:       RoleMaster,
 		Address:    "127.0.0.1",
+		RunPods:    true,
 		Ports: Ports{
 			APIServer:         6443,
 			EtcdClient:        2379,
@@ -171,6 +188,11 @@ func (c *Config) Validate() error {
 	if c.Hostname != "" && !dnsLabel.MatchString(c.Hostname) {
 		errs = append(errs, fmt.Errorf("hostname: %q is not a valid node name (lowercase letters, digits and '-', at most 63)", c.Hostname))
 	}
+	if c.APIEndpoint != "" {
+		if err := validEndpoint(c.APIEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("apiEndpoint: %q %v (e.g. https://192.168.1.10:6443)", c.APIEndpoint, err))
+		}
+	}
 	if net.ParseIP(c.Address) == nil {
 		errs = append(errs, fmt.Errorf("address: %q is not an IP address (e.g. 192.168.1.10)", c.Address))
 	}
@@ -224,4 +246,20 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// validEndpoint checks an https://HOST:PORT URL.
+func validEndpoint(s string) error {
+	rest, ok := strings.CutPrefix(s, "https://")
+	if !ok {
+		return errors.New("does not start with https://")
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || host == "" {
+		return errors.New("is not https://HOST:PORT")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return errors.New("has no valid port (1-65535)")
+	}
+	return nil
 }

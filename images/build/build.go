@@ -71,6 +71,13 @@ type Request struct {
 	DiskSize int64
 	// Version is kiln's version, written to /etc/os-release. Default "dev".
 	Version string
+	// BinDir holds the worker stack's programs (runc, the shim, cni/*,
+	// oci/*), as "make build" lays them out. Default: NodeBinary's
+	// directory. Used when the node runs pods.
+	BinDir string
+	// Images are image archives (docker save) to import at boot besides
+	// kiln's own, for a node that runs pods.
+	Images []string
 }
 
 // Artifact is a file a format wrote.
@@ -107,6 +114,9 @@ type Result struct {
 	// Tools are the userspace tools in the initramfs (image paths), and
 	// MissingTools the optional ones the build host does not have.
 	Tools, MissingTools []string
+	// PodImages are the references of the images the node imports at
+	// boot (empty when it runs no pods).
+	PodImages []string
 	// Entries is the number of entries in the initramfs.
 	Entries   int
 	Artifacts []Artifact
@@ -314,8 +324,13 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 			return "", err
 		}
 		res.Modules, res.Tools, res.MissingTools = c.modules, c.tools, c.missingTools
+		res.PodImages = c.podImages
 		res.Entries = len(a.Paths())
-		return fmt.Sprintf("%d entries: /init, %d modules, tools %s", res.Entries, len(c.modules), strings.Join(c.tools, " ")), nil
+		pods := "no pods"
+		if len(c.podImages) > 0 {
+			pods = "images " + strings.Join(c.podImages, " ")
+		}
+		return fmt.Sprintf("%d entries: /init, %d modules, tools %s; %s", res.Entries, len(c.modules), strings.Join(c.tools, " "), pods), nil
 	}); err != nil {
 		return nil, err
 	}

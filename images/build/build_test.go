@@ -13,6 +13,7 @@ import (
 
 	"kiln/configs/cluster"
 	"kiln/configs/node"
+	"kiln/images/oci"
 )
 
 func TestRequestCheck(t *testing.T) {
@@ -266,9 +267,23 @@ func TestImageContents(t *testing.T) {
 						t.Errorf("worker initramfs: %s holds a private key", e.name)
 					}
 				}
-				for _, rel := range []string{cluster.ConfigFile, cluster.CACertFile, cluster.BootstrapTokenFile} {
+				for _, rel := range []string{cluster.ConfigFile, cluster.BootstrapTokenFile} {
 					get("etc/kiln/cluster/" + rel)
 				}
+				// Only the CA's hash (in cluster.yaml): the worker learns
+				// the certificate from the master at join.
+				if _, ok := entries["etc/kiln/cluster/"+cluster.CACertFile]; ok {
+					t.Errorf("worker image has %s", cluster.CACertFile)
+				}
+			}
+			// Both roles run pods by default: the worker stack is there.
+			for _, p := range PodPrograms {
+				get(p.Path[1:])
+			}
+			for _, im := range oci.Builtin {
+				get("usr/share/kiln/images/" + im.Archive)
+			}
+			if role == "worker" {
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package build
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -92,19 +93,21 @@ type clusterFile struct {
 }
 
 // clusterFiles returns the cluster material a role's image carries. A
-// worker gets the cluster's name and endpoint, the CA certificate and the
-// bootstrap token: never a CA key, the service-account key, the encryption
-// key or the admin kubeconfig (it holds a cluster-admin private key).
+// worker gets cluster.yaml (the cluster's name, endpoint and the CA
+// certificate's hash) and the bootstrap token: it learns the CA certificate
+// from the master when it joins, checked against the hash. Never a CA key,
+// the service-account key, the encryption key or the admin kubeconfig (it
+// holds a cluster-admin private key).
 func clusterFiles(role node.Role) []clusterFile {
 	worker := []clusterFile{
 		{cluster.ConfigFile, 0o644},
-		{cluster.CACertFile, 0o644},
 		{cluster.BootstrapTokenFile, 0o600},
 	}
 	if role != node.RoleMaster {
 		return worker
 	}
 	return append(worker,
+		clusterFile{cluster.CACertFile, 0o644},
 		clusterFile{cluster.AdminKubeconfigFile, 0o600},
 		clusterFile{cluster.CAKeyFile, 0o600},
 		clusterFile{cluster.EtcdCACertFile, 0o644},
@@ -119,6 +122,7 @@ func clusterFiles(role node.Role) []clusterFile {
 
 // content is what assemble put in the archive, for the report.
 type content struct {
+	podImages    []string
 	modules      []string
 	tools        []string
 	missingTools []string
@@ -162,6 +166,9 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 	a.Dir("etc/kiln", 0o755)
 	a.File(ImageConfigFile, config, 0o644)
 	a.File(ImageOSRelease, osRelease(r), 0o644)
+	// The kubelet reads the user databases (user-namespace mappings).
+	a.File("etc/passwd", []byte("root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"), 0o644)
+	a.File("etc/group", []byte("root:x:0:\nnogroup:x:65534:\n"), 0o644)
 
 	// Cluster material.
 	a.Dir(ImageClusterDir, 0o700)
@@ -214,6 +221,19 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 		c.tools = append(c.tools, t.Path)
 	}
 	a.File(ImageTools, lines(c.tools), 0o644)
+
+	// The worker stack, when the node runs pods.
+	cfg, err := node.Parse(config)
+	if err != nil {
+		return nil, nil, fmt.Errorf("node config: %w", err)
+	}
+	if cfg.RunsPods() {
+		if c.podImages, err = podContent(a, r); err != nil {
+			return nil, nil, err
+		}
+	} else if len(r.Images) > 0 {
+		return nil, nil, errors.New("image archives given, but this node runs no pods (runPods: false)")
+	}
 	return a, c, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"kiln/configs/cluster"
 	"kiln/configs/node"
 	"kiln/images/kernel"
+	"kiln/images/oci"
 )
 
 // Shared by the tests of this package: the test init (a tiny static PID 1
@@ -57,6 +58,19 @@ func fixtures(t *testing.T) (initBin, clusterDir string) {
 			shared.err = fmt.Errorf("go build testinit: %v\n%s", err, out)
 			return
 		}
+		// Stand-ins for the worker stack's programs where the builder looks
+		// by default (beside the node binary): these tests check what goes
+		// where; tests/vm boots the real ones.
+		for _, p := range PodPrograms {
+			if shared.err = writeFake(filepath.Join(shared.dir, p.Bin), "fake "+p.Bin); shared.err != nil {
+				return
+			}
+		}
+		for _, im := range oci.Builtin {
+			if shared.err = writeFake(filepath.Join(shared.dir, "oci", im.Binary), "fake "+im.Binary); shared.err != nil {
+				return
+			}
+		}
 		shared.clusterDir = filepath.Join(shared.dir, "cluster")
 		_, shared.err = cluster.Generate(shared.clusterDir, cluster.Options{Name: "buildtest"})
 	})
@@ -64,6 +78,13 @@ func fixtures(t *testing.T) (initBin, clusterDir string) {
 		t.Fatal(shared.err)
 	}
 	return shared.init, shared.clusterDir
+}
+
+func writeFake(path, content string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte("#!/bin/false\n"+content+"\n"), 0o755)
 }
 
 // needKernel fetches the kernel into the default cache once (a no-op when

@@ -64,7 +64,11 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	cl, err := cluster.Load(o.ClusterDir)
+	load := cluster.Load
+	if cfg.Role == node.RoleWorker {
+		load = cluster.LoadForWorker
+	}
+	cl, err := load(o.ClusterDir)
 	if err != nil {
 		return err
 	}
@@ -77,7 +81,7 @@ func Run(ctx context.Context, o Options) error {
 		nodeName = strings.ToLower(h)
 	}
 	env := &components.Env{Config: cfg, Cluster: cl, NodeName: nodeName, DataDir: dataDir}
-	comps := components.ForRole(cfg.Role)
+	comps := components.For(&cfg)
 	if len(comps) == 0 {
 		return fmt.Errorf("role %s: no components are built in for this role yet", cfg.Role)
 	}
@@ -108,9 +112,14 @@ func Run(ctx context.Context, o Options) error {
 			Name:      c.Name(),
 			Path:      o.Self,
 			Args:      append([]string{"component", c.Name()}, argv...),
-			DependsOn: c.DependsOn(),
+			DependsOn: presentDeps(c.DependsOn(), comps),
 		}
-		if p, ok := c.(components.Prober); ok {
+		if _, ok := c.(components.ChildKeeper); ok {
+			spec.KeepChildren = true
+		}
+		if _, ok := c.(components.Task); ok {
+			spec.Oneshot = true
+		} else if p, ok := c.(components.Prober); ok {
 			spec.Ready = func(ctx context.Context) error { return p.Ready(ctx, env) }
 		}
 		specs = append(specs, spec)
@@ -138,6 +147,7 @@ func Run(ctx context.Context, o Options) error {
 	done := make(chan error, 1)
 	go func() { done <- sup.Run(runCtx) }()
 	go reportReady(runCtx, con, sup, specs, env)
+	go reportExits(runCtx, con, sup)
 
 	err = <-done
 	con.stage("all components stopped, in order: %s", strings.Join(stopOrder(sup.Status()), ", "))
@@ -163,10 +173,64 @@ func reportReady(ctx context.Context, con *console, sup *supervisor.Supervisor, 
 		if err := sup.WaitReady(ctx, s.Name); err != nil {
 			return
 		}
-		con.stage("%s ready", s.Name)
+		if s.Oneshot {
+			con.stage("%s done", s.Name)
+		} else {
+			con.stage("%s ready", s.Name)
+		}
+	}
+	if env.Config.Role == node.RoleWorker {
+		con.stage("worker ready: node %s is running its components (kubectl get nodes on the master's kubeconfig shows it)", env.NodeName)
+		return
 	}
 	con.stage("%s ready: kubectl --kubeconfig %s get nodes", env.Config.Role,
 		filepath.Join(env.Cluster.Dir, "admin.kubeconfig"))
+}
+
+// presentDeps drops the dependencies on components this node does not run
+// (a master's kubelet does not wait for a worker's join).
+func presentDeps(deps []string, comps []components.Component) []string {
+	var out []string
+	for _, d := range deps {
+		for _, c := range comps {
+			if c.Name() == d {
+				out = append(out, d)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// reportExits puts every component exit on the console with the last line
+// the component wrote, so a crash or a failed join (wrong CA, refused
+// token) is visible where a person looks, not only in the log files.
+func reportExits(ctx context.Context, con *console, sup *supervisor.Supervisor) {
+	seen := 0
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		tl := sup.Status().Timeline
+		if seen > len(tl) { // the timeline dropped old events
+			seen = len(tl)
+		}
+		for _, e := range tl[seen:] {
+			if !strings.HasPrefix(e.What, "exited") && !strings.HasPrefix(e.What, "start failed") {
+				continue
+			}
+			last := ""
+			if lines, ok := sup.Logs(e.Service); ok && len(lines) > 0 {
+				last = ": " + strings.TrimSpace(lines[len(lines)-1])
+			}
+			con.stage("%s %s%s", e.Service, e.What, last)
+		}
+		seen = len(tl)
+	}
 }
 
 // checkPorts fails early, naming the port and the component, when an

@@ -1,0 +1,155 @@
+package components
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+
+	"kiln/configs/node"
+	"kiln/images/oci"
+	"kiln/pki"
+)
+
+// Paths of the worker stack's programs and data inside a kiln image.
+const (
+	// RuncPath is the OCI runtime containerd's runc shim runs.
+	RuncPath = "/usr/bin/runc"
+	// CNIBinDir holds the upstream CNI plugins (bridge, host-local, loopback).
+	CNIBinDir = "/usr/libexec/cni"
+	// ImagesDir holds the OCI image archives imported at boot: the
+	// sandbox, CoreDNS and test images kiln builds, and the user's own.
+	ImagesDir = "/usr/share/kiln/images"
+)
+
+// Containerd is upstream containerd v2 with its CRI plugin: the runtime the
+// kubelet drives. Pods run with runc, on overlayfs, in cgroup v2 (cgroupfs:
+// there is no systemd).
+type Containerd struct{}
+
+var _ Component = Containerd{}
+var _ Prober = Containerd{}
+var _ Conditional = Containerd{}
+var _ ChildKeeper = Containerd{}
+
+// KeepChildren: when containerd exits, its shims (one per pod) and so the
+// pods keep running; the restarted containerd reconnects to them.
+func (Containerd) KeepChildren() {}
+
+func (Containerd) Name() string                  { return "containerd" }
+func (Containerd) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
+func (Containerd) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
+func (Containerd) DependsOn() []string           { return nil }
+func (Containerd) Flags(env *Env) map[string]string {
+	return map[string]string{"config": env.Path(containerdConfig)}
+}
+
+const containerdConfig = "config/containerd.toml"
+
+// ContainerdSocket is where containerd serves its API (and CRI).
+func ContainerdSocket(env *Env) string { return env.Path("run", "containerd", "containerd.sock") }
+
+// CNIConfDir is where the pod network writes its CNI configuration.
+func CNIConfDir(env *Env) string { return env.Path("cni", "net.d") }
+
+// podSysctls are the kernel settings pods need: nodes route between the
+// pods' bridge, the VXLAN device and the NIC, and kube-proxy's rules must
+// see traffic between two pods on the same bridge (br_netfilter, loaded
+// from the image's module list).
+var podSysctls = map[string]string{
+	"net/ipv4/ip_forward":                 "1",
+	"net/bridge/bridge-nf-call-iptables":  "1",
+	"net/bridge/bridge-nf-call-ip6tables": "1",
+}
+
+// sysctlDir is /proc/sys; tests point it elsewhere.
+var sysctlDir = "/proc/sys"
+
+func setPodSysctls() error {
+	for key, v := range podSysctls {
+		path := sysctlDir + "/" + key
+		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+			if os.IsNotExist(err) && key != "net/ipv4/ip_forward" {
+				continue // br_netfilter not loaded: same-node service hairpin only
+			}
+			return fmt.Errorf("setting %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+func (Containerd) Prepare(env *Env) error {
+	if err := setPodSysctls(); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`# Written by kiln at every start; edits are lost.
+version = 3
+root = %[1]q
+state = %[2]q
+
+[grpc]
+  address = %[3]q
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+  # Images are imported at boot, never pulled; the sandbox image is pinned
+  # so that image garbage collection never removes it.
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %[4]q
+
+[plugins.'io.containerd.cri.v1.runtime']
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'runc'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = %[5]q
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = [%[6]q]
+    conf_dir = %[7]q
+    max_conf_num = 1
+`, env.Path("containerd"), env.Path("run", "containerd"), ContainerdSocket(env),
+		oci.PauseRef, RuncPath, CNIBinDir, CNIConfDir(env))
+	return pki.WriteFile(env.Path(containerdConfig), []byte(conf), false)
+}
+
+// Ready is containerd answering on its socket: it listens only once its
+// plugins are loaded.
+func (Containerd) Ready(ctx context.Context, env *Env) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", ContainerdSocket(env))
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// ImportImages imports the image archives of ImagesDir into containerd once
+// it runs: the sandbox (pause) image, CoreDNS, the test workload and the
+// user's own. Nothing is pulled from a registry.
+type ImportImages struct{}
+
+var _ Component = ImportImages{}
+var _ Conditional = ImportImages{}
+var _ Task = ImportImages{}
+
+func (ImportImages) Name() string                  { return "import-images" }
+func (ImportImages) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
+func (ImportImages) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
+func (ImportImages) DependsOn() []string           { return []string{"containerd"} }
+func (ImportImages) Prepare(*Env) error            { return nil }
+func (ImportImages) Task()                         {}
+func (ImportImages) Flags(env *Env) map[string]string {
+	return map[string]string{"address": ContainerdSocket(env), "dir": ImagesDir}
+}
+
+// mkdirs creates directories a component expects.
+func mkdirs(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package entry
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"kiln/components/addons"
+	"kiln/images/oci"
+)
+
+func init() { register("addons", runAddons) }
+
+// runAddons applies the cluster's own objects (components/addons), then
+// labels the master's node as the control plane once it has registered
+// (the kubelet may not set node-role labels on itself).
+func runAddons(args []string) int {
+	fs := flag.NewFlagSet("addons", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig with cluster-admin rights")
+	tokenFile := fs.String("token-file", "", "file holding the bootstrap token")
+	clusterDNS := fs.String("cluster-dns", "", "IP of the kube-dns Service")
+	clusterDomain := fs.String("cluster-domain", "cluster.local", "cluster DNS domain")
+	masterNode := fs.String("master-node", "", "the master's node name to label as control plane (empty: none)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	tok, err := os.ReadFile(*tokenFile)
+	if err != nil {
+		return usageError("addons", err)
+	}
+	id, secret, _ := strings.Cut(strings.TrimSpace(string(tok)), ".")
+	objs, err := addons.Render(addons.Values{
+		TokenID: id, TokenSecret: secret,
+		ClusterDNS: *clusterDNS, ClusterDomain: *clusterDomain,
+		CoreDNSImage: oci.CoreDNSRef,
+	})
+	if err != nil {
+		return usageError("addons", err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return usageError("addons", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return usageError("addons", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := addons.Apply(ctx, dyn, objs); err != nil {
+		fmt.Fprintf(os.Stderr, "addons: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "addons: applied %d objects (bootstrap token %s, join RBAC, CoreDNS)\n", len(objs), id)
+	if *masterNode == "" {
+		return 0
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return usageError("addons", err)
+	}
+	patch := []byte(`{"metadata":{"labels":{"node-role.kubernetes.io/control-plane":""}}}`)
+	for {
+		_, err := cs.CoreV1().Nodes().Patch(ctx, *masterNode, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kiln"})
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "addons: node %s labelled control-plane\n", *masterNode)
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(os.Stderr, "addons: node %s not labelled (it did not register): %v\n", *masterNode, err)
+			return 0
+		case <-time.After(2 * time.Second):
+		}
+	}
+}

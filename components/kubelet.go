@@ -1,0 +1,267 @@
+package components
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	"kiln/configs/node"
+	"kiln/pki"
+)
+
+// Kubelet is upstream kubelet on cgroup v2 with the cgroupfs driver (there
+// is no systemd), talking CRI to kiln's containerd. A worker joins by TLS
+// bootstrap (bootstrap token → CSR → approved by the controller-manager);
+// a master's kubelet gets its client certificate straight from the CA it
+// holds. The kubelet serves its API (logs, exec, metrics) on :10250 with
+// a self-signed certificate; its unauthenticated read-only port stays off.
+type Kubelet struct{}
+
+var _ Component = Kubelet{}
+var _ Prober = Kubelet{}
+var _ Conditional = Kubelet{}
+var _ Listener = Kubelet{}
+
+func (Kubelet) Name() string                  { return "kubelet" }
+func (Kubelet) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
+func (Kubelet) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
+func (Kubelet) DependsOn() []string           { return []string{"import-images", "join"} }
+func (Kubelet) Listens(env *Env) []string {
+	return []string{hostPort(env.Config.Address, KubeletPort), hostPort("127.0.0.1", kubeletHealthzPort)}
+}
+
+// KubeletPort is the kubelet's API port (logs, exec, metrics).
+const KubeletPort = 10250
+
+const (
+	kubeletHealthzPort       = 10248
+	kubeletConfig            = "config/kubelet.yaml"
+	kubeletBootstrapConfig   = "kubelet/bootstrap-kubeconfig"
+	kubeletDir               = "kubelet"
+	controlPlaneTaintKey     = "node-role.kubernetes.io/control-plane"
+	kubeletResolvConfDefault = "/etc/resolv.conf"
+)
+
+// KubeletKubeconfig is the node's own credentials (system:node:NAME),
+// which kube-proxy and the pod network use too.
+func KubeletKubeconfig(env *Env) string { return env.Path(kubeletDir, "kubeconfig") }
+
+// apiEndpoint is the API server this node's node-side components use.
+func apiEndpoint(env *Env) string {
+	if env.Config.Role == node.RoleMaster {
+		return env.URL(env.Config.Ports.APIServer)
+	}
+	if env.Config.APIEndpoint != "" {
+		return env.Config.APIEndpoint
+	}
+	return env.Cluster.Endpoint
+}
+
+func (Kubelet) Prepare(env *Env) error {
+	if err := mkdirs(env.Path(kubeletDir), env.Path("config")); err != nil {
+		return err
+	}
+	if env.Config.Role == node.RoleMaster {
+		// The master holds the CA: issue the node's credentials directly
+		// instead of going through a CSR (re-issued at every start).
+		if err := writeKubeconfig(env, KubeletKubeconfig(env), "system:node:"+env.NodeName, []string{"system:nodes"}); err != nil {
+			return err
+		}
+	}
+	return pki.WriteFile(env.Path(kubeletConfig), []byte(kubeletConfiguration(env)), false)
+}
+
+func kubeletConfiguration(env *Env) string {
+	resolv := ""
+	if _, err := os.Stat(kubeletResolvConfDefault); err == nil {
+		resolv = kubeletResolvConfDefault
+	}
+	taints := ""
+	if env.Config.Role == node.RoleMaster && !env.Config.Schedulable {
+		taints = fmt.Sprintf("registerWithTaints:\n- key: %s\n  effect: NoSchedule\n", controlPlaneTaintKey)
+	}
+	return fmt.Sprintf(`# Written by kiln at every start; edits are lost.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: %[1]s
+port: %[2]d
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: %[3]d
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: %[4]s
+authorization:
+  mode: Webhook
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://%[5]s
+clusterDNS: [%[6]s]
+clusterDomain: %[7]s
+resolvConf: %[8]q
+rotateCertificates: %[9]t
+failSwapOn: false
+# Images are preloaded and can never be pulled again: never collect them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+%[10]s`,
+		env.Config.Address, KubeletPort, kubeletHealthzPort, env.Path(apiCACert),
+		ContainerdSocket(env), env.Cluster.ClusterDNS, env.Cluster.ClusterDomain, resolv,
+		env.Config.Role == node.RoleWorker, taints)
+}
+
+func (Kubelet) Flags(env *Env) map[string]string {
+	f := map[string]string{
+		"config":            env.Path(kubeletConfig),
+		"kubeconfig":        KubeletKubeconfig(env),
+		"cert-dir":          env.Path(kubeletDir, "pki"),
+		"root-dir":          env.Path(kubeletDir),
+		"hostname-override": env.NodeName,
+		"node-ip":           env.Config.Address,
+	}
+	if env.Config.Role == node.RoleWorker {
+		f["bootstrap-kubeconfig"] = env.Path(kubeletBootstrapConfig)
+	}
+	return f
+}
+
+// Ready is the kubelet's /healthz answering and its credentials written (a
+// joining worker's kubelet writes its kubeconfig once its CSR is signed).
+func (Kubelet) Ready(ctx context.Context, env *Env) error {
+	if _, err := os.Stat(KubeletKubeconfig(env)); err != nil {
+		return fmt.Errorf("no kubeconfig yet (TLS bootstrap not done): %w", err)
+	}
+	return probeHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/healthz", kubeletHealthzPort), "ok")
+}
+
+// probeHTTP checks a plain-HTTP health endpoint on loopback.
+func probeHTTP(ctx context.Context, url, want string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{}, DisableKeepAlives: true}}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 512)
+	n, _ := resp.Body.Read(buf)
+	body := strings.TrimSpace(string(buf[:n]))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s %s", url, resp.Status, body)
+	}
+	if want != "" && body != want {
+		return fmt.Errorf("%s: %q", url, body)
+	}
+	return nil
+}
+
+// KubeProxy is upstream kube-proxy in nftables mode, with the node's own
+// credentials (the system:nodes group is bound to system:node-proxier by
+// the add-ons).
+type KubeProxy struct{}
+
+var _ Component = KubeProxy{}
+var _ Prober = KubeProxy{}
+var _ Conditional = KubeProxy{}
+
+const (
+	kubeProxyConfig      = "config/kube-proxy.yaml"
+	kubeProxyHealthzPort = 10256
+	kubeProxyMetricsPort = 10249
+)
+
+func (KubeProxy) Name() string                  { return "kube-proxy" }
+func (KubeProxy) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
+func (KubeProxy) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
+func (KubeProxy) DependsOn() []string           { return []string{"kubelet"} }
+func (KubeProxy) Listens(env *Env) []string {
+	return []string{hostPort("127.0.0.1", kubeProxyHealthzPort), hostPort("127.0.0.1", kubeProxyMetricsPort)}
+}
+
+func (KubeProxy) Prepare(env *Env) error {
+	conf := fmt.Sprintf(`# Written by kiln at every start; edits are lost.
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection:
+  kubeconfig: %[1]s
+hostnameOverride: %[2]s
+bindAddress: %[3]s
+clusterCIDR: %[4]s
+healthzBindAddress: 127.0.0.1:%[5]d
+metricsBindAddress: 127.0.0.1:%[6]d
+nodePortAddresses: [primary]
+conntrack:
+  # Leave the kernel's conntrack table size alone.
+  maxPerCore: 0
+  min: 0
+`, KubeletKubeconfig(env), env.NodeName, env.Config.Address, env.Cluster.PodCIDR, kubeProxyHealthzPort, kubeProxyMetricsPort)
+	return pki.WriteFile(env.Path(kubeProxyConfig), []byte(conf), false)
+}
+
+func (KubeProxy) Flags(env *Env) map[string]string {
+	return map[string]string{"config": env.Path(kubeProxyConfig)}
+}
+
+func (KubeProxy) Ready(ctx context.Context, env *Env) error {
+	return probeHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/livez", kubeProxyHealthzPort), "")
+}
+
+// PodNetwork is flannel (its Kubernetes subnet manager and VXLAN backend,
+// see components/entry): each node's pods get the node's pod CIDR on a
+// bridge, and other nodes' pod CIDRs are reached over VXLAN between the
+// node addresses.
+type PodNetwork struct{}
+
+var _ Component = PodNetwork{}
+var _ Prober = PodNetwork{}
+var _ Conditional = PodNetwork{}
+
+const podNetworkConfig = "config/flannel-net.json"
+
+func (PodNetwork) Name() string                  { return "flannel" }
+func (PodNetwork) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
+func (PodNetwork) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
+func (PodNetwork) DependsOn() []string           { return []string{"kubelet"} }
+
+// CNIConfFile is the pod network's CNI configuration; the node is Ready
+// (NetworkReady) once it exists.
+func CNIConfFile(env *Env) string { return CNIConfDir(env) + "/10-kiln.conflist" }
+
+func (PodNetwork) Prepare(env *Env) error {
+	// A configuration left from the last run would make the node Ready
+	// before the network is: the pod network writes it when it is.
+	if err := os.Remove(CNIConfFile(env)); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := mkdirs(CNIConfDir(env)); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{"Network": %q, "EnableIPv4": true, "Backend": {"Type": "vxlan"}}`+"\n", env.Cluster.PodCIDR)
+	return pki.WriteFile(env.Path(podNetworkConfig), []byte(conf), false)
+}
+
+func (PodNetwork) Flags(env *Env) map[string]string {
+	return map[string]string{
+		"kubeconfig": KubeletKubeconfig(env),
+		"node-name":  env.NodeName,
+		"net-conf":   env.Path(podNetworkConfig),
+		"public-ip":  env.Config.Address,
+		"cni-conf":   CNIConfFile(env),
+	}
+}
+
+func (PodNetwork) Ready(ctx context.Context, env *Env) error {
+	_, err := os.Stat(CNIConfFile(env))
+	return err
+}

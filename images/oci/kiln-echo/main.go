@@ -1,0 +1,112 @@
+// Command kiln-echo is the small workload kiln's image carries for trying a
+// cluster out and for its tests: an HTTP server that answers with the pod's
+// name and address, and client sub-commands to run with `kubectl exec`, so
+// the image needs no shell.
+//
+//	kiln-echo serve [-listen :8080]   answer "NAME ADDRESS" on every path
+//	kiln-echo get URL                 print the body of URL (exit 1 on error)
+//	kiln-echo lookup NAME             print NAME's addresses (exit 1 on error)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	switch os.Args[1] {
+	case "serve":
+		fs := flag.NewFlagSet("serve", flag.ExitOnError)
+		listen := fs.String("listen", ":8080", "address to listen on")
+		fs.Parse(os.Args[2:])
+		os.Exit(serve(*listen))
+	case "get":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		os.Exit(get(os.Args[2]))
+	case "lookup":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		os.Exit(lookup(os.Args[2]))
+	default:
+		usage()
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME")
+	os.Exit(2)
+}
+
+func serve(listen string) int {
+	name, _ := os.Hostname()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		local := "?"
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			local, _, _ = net.SplitHostPort(a.String())
+		}
+		fmt.Fprintf(w, "%s %s\n", name, local)
+		fmt.Fprintf(os.Stdout, "%s %s %s from %s\n", time.Now().UTC().Format(time.RFC3339), r.Method, r.URL.Path, r.RemoteAddr)
+	})
+	srv := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	fmt.Fprintf(os.Stdout, "kiln-echo %s listening on %s\n", name, listen)
+	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	return 0
+}
+
+func get(url string) int {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(os.Stdout, resp.Body); err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", resp.Status)
+		return 1
+	}
+	return 0
+}
+
+func lookup(name string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	fmt.Println(strings.Join(addrs, " "))
+	return 0
+}
