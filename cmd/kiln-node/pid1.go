@@ -17,13 +17,21 @@ func pid1() {
 		if err != nil {
 			self = "/init"
 		}
+		// kiln.verbose on the kernel command line puts every component's
+		// output on the console too (for debugging a node with no network).
+		verbose := false
+		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+			for _, p := range boot.ParseCmdline(string(b)).Params {
+				verbose = verbose || p.Key == boot.ParamVerbose
+			}
+		}
 		return up.Run(ctx, up.Options{
 			Config:     n.Config,
 			ClusterDir: n.ClusterDir,
 			DataDir:    n.DataDir,
 			Self:       self,
 			Console:    n.Console,
-			Quiet:      true, // component output goes to DATA/log; the console keeps the stage lines
+			Quiet:      !verbose, // component output goes to DATA/log; the console keeps the stage lines
 			Started:    n.Started,
 			CgroupRoot: n.CgroupRoot,
 		})

@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/flannel-io/flannel/pkg/backend"
 	"github.com/flannel-io/flannel/pkg/backend/vxlan"
@@ -68,10 +70,26 @@ func runFlannel(args []string) int {
 		return 1
 	}
 	var wg sync.WaitGroup
-	bn, err := be.RegisterNetwork(ctx, &wg, config)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "flannel: registering network: %v\n", err)
-		return 1
+	// The node's pod CIDR comes from kube-controller-manager shortly after
+	// the kubelet registers the node: wait for it rather than exit.
+	var bn backend.Network
+	for waited := false; ; waited = true {
+		bn, err = be.RegisterNetwork(ctx, &wg, config)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "pod cidr not assigned") || ctx.Err() != nil {
+			fmt.Fprintf(os.Stderr, "flannel: registering network: %v\n", err)
+			return 1
+		}
+		if !waited {
+			fmt.Fprintf(os.Stderr, "flannel: waiting for node %s to get its pod CIDR\n", *nodeName)
+		}
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(2 * time.Second):
+		}
 	}
 	sn := bn.Lease().Subnet
 	if err := writeCNIConfig(*cniConf, *bridge, sn.String(), bn.MTU()); err != nil {

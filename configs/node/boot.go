@@ -31,6 +31,17 @@ type Network struct {
 	// DNS lists name servers. With DHCP, a non-empty list replaces the
 	// servers the DHCP server offers.
 	DNS []string `yaml:"dns,omitempty"`
+	// Additional are further NICs to bring up, each named, with a static
+	// address (and a gateway or DNS servers only if given). The node's
+	// address, default route and DNS come from the main interface.
+	//
+	//	network:
+	//	  interface: eth0
+	//	  address: 10.99.0.10/24
+	//	  additional:
+	//	  - interface: eth1
+	//	    address: 10.0.2.15/24
+	Additional []Network `yaml:"additional,omitempty"`
 }
 
 // InterfaceAuto is the Network.Interface value that picks the first NIC with
@@ -49,39 +60,69 @@ func (n Network) UsesDHCP() bool {
 }
 
 func (n Network) validate() []error {
+	errs := n.validateOne("network")
+	seen := map[string]string{}
+	if !n.AutoInterface() {
+		seen[n.Interface] = "network.interface"
+	}
+	for i, a := range n.Additional {
+		field := fmt.Sprintf("network.additional[%d]", i)
+		switch {
+		case a.AutoInterface():
+			errs = append(errs, fmt.Errorf("%s.interface: an additional interface must be named (e.g. eth1)", field))
+		case seen[a.Interface] != "":
+			errs = append(errs, fmt.Errorf("%s.interface: %q is already configured by %s", field, a.Interface, seen[a.Interface]))
+		default:
+			seen[a.Interface] = field + ".interface"
+		}
+		if a.UsesDHCP() {
+			errs = append(errs, fmt.Errorf("%s: an additional interface needs a static address (e.g. address: 10.0.2.15/24); DHCP runs on the main interface only", field))
+		}
+		if len(a.Additional) > 0 {
+			errs = append(errs, fmt.Errorf("%s.additional: only the main network section has additional interfaces", field))
+		}
+		for _, e := range a.validateOne(field) {
+			errs = append(errs, e)
+		}
+	}
+	return errs
+}
+
+// validateOne checks one interface's fields; errors name field.X.
+func (n Network) validateOne(field string) []error {
 	var errs []error
 	if !n.AutoInterface() && !validIfName(n.Interface) {
-		errs = append(errs, fmt.Errorf("network.interface: %q is not an interface name (want %q or a name such as eth0, at most 15 characters, no '/', ':' or spaces)", n.Interface, InterfaceAuto))
+		errs = append(errs, fmt.Errorf("%s.interface: %q is not an interface name (want %q or a name such as eth0, at most 15 characters, no '/', ':' or spaces)", field, n.Interface, InterfaceAuto))
 	}
 	var prefix netip.Prefix
 	if n.Address != "" {
 		p, err := netip.ParsePrefix(n.Address)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("network.address: %q is not an address with a prefix length (e.g. 192.168.1.10/24)", n.Address))
+			errs = append(errs, fmt.Errorf("%s.address: %q is not an address with a prefix length (e.g. 192.168.1.10/24)", field, n.Address))
 		} else {
 			prefix = p
 		}
 	}
 	switch {
 	case n.DHCP != nil && *n.DHCP && n.Address != "":
-		errs = append(errs, fmt.Errorf("network.address: %q is set together with network.dhcp: true (want dhcp: false for a static address, or no address)", n.Address))
+		errs = append(errs, fmt.Errorf("%s.address: %q is set together with %s.dhcp: true (want dhcp: false for a static address, or no address)", field, n.Address, field))
 	case n.DHCP != nil && !*n.DHCP && n.Address == "":
-		errs = append(errs, fmt.Errorf("network.dhcp: false needs network.address (a static address with its prefix length, e.g. 192.168.1.10/24)"))
+		errs = append(errs, fmt.Errorf("%s.dhcp: false needs %s.address (a static address with its prefix length, e.g. 192.168.1.10/24)", field, field))
 	}
 	if n.Gateway != "" {
 		gw, err := netip.ParseAddr(n.Gateway)
 		switch {
 		case err != nil:
-			errs = append(errs, fmt.Errorf("network.gateway: %q is not an IP address (e.g. 192.168.1.1)", n.Gateway))
+			errs = append(errs, fmt.Errorf("%s.gateway: %q is not an IP address (e.g. 192.168.1.1)", field, n.Gateway))
 		case n.UsesDHCP():
-			errs = append(errs, fmt.Errorf("network.gateway: %q is set with DHCP (want it only with a static network.address; DHCP gives the router)", n.Gateway))
+			errs = append(errs, fmt.Errorf("%s.gateway: %q is set with DHCP (want it only with a static %s.address; DHCP gives the router)", field, n.Gateway, field))
 		case prefix.IsValid() && gw.Is4() != prefix.Addr().Is4():
-			errs = append(errs, fmt.Errorf("network.gateway: %q is not of the same IP family as network.address %q", n.Gateway, n.Address))
+			errs = append(errs, fmt.Errorf("%s.gateway: %q is not of the same IP family as %s.address %q", field, n.Gateway, field, n.Address))
 		}
 	}
 	for i, d := range n.DNS {
 		if _, err := netip.ParseAddr(d); err != nil {
-			errs = append(errs, fmt.Errorf("network.dns[%d]: %q is not an IP address (e.g. 1.1.1.1)", i, d))
+			errs = append(errs, fmt.Errorf("%s.dns[%d]: %q is not an IP address (e.g. 1.1.1.1)", field, i, d))
 		}
 	}
 	return errs

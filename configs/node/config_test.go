@@ -96,3 +96,26 @@ func TestArgsDeterministicWithOverrides(t *testing.T) {
 		t.Fatal("not deterministic")
 	}
 }
+
+func TestAdditionalInterfaces(t *testing.T) {
+	ok := []byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: worker\nnetwork:\n  interface: eth0\n  address: 10.99.0.11/24\n  additional:\n  - interface: eth1\n    address: 10.0.2.15/24\n")
+	cfg, err := Parse(ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Network.Additional) != 1 || cfg.Network.Additional[0].Address != "10.0.2.15/24" {
+		t.Fatalf("additional: %+v", cfg.Network.Additional)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"  additional:\n  - address: 10.0.2.15/24\n", "network.additional[0].interface: an additional interface must be named"},
+		{"  additional:\n  - interface: eth0\n    address: 10.0.2.15/24\n", `network.additional[0].interface: "eth0" is already configured by network.interface`},
+		{"  additional:\n  - interface: eth1\n", "network.additional[0]: an additional interface needs a static address"},
+		{"  additional:\n  - interface: eth1\n    address: nope\n", `network.additional[0].address: "nope" is not an address`},
+	} {
+		doc := "apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: worker\nnetwork:\n  interface: eth0\n  address: 10.99.0.11/24\n" + tc.yaml
+		_, err := Parse([]byte(doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -40,7 +40,8 @@ var Modules = []string{
 	// pod network, services, kube-proxy (nftables and iptables modes)
 	"br_netfilter", "nf_conntrack", "nf_conntrack_netlink", "nf_nat", "vxlan", "bridge", "veth",
 	"nf_tables", "nft_ct", "nft_nat", "nft_chain_nat", "nft_masq", "nft_fib_inet", "nft_fib_ipv4",
-	"nft_fib_ipv6", "nft_numgen", "nft_reject_inet", "nft_limit", "nft_compat",
+	"nft_fib_ipv6", "nft_numgen", "nft_reject_inet", "nft_reject_ipv4", "nft_reject_ipv6", "nft_limit", "nft_compat",
+	"nft_redir", "nft_hash", "nft_objref", "nft_quota", "nft_log",
 	"ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle",
 	"xt_MASQUERADE", "xt_conntrack", "xt_comment", "xt_mark", "xt_addrtype", "xt_nat", "xt_statistic",
 	// the state disk (ext4 is built into the Debian kernels; its

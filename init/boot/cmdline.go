@@ -18,6 +18,9 @@ const (
 	// ParamSwitchRoot=off keeps the initramfs root instead of moving it to
 	// a tmpfs (see switchRoot).
 	ParamSwitchRoot = "kiln.switchroot"
+	// ParamVerbose puts every component's output on the console as well as
+	// in its log file.
+	ParamVerbose = "kiln.verbose"
 )
 
 // Param is one kernel command line parameter.

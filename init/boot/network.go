@@ -62,6 +62,7 @@ func setupNetwork(ctx context.Context, con *console, cfg node.Network, st *netSt
 	if err != nil {
 		return err
 	}
+	setupAdditional(ctx, con, cfg.Additional)
 	if link == nil {
 		con.warn("network: no network interface found; only loopback")
 		return nil
@@ -94,6 +95,28 @@ func setupNetwork(ctx context.Context, con *console, cfg node.Network, st *netSt
 		k.keep(ctx)
 	}()
 	return nil
+}
+
+// setupAdditional brings up the additional interfaces with their static
+// addresses. A missing one is a warning: the node's own address is on the
+// main interface.
+func setupAdditional(ctx context.Context, con *console, extra []node.Network) {
+	for _, n := range extra {
+		link, err := pickLink(ctx, n)
+		if err != nil || link == nil {
+			con.warn("network: additional interface %s: not found (%v); skipped", n.Interface, err)
+			continue
+		}
+		p, err := staticPlan(n.Interface, n)
+		if err == nil {
+			err = applyPlan(link, p, nil)
+		}
+		if err != nil {
+			con.warn("network: additional interface %s: %v", n.Interface, err)
+			continue
+		}
+		con.stage("network: %s (additional)", p)
+	}
 }
 
 // pickLink finds the configured interface (waiting for it to appear), or

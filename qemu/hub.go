@@ -1,0 +1,160 @@
+package qemu
+
+import (
+	"bufio"
+	"encoding/binary"
+
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// Hub is an Ethernet switch for VMs on one host: each VM's NIC connects to
+// it over TCP on loopback (WithSocketNet: QEMU's stream netdev, every
+// frame prefixed by its length as a 4-byte big-endian number). QEMU's own
+// socket listen= takes a single peer, so several VMs need this. It learns
+// which peer has which MAC and floods broadcasts, multicasts and unknown
+// destinations to every other peer. Nothing leaves the hub: the VMs reach
+// each other and nothing else.
+type Hub struct {
+	ln net.Listener
+
+	mu    sync.Mutex
+	peers map[*hubPeer]bool
+	macs  map[[6]byte]*hubPeer
+	wg    sync.WaitGroup
+}
+
+type hubPeer struct {
+	conn net.Conn
+	wmu  sync.Mutex
+}
+
+// maxFrame is the largest frame the hub passes (jumbo frames included).
+const maxFrame = 65536
+
+// NewHub listens on 127.0.0.1 on a free port.
+func NewHub() (*Hub, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	h := &Hub{ln: ln, peers: map[*hubPeer]bool{}, macs: map[[6]byte]*hubPeer{}}
+	h.wg.Add(1)
+	go h.accept()
+	return h, nil
+}
+
+// Addr is the address VMs connect to (WithSocketNet(h.Addr(), mac)).
+func (h *Hub) Addr() string { return h.ln.Addr().String() }
+
+// Peers is the number of connected NICs.
+func (h *Hub) Peers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.peers)
+}
+
+// Close disconnects every peer and stops listening.
+func (h *Hub) Close() error {
+	err := h.ln.Close()
+	h.mu.Lock()
+	for p := range h.peers {
+		p.conn.Close()
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+	return err
+}
+
+func (h *Hub) accept() {
+	defer h.wg.Done()
+	for {
+		c, err := h.ln.Accept()
+		if err != nil {
+			return
+		}
+		p := &hubPeer{conn: c}
+		h.mu.Lock()
+		h.peers[p] = true
+		h.mu.Unlock()
+		h.wg.Add(1)
+		go h.serve(p)
+	}
+}
+
+// serve reads a peer's frames until it disconnects or breaks the framing.
+func (h *Hub) serve(p *hubPeer) {
+	defer h.wg.Done()
+	defer h.drop(p)
+	r := bufio.NewReaderSize(p.conn, 2*maxFrame)
+	var hdr [4]byte
+	buf := make([]byte, maxFrame)
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return
+		}
+		n := binary.BigEndian.Uint32(hdr[:])
+		if n < 14 || n > maxFrame {
+			return // not Ethernet: a broken or foreign peer
+		}
+		frame := buf[:n]
+		if _, err := io.ReadFull(r, frame); err != nil {
+			return
+		}
+		h.forward(p, frame)
+	}
+}
+
+func (h *Hub) forward(from *hubPeer, frame []byte) {
+	var dst, src [6]byte
+	copy(dst[:], frame[0:6])
+	copy(src[:], frame[6:12])
+	h.mu.Lock()
+	if src[0]&1 == 0 {
+		h.macs[src] = from
+	}
+	var targets []*hubPeer
+	if to, ok := h.macs[dst]; ok && dst[0]&1 == 0 {
+		if to != from {
+			targets = []*hubPeer{to}
+		}
+	} else {
+		for p := range h.peers {
+			if p != from {
+				targets = append(targets, p)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, t := range targets {
+		if err := t.send(frame); err != nil {
+			t.conn.Close() // its serve loop drops it
+		}
+	}
+}
+
+func (p *hubPeer) send(frame []byte) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(frame)))
+	if _, err := p.conn.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := p.conn.Write(frame)
+	return err
+}
+
+func (h *Hub) drop(p *hubPeer) {
+	p.conn.Close()
+	h.mu.Lock()
+	delete(h.peers, p)
+	for mac, q := range h.macs {
+		if q == p {
+			delete(h.macs, mac)
+		}
+	}
+	h.mu.Unlock()
+}
