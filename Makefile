@@ -25,7 +25,7 @@ LDFLAGS := -s -w $(KUBE_LDFLAGS)
 DATA ?= /tmp/kiln-host
 CLUSTER ?= out/cluster
 
-.PHONY: help build test test-unit test-host test-vm vet up gen clean bench
+.PHONY: help build test test-unit test-host test-vm vet up gen clean bench cluster cluster-down cluster-status image run deps
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -115,3 +115,15 @@ run: deps bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOO
 
 bench: build ## measure sizes, up → /readyz time and idle memory of a host-mode master
 	$(GO) test -tags bench -count=1 -timeout 20m -v ./tests/bench/ -bin $(CURDIR)/bin
+
+WORKERS ?= 1
+cluster: deps build ## boot a master and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl
+	@$(MAKE) --no-print-directory image ROLE=master FORMAT=kernel
+	@$(MAKE) --no-print-directory image ROLE=worker FORMAT=kernel
+	bin/kiln cluster up --workers $(WORKERS)
+
+cluster-down: ## power off the VMs of make cluster
+	bin/kiln cluster down
+
+cluster-status: ## the VMs of make cluster and their nodes
+	bin/kiln cluster status

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 
 	"kiln/configs/node"
 	"kiln/pki"
@@ -129,6 +130,9 @@ func (Kubelet) Flags(env *Env) map[string]string {
 	if env.Config.Role == node.RoleWorker {
 		f["bootstrap-kubeconfig"] = env.Path(kubeletBootstrapConfig)
 	}
+	// Labels the kubelet may set on its own node (NodeRestriction allows
+	// other prefixes than kubernetes.io): what kiln runs it on.
+	f["node-labels"] = "kiln.dev/role=" + string(env.Config.Role) + ",kiln.dev/cgroup=" + cgroupVersion()
 	return f
 }
 
@@ -137,6 +141,13 @@ func (Kubelet) Flags(env *Env) map[string]string {
 func (Kubelet) Ready(ctx context.Context, env *Env) error {
 	if _, err := os.Stat(KubeletKubeconfig(env)); err != nil {
 		return fmt.Errorf("no kubeconfig yet (TLS bootstrap not done): %w", err)
+	}
+	// A bootstrapping kubelet writes its kubeconfig before the certificate
+	// it names is signed.
+	if env.Config.Role == node.RoleWorker {
+		if _, err := os.Stat(env.Path(kubeletDir, "pki", "kubelet-client-current.pem")); err != nil {
+			return fmt.Errorf("client certificate not signed yet: %w", err)
+		}
 	}
 	return probeHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/healthz", kubeletHealthzPort), "ok")
 }
@@ -264,4 +275,13 @@ func (PodNetwork) Flags(env *Env) map[string]string {
 func (PodNetwork) Ready(ctx context.Context, env *Env) error {
 	_, err := os.Stat(CNIConfFile(env))
 	return err
+}
+
+// cgroupVersion is "v2" when /sys/fs/cgroup is the unified hierarchy.
+func cgroupVersion() string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs("/sys/fs/cgroup", &st); err == nil && st.Type == 0x63677270 { // CGROUP2_SUPER_MAGIC
+		return "v2"
+	}
+	return "v1"
 }

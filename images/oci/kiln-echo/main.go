@@ -6,6 +6,9 @@
 //	kiln-echo serve [-listen :8080]   answer "NAME ADDRESS" on every path
 //	kiln-echo get URL                 print the body of URL (exit 1 on error)
 //	kiln-echo lookup NAME             print NAME's addresses (exit 1 on error)
+//	kiln-echo pkill TEXT              SIGKILL every process whose command line
+//	                                  contains TEXT (in a hostPID pod: a node's
+//	                                  components, for fault tests)
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +41,11 @@ func main() {
 			usage()
 		}
 		os.Exit(get(os.Args[2]))
+	case "pkill":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		os.Exit(pkill(os.Args[2]))
 	case "lookup":
 		if len(os.Args) != 3 {
 			usage()
@@ -48,7 +57,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME")
+	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME | pkill TEXT")
 	os.Exit(2)
 }
 
@@ -108,5 +117,37 @@ func lookup(name string) int {
 		return 1
 	}
 	fmt.Println(strings.Join(addrs, " "))
+	return 0
+}
+
+func pkill(text string) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	self := os.Getpid()
+	killed := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || pid == 1 {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		cmd := strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+		if strings.Contains(cmd, text) {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+				fmt.Printf("killed %d %s\n", pid, cmd)
+				killed++
+			}
+		}
+	}
+	if killed == 0 {
+		fmt.Fprintf(os.Stderr, "kiln-echo: no process matches %q\n", text)
+		return 1
+	}
 	return 0
 }

@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"kiln/configs/cluster"
+	"kiln/tools/vmcluster"
+)
+
+// clusterFlags are kiln cluster up's (and the daemon's) flags.
+type clusterFlags struct {
+	workers, masterMemory, workerMemory, cpus, apiPort int
+	clusterDir, state, masterImage, workerImage        string
+	timeout                                            time.Duration
+}
+
+// clusterState is what the daemon leaves in the state directory.
+type clusterState struct {
+	PID        int            `json:"pid"`
+	APIPort    int            `json:"apiPort"`
+	Kubeconfig string         `json:"kubeconfig"`
+	Nodes      []clusterVMRow `json:"nodes"`
+}
+
+type clusterVMRow struct {
+	Name, Role, Address, Console string
+	PID                          int
+}
+
+const (
+	stateFile  = "state.json"
+	daemonLog  = "daemon.log"
+	readyMark  = "kiln cluster: ready"
+	failedMark = "kiln cluster: failed"
+)
+
+func clusterCommand() *cobra.Command {
+	c := groupCommand(&cobra.Command{
+		Use:   "cluster",
+		Short: "Run a whole cluster in QEMU on this machine: a master and workers on a private network",
+	})
+	c.AddCommand(clusterUpCommand(), clusterDaemonCommand(), clusterDownCommand(), clusterStatusCommand())
+	return c
+}
+
+func (f *clusterFlags) register(c *cobra.Command) {
+	fl := c.Flags()
+	fl.IntVar(&f.workers, "workers", 1, "number of workers")
+	fl.StringVar(&f.clusterDir, "cluster", defaultClusterDir, "cluster directory the images were built from")
+	fl.StringVar(&f.state, "state", "out/cluster-vms", "where the VMs' consoles, config drives and the daemon's log go")
+	fl.StringVar(&f.masterImage, "master-image", "out/master", "master image (kiln build --format kernel)")
+	fl.StringVar(&f.workerImage, "worker-image", "out/worker", "worker image (kiln build --format kernel)")
+	fl.IntVar(&f.masterMemory, "master-memory", 3072, "master RAM in MiB")
+	fl.IntVar(&f.workerMemory, "worker-memory", 1536, "worker RAM in MiB")
+	fl.IntVar(&f.cpus, "cpus", 2, "virtual CPUs per VM")
+	fl.IntVar(&f.apiPort, "api-port", 0, "host port on 127.0.0.1 forwarded to the API server (default: the cluster endpoint's port when it is on loopback, else any free port)")
+	fl.DurationVar(&f.timeout, "timeout", 25*time.Minute, "how long to wait for every node to be Ready (no KVM: boots are ~12x slower)")
+}
+
+func (f *clusterFlags) args() []string {
+	return []string{"--workers", strconv.Itoa(f.workers), "--cluster", f.clusterDir, "--state", f.state,
+		"--master-image", f.masterImage, "--worker-image", f.workerImage,
+		"--master-memory", strconv.Itoa(f.masterMemory), "--worker-memory", strconv.Itoa(f.workerMemory),
+		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String()}
+}
+
+func clusterUpCommand() *cobra.Command {
+	var f clusterFlags
+	c := &cobra.Command{
+		Use:   "up",
+		Short: "Boot a master and workers in QEMU and wait until every node is Ready",
+		Long: `Boot the master image and --workers worker images in QEMU, each VM on a
+private L2 network with the others (10.99.0.0/24: the master is .10, worker N
+is .10+N), the master's API server forwarded to 127.0.0.1 on the host. The
+VMs keep running after this command returns, under a background process
+whose log is STATE/daemon.log; "kiln cluster down" stops them.
+
+Each VM gets its node config (role, name, static address) on a small config
+drive; the images are the ones "make image" builds (FORMAT=kernel is enough).
+QEMU's user networking is restricted: the VMs reach nothing but each other
+and the forwarded port.`,
+		Example: `  kiln cluster up --workers 2
+  kubectl --kubeconfig out/cluster/admin.kubeconfig get nodes -o wide
+  kiln cluster down`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return clusterUp(c.OutOrStdout(), &f) },
+	}
+	f.register(c)
+	return c
+}
+
+func clusterDaemonCommand() *cobra.Command {
+	var f clusterFlags
+	c := &cobra.Command{
+		Use:    "daemon",
+		Short:  "Run the VMs of kiln cluster up in the foreground (kiln cluster up starts it)",
+		Hidden: true,
+		Args:   noArgs,
+		RunE:   func(c *cobra.Command, _ []string) error { return clusterDaemon(c.OutOrStdout(), &f) },
+	}
+	f.register(c)
+	return c
+}
+
+func clusterDownCommand() *cobra.Command {
+	var state string
+	c := &cobra.Command{
+		Use:   "down",
+		Short: "Power the cluster's VMs off (workers first) and stop them",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return clusterDown(c.OutOrStdout(), state) },
+	}
+	c.Flags().StringVar(&state, "state", "out/cluster-vms", "the cluster's state directory")
+	return c
+}
+
+func clusterStatusCommand() *cobra.Command {
+	var state string
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster's VMs and its nodes",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return clusterStatus(c.OutOrStdout(), state) },
+	}
+	c.Flags().StringVar(&state, "state", "out/cluster-vms", "the cluster's state directory")
+	return c
+}
+
+func readState(dir string) (*clusterState, error) {
+	data, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	var st clusterState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, stateFile), err)
+	}
+	return &st, nil
+}
+
+func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+
+// defaultAPIPort is the cluster endpoint's port when the endpoint is on
+// loopback (its admin.kubeconfig then works as it is), else 0 (any).
+func defaultAPIPort(clusterDir string) int {
+	cl, err := cluster.Load(clusterDir)
+	if err != nil {
+		return 0
+	}
+	rest := strings.TrimPrefix(cl.Endpoint, "https://")
+	host, port, _ := strings.Cut(rest, ":")
+	if host != "127.0.0.1" && host != "localhost" {
+		return 0
+	}
+	p, _ := strconv.Atoi(port)
+	return p
+}
+
+func clusterUp(out io.Writer, f *clusterFlags) error {
+	if st, err := readState(f.state); err == nil && alive(st.PID) {
+		return fmt.Errorf("a cluster from %s is already running (pid %d): kiln cluster down first", f.state, st.PID)
+	}
+	if _, err := os.Stat(f.clusterDir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cluster directory %s does not exist: build the images first (make image ROLE=master; make image ROLE=worker)", f.clusterDir)
+	}
+	if f.apiPort == 0 {
+		f.apiPort = defaultAPIPort(f.clusterDir)
+	}
+	if err := os.MkdirAll(f.state, 0o755); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(f.state, stateFile))
+	logPath := filepath.Join(f.state, daemonLog)
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, append([]string{"cluster", "daemon"}, f.args()...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives this command and its terminal
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	logf.Close()
+	fmt.Fprintf(out, "kiln cluster: VMs run under pid %d (log %s)\n", cmd.Process.Pid, logPath)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	// Follow the daemon's log until it says ready or failed, or exits.
+	in, err := os.Open(logPath)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	r := bufio.NewReader(in)
+	for {
+		line, err := r.ReadString('\n')
+		if line != "" {
+			fmt.Fprint(out, line)
+			if strings.HasPrefix(line, readyMark) {
+				// The rest (how to use it) follows in the log.
+				time.Sleep(200 * time.Millisecond)
+				rest, _ := io.ReadAll(r)
+				out.Write(rest)
+				return nil
+			}
+			if strings.HasPrefix(line, failedMark) {
+				return errors.New("the cluster did not come up (the VMs were stopped)")
+			}
+			continue
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		select {
+		case err := <-done:
+			rest, _ := io.ReadAll(r)
+			out.Write(rest)
+			return fmt.Errorf("the cluster daemon exited (%v); see %s", err, logPath)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func clusterDaemon(out io.Writer, f *clusterFlags) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	c, err := vmcluster.Up(ctx, vmcluster.Options{
+		MasterImage: f.masterImage, WorkerImage: f.workerImage, ClusterDir: f.clusterDir, StateDir: f.state,
+		Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
+		APIPort: f.apiPort, Progress: out,
+	})
+	if err != nil {
+		fmt.Fprintf(out, "%s: %v\n", failedMark, err)
+		return err
+	}
+	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig}
+	for _, n := range c.Nodes {
+		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: n.Role, Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID()})
+	}
+	data, _ := json.MarshalIndent(st, "", "  ")
+	statePath := filepath.Join(f.state, stateFile)
+	if err := os.WriteFile(statePath, data, 0o644); err != nil {
+		c.Close()
+		return err
+	}
+	defer os.Remove(statePath)
+
+	wctx, cancel := context.WithTimeout(ctx, f.timeout)
+	err = c.WaitReady(wctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(out, "%s: %v\n", failedMark, err)
+		c.Close()
+		return err
+	}
+	kubeconfig := c.Kubeconfig
+	if own := filepath.Join(f.clusterDir, "admin.kubeconfig"); defaultAPIPort(f.clusterDir) == c.APIPort {
+		kubeconfig, _ = filepath.Abs(own)
+	}
+	fmt.Fprintf(out, "%s: %d nodes Ready\n\n  export KUBECONFIG=%s\n  kubectl get nodes -o wide     (bin/kubectl if kubectl is not installed)\n\n  kiln cluster status           the VMs and nodes\n  kiln cluster down             power the VMs off\n", readyMark, len(c.Nodes), kubeconfig)
+	<-ctx.Done()
+	fmt.Fprintln(out, "kiln cluster: stopping")
+	return c.Close()
+}
+
+func clusterDown(out io.Writer, state string) error {
+	st, err := readState(state)
+	if errors.Is(err, fs.ErrNotExist) {
+		fmt.Fprintf(out, "kiln cluster: no cluster running from %s\n", state)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !alive(st.PID) {
+		os.Remove(filepath.Join(state, stateFile))
+		fmt.Fprintf(out, "kiln cluster: the daemon (pid %d) is gone; cleaned up\n", st.PID)
+		return nil
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGTERM); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "kiln cluster: powering off %d VMs (workers first)...\n", len(st.Nodes))
+	for deadline := time.Now().Add(5 * time.Minute); alive(st.PID); time.Sleep(500 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			syscall.Kill(st.PID, syscall.SIGKILL)
+			for _, n := range st.Nodes {
+				syscall.Kill(n.PID, syscall.SIGKILL)
+			}
+			return errors.New("the VMs did not power off in 5 minutes: killed")
+		}
+	}
+	fmt.Fprintln(out, "kiln cluster: stopped")
+	return nil
+}
+
+func clusterStatus(out io.Writer, state string) error {
+	st, err := readState(state)
+	if errors.Is(err, fs.ErrNotExist) {
+		fmt.Fprintf(out, "kiln cluster: no cluster running from %s\n", state)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "daemon pid %d (alive: %t), API on 127.0.0.1:%d, kubeconfig %s\n\n", st.PID, alive(st.PID), st.APIPort, st.Kubeconfig)
+	fmt.Fprintf(out, "%-16s %-7s %-12s %-8s %-10s %s\n", "VM", "ROLE", "ADDRESS", "PID", "RSS", "CONSOLE")
+	for _, n := range st.Nodes {
+		rss := "-"
+		if alive(n.PID) {
+			rss = vmRSS(n.PID)
+		}
+		fmt.Fprintf(out, "%-16s %-7s %-12s %-8d %-10s %s\n", n.Name, n.Role, n.Address, n.PID, rss, n.Console)
+	}
+	client, err := vmcluster.NewClient(st.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nodes, err := client.Nodes(ctx)
+	if err != nil {
+		fmt.Fprintf(out, "\nnodes: the API does not answer: %v\n", err)
+		return nil
+	}
+	fmt.Fprintf(out, "\n%-16s %-7s %s\n", "NODE", "READY", "VERSION")
+	for _, n := range nodes {
+		fmt.Fprintf(out, "%-16s %-7t %s\n", n.Name, n.Ready, n.Version)
+	}
+	return nil
+}
+
+// vmRSS is a process's resident memory, from /proc.
+func vmRSS(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "-"
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "-"
+}

@@ -1,0 +1,501 @@
+// Package vmcluster boots a kiln cluster in QEMU on one host: a master and
+// N workers on a private L2 (qemu.Hub), each VM given its node config on a
+// config drive, the master's API forwarded to the host. It is what
+// "kiln cluster up" runs and what the VM tests use. It talks to the API
+// with net/http and the cluster's admin certificate: the host CLI links no
+// Kubernetes code.
+package vmcluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"kiln/configs/cluster"
+	"kiln/pki"
+	"kiln/qemu"
+)
+
+// The private L2: the master is .10, worker N is .10+N.
+const (
+	subnetPrefix  = "10.99.0."
+	masterHost    = 10
+	apiGuestPort  = 6443
+	userNetGuest  = "10.0.2.15/24" // QEMU user networking's guest address
+	MasterName    = "kiln-master"
+	workerNameFmt = "kiln-worker-%d"
+)
+
+// Options say what to boot.
+type Options struct {
+	MasterImage string // kiln build --out of the master (default out/master)
+	WorkerImage string // of the workers (default out/worker)
+	ClusterDir  string // the cluster directory both were built from (default out/cluster)
+	StateDir    string // console logs, config drives, kubeconfig (default out/cluster-vms)
+	Workers     int
+	// Memory in MiB; defaults 3072 (master) and 1536 (worker).
+	MasterMemory, WorkerMemory int
+	CPUs                       int // per VM, default 2
+	// APIPort is the host port (127.0.0.1) forwarded to the master's API
+	// server; 0 picks a free one.
+	APIPort int
+	// Append adds kernel arguments to every VM.
+	Append []string
+	// NodeConfig, if set, returns YAML appended to a node's generated
+	// config (top-level keys), e.g. to give one worker a wrong token path.
+	NodeConfig func(name string) string
+	// Progress receives one line per step.
+	Progress io.Writer
+}
+
+func (o *Options) defaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&o.MasterImage, "out/master")
+	def(&o.WorkerImage, "out/worker")
+	def(&o.ClusterDir, "out/cluster")
+	def(&o.StateDir, "out/cluster-vms")
+	if o.MasterMemory == 0 {
+		o.MasterMemory = 3072
+	}
+	if o.WorkerMemory == 0 {
+		o.WorkerMemory = 1536
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 2
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+}
+
+// Node is one VM of the cluster.
+type Node struct {
+	Name, Role, Address, MAC string
+	ConsoleLog               string
+	mu                       sync.Mutex
+	vm                       *qemu.VM
+	opts                     []qemu.Option
+}
+
+// VM is the node's running QEMU (a new one after Restart).
+func (n *Node) VM() *qemu.VM {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.vm
+}
+
+// Cluster is a booted set of VMs.
+type Cluster struct {
+	Nodes      []*Node
+	APIPort    int
+	Kubeconfig string // admin kubeconfig for the forwarded API
+	hub        *qemu.Hub
+	opts       Options
+	api        *Client
+	started    time.Time
+	ctx        context.Context
+}
+
+// Up checks the images and boots every VM (it does not wait for them; see
+// WaitReady). Close stops them.
+func Up(ctx context.Context, o Options) (*Cluster, error) {
+	o.defaults()
+	for _, img := range []string{o.MasterImage, o.WorkerImage} {
+		for _, f := range []string{"vmlinuz", "initramfs.img", "cmdline"} {
+			if _, err := os.Stat(filepath.Join(img, f)); err != nil {
+				role := filepath.Base(img)
+				return nil, fmt.Errorf("image %s has no %s: build it with \"make image ROLE=%s FORMAT=kernel\"", img, f, role)
+			}
+		}
+	}
+	if o.Workers < 0 || o.Workers > 200 {
+		return nil, fmt.Errorf("workers: %d is not between 0 and 200", o.Workers)
+	}
+	cl, err := cluster.Load(o.ClusterDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
+		return nil, err
+	}
+	if o.APIPort != 0 {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", o.APIPort))
+		if err != nil {
+			return nil, fmt.Errorf("API port 127.0.0.1:%d is not free (%v): stop what uses it (another cluster? kiln cluster down) or choose another port", o.APIPort, err)
+		}
+		ln.Close()
+	}
+	hub, err := qemu.NewHub()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{hub: hub, opts: o, started: time.Now(), ctx: ctx}
+	nodes := []*Node{{Name: MasterName, Role: "master", Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost)}}
+	for i := 1; i <= o.Workers; i++ {
+		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: "worker", Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i)})
+	}
+	for i, n := range nodes {
+		n.MAC = fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)
+		n.ConsoleLog = filepath.Join(o.StateDir, n.Name+".console.log")
+		if err := c.prepare(n); err != nil {
+			hub.Close()
+			return nil, err
+		}
+	}
+	c.Nodes = nodes
+	for _, n := range nodes {
+		if err := c.boot(n); err != nil {
+			c.Close()
+			return nil, err
+		}
+		if n.Role == "master" {
+			c.APIPort = n.VM().HostPort(apiGuestPort)
+			if err := c.writeKubeconfig(cl); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+	}
+	return c, nil
+}
+
+// nodeConfig is a node's config drive content.
+func (c *Cluster) nodeConfig(n *Node) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by kiln cluster for the VM %s.\napiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: %s\nhostname: %s\n", n.Name, n.Role, n.Name)
+	fmt.Fprintf(&b, "network:\n  interface: eth0\n  address: %s/24\n", n.Address)
+	if n.Role == "master" {
+		// eth1 is QEMU's user network, only for the API forward: the API
+		// server listens there too.
+		fmt.Fprintf(&b, "  additional:\n  - interface: eth1\n    address: %s\n", userNetGuest)
+		b.WriteString("extraArgs:\n  kube-apiserver:\n    bind-address: 0.0.0.0\n")
+	} else {
+		fmt.Fprintf(&b, "apiEndpoint: https://%s%d:%d\n", subnetPrefix, masterHost, apiGuestPort)
+	}
+	if c.opts.NodeConfig != nil {
+		b.WriteString(c.opts.NodeConfig(n.Name))
+	}
+	return b.String()
+}
+
+// prepare writes the node's config drive and its QEMU options.
+func (c *Cluster) prepare(n *Node) error {
+	dir := c.opts.StateDir
+	cfgPath := filepath.Join(dir, n.Name+".yaml")
+	if err := os.WriteFile(cfgPath, []byte(c.nodeConfig(n)), 0o644); err != nil {
+		return err
+	}
+	drive := filepath.Join(dir, n.Name+".config.iso")
+	if err := configDrive(drive, cfgPath); err != nil {
+		return err
+	}
+	img, mem := c.opts.WorkerImage, c.opts.WorkerMemory
+	if n.Role == "master" {
+		img, mem = c.opts.MasterImage, c.opts.MasterMemory
+	}
+	cmdline, err := os.ReadFile(filepath.Join(img, "cmdline"))
+	if err != nil {
+		return err
+	}
+	n.opts = []qemu.Option{
+		qemu.WithKernel(filepath.Join(img, "vmlinuz")),
+		qemu.WithInitramfs(filepath.Join(img, "initramfs.img")),
+		qemu.WithAppend(append(strings.Fields(string(cmdline)), c.opts.Append...)...),
+		qemu.WithMemory(mem), qemu.WithCPUs(c.opts.CPUs),
+		qemu.WithSocketNet(c.hub.Addr(), n.MAC), // eth0: the cluster's L2
+		qemu.WithDrive(qemu.Disk{Path: drive, Format: "raw", ReadOnly: true}),
+		qemu.WithSerialLog(n.ConsoleLog),
+	}
+	if n.Role == "master" {
+		n.opts = append(n.opts, qemu.WithUserNetConfig(qemu.UserNet{ // eth1
+			MAC:      fmt.Sprintf("52:54:00:98:00:%02x", masterHost),
+			Forwards: []qemu.Forward{{HostAddr: "127.0.0.1", HostPort: c.opts.APIPort, GuestPort: apiGuestPort}},
+		}))
+	}
+	return nil
+}
+
+// configDrive writes a small ISO 9660 image labelled KILN-CONFIG holding
+// the node config as config.yaml (PID 1 overlays it on the embedded
+// config). ISO 9660 rather than FAT: it has no partition table for the
+// kernel to misread, and xorriso is already a build dependency.
+func configDrive(path, cfg string) error {
+	os.Remove(path)
+	out, err := exec.Command("xorriso", "-as", "mkisofs", "-quiet", "-V", "KILN-CONFIG", "-o", path,
+		"-graft-points", "config.yaml="+cfg).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("config drive %s: xorriso: %v: %s (xorriso is installed by make deps)", path, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (c *Cluster) boot(n *Node) error {
+	vm, err := qemu.Start(c.ctx, n.opts...)
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	n.mu.Lock()
+	n.vm = vm
+	n.mu.Unlock()
+	c.say("%s: booting (%s, pid %d, console %s)", n.Name, n.Address, vm.PID(), n.ConsoleLog)
+	return nil
+}
+
+func (c *Cluster) say(format string, args ...any) {
+	fmt.Fprintf(c.opts.Progress, "kiln cluster: [%6.1fs] %s\n", time.Since(c.started).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// writeKubeconfig writes StateDir/admin.kubeconfig: the cluster's admin
+// credentials with the forwarded API address.
+func (c *Cluster) writeKubeconfig(cl *cluster.Cluster) error {
+	data, err := os.ReadFile(cl.Paths().AdminKubeconfig)
+	if err != nil {
+		return err
+	}
+	kc, err := pki.ParseKubeconfig(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cl.Paths().AdminKubeconfig, err)
+	}
+	kc.Server = fmt.Sprintf("https://127.0.0.1:%d", c.APIPort)
+	out, err := kc.Marshal()
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig, _ = filepath.Abs(filepath.Join(c.opts.StateDir, "admin.kubeconfig"))
+	if err := pki.WriteFile(c.Kubeconfig, out, true); err != nil {
+		return err
+	}
+	c.api, err = NewClient(c.Kubeconfig)
+	return err
+}
+
+// Client reads the cluster's nodes with a kubeconfig written by kiln (a
+// client certificate), without client-go.
+type Client struct {
+	server string
+	http   *http.Client
+}
+
+// NewClient reads a kiln kubeconfig.
+func NewClient(kubeconfig string) (*Client, error) {
+	data, err := os.ReadFile(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	kc, err := pki.ParseKubeconfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
+	}
+	cert, err := tls.X509KeyPair(kc.CertPEM, kc.KeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(kc.CAPEM)
+	return &Client{server: kc.Server, http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots},
+	}}}, nil
+}
+
+// NodeStatus is a node as the API reports it.
+type NodeStatus struct {
+	Name, Version string
+	Ready         bool
+}
+
+// APINodes lists the nodes the API server knows.
+func (c *Cluster) APINodes(ctx context.Context) ([]NodeStatus, error) { return c.api.Nodes(ctx) }
+
+// Nodes lists the nodes the API server knows.
+func (c *Client) Nodes(ctx context.Context) ([]NodeStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+"/api/v1/nodes", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /api/v1/nodes: %s", resp.Status)
+	}
+	return ParseNodeList(resp.Body)
+}
+
+// ParseNodeList reads a v1 NodeList.
+func ParseNodeList(r io.Reader) ([]NodeStatus, error) {
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Status struct {
+				Conditions []struct {
+					Type, Status string
+				} `json:"conditions"`
+				NodeInfo struct {
+					KubeletVersion string `json:"kubeletVersion"`
+				} `json:"nodeInfo"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	if err := json.NewDecoder(r).Decode(&list); err != nil {
+		return nil, fmt.Errorf("node list: %w", err)
+	}
+	var out []NodeStatus
+	for _, it := range list.Items {
+		s := NodeStatus{Name: it.Metadata.Name, Version: it.Status.NodeInfo.KubeletVersion}
+		for _, cond := range it.Status.Conditions {
+			if cond.Type == "Ready" {
+				s.Ready = cond.Status == "True"
+			}
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// WaitReady waits until the named nodes (all of the cluster's, if none is
+// named) are Ready, printing progress, and fails early when a VM exits.
+func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
+	if len(names) == 0 {
+		for _, n := range c.Nodes {
+			names = append(names, n.Name)
+		}
+	}
+	apiUp := false
+	seen := map[string]string{}
+	for {
+		for _, n := range c.Nodes {
+			select {
+			case <-n.VM().Done():
+				return fmt.Errorf("%s: QEMU exited (%v); see %s", n.Name, n.VM().Wait(), n.ConsoleLog)
+			default:
+			}
+		}
+		nodes, err := c.APINodes(ctx)
+		if err == nil {
+			if !apiUp {
+				apiUp = true
+				c.say("API server answers on 127.0.0.1:%d", c.APIPort)
+			}
+			byName := map[string]NodeStatus{}
+			for _, s := range nodes {
+				byName[s.Name] = s
+				state := "registered"
+				if s.Ready {
+					state = "Ready"
+				}
+				if seen[s.Name] != state {
+					seen[s.Name] = state
+					c.say("node %s %s (%s)", s.Name, state, s.Version)
+				}
+			}
+			ready := true
+			for _, n := range names {
+				ready = ready && byName[n].Ready
+			}
+			if ready {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nodes not Ready (%v): see the consoles in %s", ctx.Err(), c.opts.StateDir)
+		case <-time.After(3 * time.Second):
+		}
+	}
+}
+
+// Node returns a node by name, or nil.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Restart powers a node off (ACPI, or a hard kill when hard) and boots it
+// again with the same config: a diskless node starts afresh.
+func (c *Cluster) Restart(ctx context.Context, name string, hard bool) error {
+	n := c.Node(name)
+	if n == nil {
+		return fmt.Errorf("no node %s", name)
+	}
+	vm := n.VM()
+	if hard {
+		vm.Kill()
+		<-vm.Done()
+	} else {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := vm.Shutdown(sctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return c.boot(n)
+}
+
+// Close powers every VM off, workers first, then the master, and stops
+// the hub.
+func (c *Cluster) Close() error {
+	var errs []error
+	for i := len(c.Nodes) - 1; i >= 0; i-- {
+		n := c.Nodes[i]
+		vm := n.VM()
+		if vm == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		if err := vm.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.Name, err))
+		}
+		cancel()
+		c.say("%s: powered off", n.Name)
+	}
+	c.hub.Close()
+	return errors.Join(errs...)
+}
+
+// AddWorker boots one more worker from another image (e.g. built with a
+// different bootstrap token) on the cluster's L2.
+func (c *Cluster) AddWorker(image string) (*Node, error) {
+	i := len(c.Nodes)
+	n := &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: "worker", Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
+		MAC: fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)}
+	n.ConsoleLog = filepath.Join(c.opts.StateDir, n.Name+".console.log")
+	saved := c.opts.WorkerImage
+	c.opts.WorkerImage = image
+	err := c.prepare(n)
+	c.opts.WorkerImage = saved
+	if err != nil {
+		return nil, err
+	}
+	if err := c.boot(n); err != nil {
+		return nil, err
+	}
+	c.Nodes = append(c.Nodes, n)
+	return n, nil
+}
