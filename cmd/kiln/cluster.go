@@ -86,7 +86,7 @@ func clusterUpCommand() *cobra.Command {
 		Use:   "up",
 		Short: "Boot a master and workers in QEMU and wait until every node is Ready",
 		Long: `Boot the master image and --workers worker images in QEMU, each VM on a
-private L2 network with the others (10.99.0.0/24: the master is .10, worker N
+private L2 network with the others (10.120.0.0/24: the master is .10, worker N
 is .10+N), the master's API server forwarded to 127.0.0.1 on the host. The
 VMs keep running after this command returns, under a background process
 whose log is STATE/daemon.log; "kiln cluster down" stops them.

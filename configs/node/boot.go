@@ -37,7 +37,7 @@ type Network struct {
 	//
 	//	network:
 	//	  interface: eth0
-	//	  address: 10.99.0.10/24
+	//	  address: 10.120.0.10/24
 	//	  additional:
 	//	  - interface: eth1
 	//	    address: 10.0.2.15/24

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,6 +80,9 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("no hostname in the config and none from the system: %w", err)
 		}
 		nodeName = strings.ToLower(h)
+	}
+	if err := checkAddressRanges(cfg.Address, cl); err != nil {
+		return err
 	}
 	env := &components.Env{Config: cfg, Cluster: cl, NodeName: nodeName, DataDir: dataDir}
 	comps := components.For(&cfg)
@@ -185,6 +189,23 @@ func reportReady(ctx context.Context, con *console, sup *supervisor.Supervisor, 
 	}
 	con.stage("%s ready: kubectl --kubeconfig %s get nodes", env.Config.Role,
 		filepath.Join(env.Cluster.Dir, "admin.kubeconfig"))
+}
+
+// checkAddressRanges refuses a node address inside the cluster's service or
+// pod range: kube-proxy drops traffic to service IPs it has not allocated,
+// so the node could not even reach itself.
+func checkAddressRanges(addr string, cl *cluster.Cluster) error {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return nil // Validate reports it
+	}
+	for _, r := range []struct{ name, cidr string }{{"serviceCIDR", cl.ServiceCIDR}, {"podCIDR", cl.PodCIDR}} {
+		if p, err := netip.ParsePrefix(r.cidr); err == nil && p.Contains(ip) {
+			return fmt.Errorf("node address %s is inside the cluster's %s %s (%s): give the node an address outside it, or generate the cluster with other ranges",
+				addr, r.name, r.cidr, cl.Dir+"/cluster.yaml")
+		}
+	}
+	return nil
 }
 
 // presentDeps drops the dependencies on components this node does not run

@@ -29,9 +29,11 @@ import (
 	"kiln/qemu"
 )
 
-// The private L2: the master is .10, worker N is .10+N.
+// The private L2: the master is .10, worker N is .10+N. It must stay out
+// of the cluster's service and pod ranges (10.96.0.0/12, 10.244.0.0/16 by
+// default): kube-proxy drops traffic to unallocated service IPs.
 const (
-	subnetPrefix  = "10.99.0."
+	subnetPrefix  = "10.120.0."
 	masterHost    = 10
 	apiGuestPort  = 6443
 	userNetGuest  = "10.0.2.15/24" // QEMU user networking's guest address
