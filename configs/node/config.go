@@ -101,7 +101,7 @@ func Default() Config {
 // Components whose flags ExtraArgs may override.
 var KnownComponents = []string{
 	"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-	"kubelet", "kube-proxy", "containerd",
+	"kubelet", "kube-proxy", "containerd", "flannel",
 }
 
 // Load reads a config file over the defaults. The error names the file.

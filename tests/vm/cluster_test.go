@@ -107,10 +107,19 @@ func TestCluster(t *testing.T) {
 	killer := mustK("get", "pod", "-l", "app=killer", "-o", "jsonpath={.items[0].metadata.name}")
 	wcon := c.Node("kiln-worker-1").VM()
 	for _, comp := range []string{"containerd", "kubelet"} {
-		out, _ := k("exec", killer, "--", "kiln-echo", "pkill", "component "+comp+" ")
-		t.Logf("killed %s: %s", comp, out)
-		if _, err := wcon.ExpectRegexp(ctx, regexp.MustCompile(`kiln: \[\s*[\d.]+s\] `+comp+` exited: signal: killed`), 2*time.Minute); err != nil {
-			t.Fatalf("worker console does not show %s killed: %v", comp, err)
+		// kubectl exec needs the kubelet and containerd: after the first
+		// kill, retry until they are back and the second one lands.
+		killed := regexp.MustCompile(`kiln: \[\s*[\d.]+s\] ` + comp + ` exited: signal: killed`)
+		deadline := time.Now().Add(5 * time.Minute)
+		for {
+			out, err := k("exec", killer, "--", "kiln-echo", "pkill", "component "+comp+" ")
+			t.Logf("kill %s: %v %s", comp, err, out)
+			if _, err := wcon.ExpectRegexp(ctx, killed, 20*time.Second); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("worker console does not show %s killed", comp)
+			}
 		}
 	}
 	waitNodes(t, ctx, c, 10*time.Minute)

@@ -32,12 +32,34 @@ func bin(name string) string {
 // buildImage runs `kiln build` for a role into dir and returns the image dir.
 func buildImage(t *testing.T, dir, role string, formats ...string) string {
 	t.Helper()
+	return buildImageConfig(t, dir, role, "", formats...)
+}
+
+// buildControlPlane builds a master image without the worker stack
+// (runPods: false): the tests of the image and of PID 1 need only the
+// control plane, and boot faster without the rest. TestCluster boots the
+// default master.
+func buildControlPlane(t *testing.T, dir string, formats ...string) string {
+	t.Helper()
+	cfg := filepath.Join(dir, "control-plane.yaml")
+	if err := os.WriteFile(cfg, []byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: master\nrunPods: false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return buildImageConfig(t, dir, "master", cfg, formats...)
+}
+
+func buildImageConfig(t *testing.T, dir, role, config string, formats ...string) string {
+	t.Helper()
 	out := filepath.Join(dir, role)
 	if len(formats) == 0 {
 		formats = []string{"kernel"}
 	}
-	cmd := exec.Command(bin("kiln"), "build", "--role", role, "--node-binary", bin("kiln-node"),
-		"--cluster", filepath.Join(dir, "cluster"), "--format", strings.Join(formats, ","), "--out", out)
+	args := []string{"build", "--role", role, "--node-binary", bin("kiln-node"),
+		"--cluster", filepath.Join(dir, "cluster"), "--format", strings.Join(formats, ","), "--out", out}
+	if config != "" {
+		args = append(args, "--config", config)
+	}
+	cmd := exec.Command(bin("kiln"), args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kiln build: %v\n%s", err, b)
 	}
@@ -113,7 +135,7 @@ func waitReadyz(t *testing.T, kubeconfig, server string) {
 func TestMasterImage(t *testing.T) {
 	dir := t.TempDir()
 	genCluster(t, dir)
-	image := buildImage(t, dir, "master")
+	image := buildControlPlane(t, dir)
 
 	start := time.Now()
 	vm := bootKernel(t, image, nil,
@@ -170,7 +192,7 @@ func TestMasterImage(t *testing.T) {
 func TestBadConfigReported(t *testing.T) {
 	dir := t.TempDir()
 	genCluster(t, dir)
-	image := buildImage(t, dir, "master")
+	image := buildControlPlane(t, dir)
 	vm := bootKernel(t, image, []string{"kiln.role=boss"}, qemu.WithMemory(1024))
 	line, err := vm.ExpectRegexp(context.Background(), regexp.MustCompile(`kiln: FATAL: .*boss`), 3*time.Minute)
 	if err != nil {
@@ -206,7 +228,7 @@ func TestBadConfigReported(t *testing.T) {
 func TestQcow2StatePersists(t *testing.T) {
 	dir := t.TempDir()
 	genCluster(t, dir)
-	image := buildImage(t, dir, "master", "qcow2")
+	image := buildControlPlane(t, dir, "qcow2")
 	disk := filepath.Join(image, "master.qcow2")
 	kc := filepath.Join(dir, "cluster", "admin.kubeconfig")
 
@@ -261,7 +283,7 @@ func TestQcow2StatePersists(t *testing.T) {
 func TestBootMethods(t *testing.T) {
 	dir := t.TempDir()
 	genCluster(t, dir)
-	image := buildImage(t, dir, "master", "iso", "pxe")
+	image := buildControlPlane(t, dir, "iso", "pxe")
 	kc := filepath.Join(dir, "cluster", "admin.kubeconfig")
 	api := qemu.Forward{GuestPort: 6443}
 	for _, tc := range []struct {

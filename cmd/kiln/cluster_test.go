@@ -1,0 +1,60 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"kiln/tools/vmcluster"
+)
+
+func TestClusterErrors(t *testing.T) {
+	dir := t.TempDir()
+	// No cluster directory: say how to get one, start nothing.
+	code, _, stderr := kiln(t, "cluster", "up", "--cluster", filepath.Join(dir, "nope"), "--state", filepath.Join(dir, "state"))
+	if code != 1 || !strings.Contains(stderr, "make image ROLE=master") {
+		t.Errorf("up without a cluster: %d %q", code, stderr)
+	}
+	// Nothing running: down and status say so.
+	for _, sub := range []string{"down", "status"} {
+		code, stdout, stderr := kiln(t, "cluster", sub, "--state", filepath.Join(dir, "state"))
+		if code != 0 || !strings.Contains(stdout, "no cluster running") {
+			t.Errorf("%s with nothing running: %d %q %q", sub, code, stdout, stderr)
+		}
+	}
+	code, _, stderr = kiln(t, "cluster")
+	if code != 2 || !strings.Contains(stderr, "down, status, up") {
+		t.Errorf("kiln cluster alone: %d %q", code, stderr)
+	}
+}
+
+func TestClusterUpMissingImages(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, stderr := kiln(t, "gen", "cluster", "--out", filepath.Join(dir, "cluster")); code != 0 {
+		t.Fatal(stderr)
+	}
+	_, err := vmcluster.Up(t.Context(), vmcluster.Options{
+		MasterImage: filepath.Join(dir, "master"), WorkerImage: filepath.Join(dir, "worker"),
+		ClusterDir: filepath.Join(dir, "cluster"), StateDir: filepath.Join(dir, "state"), Workers: 1,
+	})
+	if err == nil || !strings.Contains(err.Error(), "make image ROLE=master FORMAT=kernel") {
+		t.Fatalf("want an error saying how to build the images, got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+		t.Error("state directory written although nothing can boot")
+	}
+}
+
+func TestParseNodeList(t *testing.T) {
+	list := `{"kind":"NodeList","items":[
+	 {"metadata":{"name":"kiln-worker-1"},"status":{"conditions":[{"type":"Ready","status":"False"}],"nodeInfo":{"kubeletVersion":"v1.37.2"}}},
+	 {"metadata":{"name":"kiln-master"},"status":{"conditions":[{"type":"MemoryPressure","status":"False"},{"type":"Ready","status":"True"}],"nodeInfo":{"kubeletVersion":"v1.37.2"}}}]}`
+	nodes, err := vmcluster.ParseNodeList(strings.NewReader(list))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 2 || nodes[0].Name != "kiln-master" || !nodes[0].Ready || nodes[1].Ready || nodes[1].Version != "v1.37.2" {
+		t.Fatalf("%+v", nodes)
+	}
+}
