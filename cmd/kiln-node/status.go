@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -78,35 +77,7 @@ func statusCommand() *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, st supervisor.Status) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tRESTARTS\tREADY AFTER\tLAST EXIT")
-	for _, s := range st.Services {
-		pid, ready, last := "-", "-", "-"
-		if s.PID > 0 {
-			pid = fmt.Sprint(s.PID)
-		}
-		if !s.ReadyAt.IsZero() {
-			ready = s.ReadyAt.Sub(st.Started).Round(10 * time.Millisecond).String()
-		}
-		if s.LastExit != "" {
-			last = s.LastExit + " (" + time.Since(s.LastExitAt).Round(time.Second).String() + " ago)"
-		}
-		state := string(s.State)
-		if !s.NextStart.IsZero() {
-			state += fmt.Sprintf(" (restart in %s)", time.Until(s.NextStart).Round(100*time.Millisecond))
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, state, pid, s.Restarts, ready, last)
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "\nup %s\n", time.Since(st.Started).Round(time.Second))
-	if len(st.Timeline) > 0 {
-		fmt.Fprintln(w, "timeline:")
-		for _, e := range st.Timeline {
-			fmt.Fprintf(w, "  %8.2fs  %-24s %s\n", e.At.Seconds(), e.Service, e.What)
-		}
-	}
-}
+func printStatus(w io.Writer, st supervisor.Status) { st.WriteTable(w) }
 
 func logsCommand() *cobra.Command {
 	var dataDir string

@@ -119,24 +119,22 @@ func clusterDaemonCommand() *cobra.Command {
 }
 
 func clusterDownCommand() *cobra.Command {
-	var state string
-	c := &cobra.Command{
-		Use:   "down",
-		Short: "Power the cluster's VMs off (workers first) and stop them",
-		Args:  noArgs,
-		RunE:  func(c *cobra.Command, _ []string) error { return clusterDown(c.OutOrStdout(), state) },
-	}
-	c.Flags().StringVar(&state, "state", "out/cluster-vms", "the cluster's state directory")
-	return c
+	return stateCommand("down", "Power the cluster's VMs off (workers first) and stop them", clusterDown)
 }
 
 func clusterStatusCommand() *cobra.Command {
+	return stateCommand("status", "Show the cluster's VMs and its nodes", clusterStatus)
+}
+
+// stateCommand is a cluster sub-command that acts on a running cluster,
+// found by its state directory.
+func stateCommand(use, short string, run func(io.Writer, string) error) *cobra.Command {
 	var state string
 	c := &cobra.Command{
-		Use:   "status",
-		Short: "Show the cluster's VMs and its nodes",
+		Use:   use,
+		Short: short,
 		Args:  noArgs,
-		RunE:  func(c *cobra.Command, _ []string) error { return clusterStatus(c.OutOrStdout(), state) },
+		RunE:  func(c *cobra.Command, _ []string) error { return run(c.OutOrStdout(), state) },
 	}
 	c.Flags().StringVar(&state, "state", "out/cluster-vms", "the cluster's state directory")
 	return c

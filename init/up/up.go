@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -145,6 +146,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer stopStatus()
+	// The same status, over TLS to the cluster's admins (kiln status --node).
+	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(StatusPort)), env.Path("pki", "ca.crt"), sup.Handler())
+	if err != nil {
+		return err
+	}
+	defer stopRemote()
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -46,6 +46,17 @@ func TestMasterLifecycle(t *testing.T) {
 			}
 		}
 		t.Logf("status:\n%s", table)
+
+		// The same table from the host CLI, over TLS with the admin
+		// certificate; refused with another cluster's.
+		remote, err := exec.Command(bin("kiln"), "status", "--node", address, "--cluster", clusterDir).CombinedOutput()
+		if err != nil || !strings.Contains(string(remote), "kube-apiserver") || !strings.Contains(string(remote), "timeline:") {
+			t.Errorf("kiln status --node %s: %v\n%s", address, err, remote)
+		}
+		other := genCluster(t, t.TempDir())
+		if out, err := exec.Command(bin("kiln"), "status", "--node", address, "--cluster", other).CombinedOutput(); err == nil {
+			t.Errorf("another cluster's admin got the status:\n%s", out)
+		}
 	})
 
 	t.Run("version", func(t *testing.T) {

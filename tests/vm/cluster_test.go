@@ -4,6 +4,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -92,6 +93,21 @@ func TestCluster(t *testing.T) {
 	}
 	if out := mustK("logs", a.name); !strings.Contains(out, "listening on :8080") {
 		t.Errorf("kubectl logs: %q", out)
+	}
+	// Memory in use on each node (the kubelet's summary: working set of
+	// everything on the node), for the figures.
+	for _, n := range []string{vmcluster.MasterName, "kiln-worker-1"} {
+		out, err := k("get", "--raw", "/api/v1/nodes/"+n+"/proxy/stats/summary")
+		var sum struct {
+			Node struct {
+				Memory struct {
+					WorkingSetBytes, AvailableBytes uint64
+				} `json:"memory"`
+			} `json:"node"`
+		}
+		if err == nil && json.Unmarshal([]byte(out), &sum) == nil {
+			t.Logf("FIGURE cluster: %s memory working set %d MiB, available %d MiB", n, sum.Node.Memory.WorkingSetBytes>>20, sum.Node.Memory.AvailableBytes>>20)
+		}
 	}
 	// Node visibility through the API server.
 	for _, p := range []string{"healthz", "pods", "stats/summary", "metrics/cadvisor", "configz"} {

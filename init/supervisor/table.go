@@ -1,0 +1,41 @@
+package supervisor
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+)
+
+// WriteTable prints the status as a table of components (state, pid,
+// restarts, time to ready, last exit) followed by the timeline: what
+// "kiln-node status" and "kiln status --node" show.
+func (st Status) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tRESTARTS\tREADY AFTER\tLAST EXIT")
+	for _, s := range st.Services {
+		pid, ready, last := "-", "-", "-"
+		if s.PID > 0 {
+			pid = fmt.Sprint(s.PID)
+		}
+		if !s.ReadyAt.IsZero() {
+			ready = s.ReadyAt.Sub(st.Started).Round(10 * time.Millisecond).String()
+		}
+		if s.LastExit != "" {
+			last = s.LastExit + " (" + time.Since(s.LastExitAt).Round(time.Second).String() + " ago)"
+		}
+		state := string(s.State)
+		if !s.NextStart.IsZero() {
+			state += fmt.Sprintf(" (restart in %s)", time.Until(s.NextStart).Round(100*time.Millisecond))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, state, pid, s.Restarts, ready, last)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nup %s\n", time.Since(st.Started).Round(time.Second))
+	if len(st.Timeline) > 0 {
+		fmt.Fprintln(w, "timeline:")
+		for _, e := range st.Timeline {
+			fmt.Fprintf(w, "  %8.2fs  %-24s %s\n", e.At.Seconds(), e.Service, e.What)
+		}
+	}
+}
