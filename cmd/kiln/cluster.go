@@ -244,7 +244,9 @@ func clusterUp(out io.Writer, f *clusterFlags) error {
 func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	c, err := vmcluster.Up(ctx, vmcluster.Options{
+	// The VMs live until Close powers them off; a signal only asks for it
+	// (QEMU started with ctx would be killed the moment ctx ends).
+	c, err := vmcluster.Up(context.Background(), vmcluster.Options{
 		MasterImage: f.masterImage, WorkerImage: f.workerImage, ClusterDir: f.clusterDir, StateDir: f.state,
 		Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
 		APIPort: f.apiPort, Progress: out,
