@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -59,16 +58,7 @@ func statusCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				_, err := c.OutOrStdout().Write(body)
-				return err
-			}
-			var st supervisor.Status
-			if err := json.Unmarshal(body, &st); err != nil {
-				return fmt.Errorf("decoding status: %w", err)
-			}
-			printStatus(c.OutOrStdout(), st)
-			return nil
+			return supervisor.WriteStatus(c.OutOrStdout(), body, output)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the node's data dir")
@@ -76,8 +66,6 @@ func statusCommand() *cobra.Command {
 	cmd.MarkFlagRequired("data-dir")
 	return cmd
 }
-
-func printStatus(w io.Writer, st supervisor.Status) { st.WriteTable(w) }
 
 func logsCommand() *cobra.Command {
 	var dataDir string

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -41,19 +40,16 @@ client, and the status holds no secret.)`,
 			if nodeAddr == "" {
 				return usageError{fmt.Errorf("--node is required (the node's address)")}
 			}
+			if output != "table" && output != "json" {
+				return usageError{fmt.Errorf("-o %q: want table or json", output)}
+			}
 			body, err := nodeGet(nodeAddr, clusterDir, "/status")
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				_, err := c.OutOrStdout().Write(body)
-				return err
-			}
-			var st supervisor.Status
-			if err := json.Unmarshal(body, &st); err != nil {
+			if err := supervisor.WriteStatus(c.OutOrStdout(), body, output); err != nil {
 				return fmt.Errorf("node %s: %w", nodeAddr, err)
 			}
-			st.WriteTable(c.OutOrStdout())
 			return nil
 		},
 	}

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -38,4 +39,22 @@ func (st Status) WriteTable(w io.Writer) {
 			fmt.Fprintf(w, "  %8.2fs  %-24s %s\n", e.At.Seconds(), e.Service, e.What)
 		}
 	}
+}
+
+// WriteStatus writes a status as served by Handler (GET /status: JSON) to
+// w, as the JSON itself or as WriteTable's table.
+func WriteStatus(w io.Writer, body []byte, output string) error {
+	switch output {
+	case "json":
+		_, err := w.Write(body)
+		return err
+	case "table", "":
+		var st Status
+		if err := json.Unmarshal(body, &st); err != nil {
+			return fmt.Errorf("decoding status: %w", err)
+		}
+		st.WriteTable(w)
+		return nil
+	}
+	return fmt.Errorf("output %q: want table or json", output)
 }
