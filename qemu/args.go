@@ -177,6 +177,8 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 				return nil, err
 			}
 			nd = fmt.Sprintf("stream,id=%s,server=off,addr.type=inet,addr.host=%s,addr.port=%s", id, host, port)
+		case "tap":
+			nd = fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.tap)
 		default:
 			return nil, fmt.Errorf("qemu: unknown netdev kind %q", n.kind)
 		}

@@ -49,9 +49,10 @@ type Disk struct {
 
 // netdev is one guest NIC and its host side.
 type netdev struct {
-	kind  string // "user" or "stream"
+	kind  string // "user", "stream" or "tap"
 	user  UserNet
 	hub   string // host:port for stream
+	tap   string // interface name for tap
 	mac   string
 	model string
 }
@@ -79,6 +80,9 @@ type Config struct {
 	ExtraArgs     []string
 	// NoDefaultAppend leaves out console=ttyS0 and panic=-1.
 	NoDefaultAppend bool
+	// NetNS is a network namespace (ip netns) QEMU runs in: its tap
+	// devices and user networking live there.
+	NetNS string
 
 	nics []netdev
 }
@@ -266,6 +270,33 @@ func WithSocketNet(hubAddr string, mac string) Option {
 			hubAddr = net.JoinHostPort("127.0.0.1", port)
 		}
 		c.nics = append(c.nics, netdev{kind: "stream", hub: hubAddr, mac: mac})
+		return nil
+	}
+}
+
+// WithTapNet adds a virtio NIC on an existing tap device (ip tuntap add
+// NAME mode tap), e.g. one on a bridge in a test's network namespace
+// (WithNetNS). QEMU runs no scripts on it: the caller wires it up.
+func WithTapNet(ifname, mac string) Option {
+	return func(c *Config) error {
+		if ifname == "" || strings.ContainsAny(ifname, ", /") || len(ifname) > 15 {
+			return fmt.Errorf("qemu: tap interface name %q", ifname)
+		}
+		c.nics = append(c.nics, netdev{kind: "tap", tap: ifname, mac: mac})
+		return nil
+	}
+}
+
+// WithNetNS runs QEMU inside the named network namespace ("ip netns exec
+// NAME"), so that its tap devices, and any user-networking forwards, are
+// that namespace's. Nothing else about the VM changes: the console and QMP
+// are still this process's.
+func WithNetNS(name string) Option {
+	return func(c *Config) error {
+		if name == "" || strings.ContainsAny(name, "/ ") {
+			return fmt.Errorf("qemu: network namespace name %q", name)
+		}
+		c.NetNS = name
 		return nil
 	}
 }

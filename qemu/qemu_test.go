@@ -28,6 +28,7 @@ func TestBuildArgs(t *testing.T) {
 		WithKernel("/k"), WithInitramfs("/i"), WithAppend("kiln.role=worker"),
 		WithUserNet(Forward{HostPort: 6443, GuestPort: 6443}, Forward{Proto: "udp", HostAddr: "127.0.0.2", HostPort: 5353, GuestPort: 53}),
 		WithSocketNet("127.0.0.1:9000", "52:54:00:00:00:02"),
+		WithTapNet("tap-w1", "52:54:00:00:00:03"),
 		WithDisk("/d.qcow2", ""), WithCDROM("/c,d.iso"),
 	} {
 		if err := o(&cfg); err != nil {
@@ -46,6 +47,8 @@ func TestBuildArgs(t *testing.T) {
 		"-device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
 		"-netdev stream,id=net1,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=9000",
 		"-device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
+		"-netdev tap,id=net2,ifname=tap-w1,script=no,downscript=no",
+		"-device virtio-net-pci,netdev=net2,mac=52:54:00:00:00:03",
 		"file=/d.qcow2,format=qcow2,if=virtio",
 		"file=/c,,d.iso,media=cdrom",
 	} {
@@ -64,6 +67,16 @@ func TestBuildArgs(t *testing.T) {
 	}
 	if err := WithSocketNet("nohostport", "")(&cfg); err == nil {
 		t.Error("bad hub address accepted")
+	}
+	for _, bad := range []string{"", "tap,x", "a/b", "a-very-long-tap-name"} {
+		if err := WithTapNet(bad, "")(&cfg); err == nil {
+			t.Errorf("tap name %q accepted", bad)
+		}
+	}
+	for _, bad := range []string{"", "../x", "a b"} {
+		if err := WithNetNS(bad)(&cfg); err == nil {
+			t.Errorf("namespace name %q accepted", bad)
+		}
 	}
 	cfg.nics = nil
 	WithSocketNet("127.0.0.1:1", "zz:zz")(&cfg)

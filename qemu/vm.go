@@ -90,6 +90,17 @@ func Start(ctx context.Context, opts ...Option) (*VM, error) {
 	}
 
 	cmd := exec.Command(bin, args...)
+	if cfg.NetNS != "" {
+		// ip execs QEMU in the namespace: the pid is still QEMU's, and
+		// the parent-death signal survives the exec.
+		ip, err := lookPath("ip")
+		if err != nil {
+			vm.cleanup()
+			return nil, fmt.Errorf("qemu: WithNetNS needs ip (iproute2): %w", err)
+		}
+		cmd = exec.Command(ip, append([]string{"netns", "exec", cfg.NetNS, bin}, args...)...)
+		vm.args = append([]string{ip, "netns", "exec", cfg.NetNS}, vm.args...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:   true,            // Ctrl-C on a terminal goes to us, not to QEMU
 		Pdeathsig: syscall.SIGKILL, // no QEMU left behind if the test binary dies

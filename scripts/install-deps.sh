@@ -21,6 +21,10 @@
 #   nftables         nft, copied into images for kube-proxy and the pod network
 #   tftp-hpa         a real TFTP client for the PXE server's tests
 #   ipxe             undionly.kpxe and ipxe.efi, served by `kiln pxe serve`
+#   dnsmasq-base     a plain DHCP server beside kiln's proxyDHCP in the PXE VM test
+#   iproute2         ip netns, bridges and taps for the PXE tests
+#   libseccomp-dev, pkg-config
+#                    runc is built with cgo and seccomp, linked statically
 set -euo pipefail
 
 PACKAGES=(
@@ -42,6 +46,8 @@ PACKAGES=(
 	nftables
 	tftp-hpa
 	ipxe
+	dnsmasq-base
+	iproute2
 	libseccomp-dev
 	pkg-config
 )

@@ -140,6 +140,13 @@ func TestCgroups(t *testing.T) {
 	if want := "0::" + filepath.Join(rel, "svc") + "\n"; !strings.Contains(string(b), want) {
 		t.Errorf("svc's cgroups:\n%s\nwant %q", b, want)
 	}
+	// The status reports the cgroup's memory where the memory controller
+	// is on for it.
+	if _, err := os.Stat(filepath.Join(root, "svc", "memory.current")); err == nil {
+		if m := r.service("svc").MemoryBytes; m == 0 {
+			t.Errorf("svc's status has no memory")
+		}
+	}
 
 	pid := orphanPid(t, dir)
 	eventually(t, 10*time.Second, func() error {

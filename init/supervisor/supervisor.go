@@ -15,6 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,6 +127,15 @@ type Status struct {
 	Started  time.Time       `json:"started"`  // when Run began
 	Services []ServiceStatus `json:"services"` // in dependency (start) order
 	Timeline []Event         `json:"timeline"`
+	// Memory is the machine's, from /proc/meminfo (absent where it
+	// cannot be read).
+	Memory *MachineMemory `json:"memory,omitempty"`
+}
+
+// MachineMemory is what /proc/meminfo says of the whole machine.
+type MachineMemory struct {
+	TotalBytes     uint64 `json:"totalBytes"`
+	AvailableBytes uint64 `json:"availableBytes"`
 }
 
 // ServiceStatus is a snapshot of one service.
@@ -138,6 +150,10 @@ type ServiceStatus struct {
 	Backoff    time.Duration `json:"backoff,omitempty"`   // current delay, when in backoff/crash-loop
 	StartedAt  time.Time     `json:"startedAt,omitzero"`  // current process start, while one runs
 	ReadyAt    time.Time     `json:"readyAt,omitzero"`    // first time it became ready
+	// MemoryBytes is the memory charged to the service's cgroup (its
+	// process and everything it started there: memory.current), when
+	// the supervisor runs services in cgroups.
+	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
 }
 
 // Event is one entry of the timeline: what happened to which service, when.
@@ -283,7 +299,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 // Status returns a snapshot of every service and the timeline.
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	st := Status{
 		Started:  s.started,
 		Services: make([]ServiceStatus, len(s.services)),
@@ -292,7 +307,55 @@ func (s *Supervisor) Status() Status {
 	for i, sv := range s.services {
 		st.Services[i] = sv.st
 	}
+	s.mu.Unlock()
+	// Reading cgroup and proc files needs no lock: the paths depend on
+	// immutable options only.
+	if s.opts.CgroupRoot != "" {
+		for i := range st.Services {
+			st.Services[i].MemoryBytes = readUint(filepath.Join(s.opts.CgroupRoot, st.Services[i].Name, "memory.current"))
+		}
+	}
+	st.Memory = readMeminfo("/proc/meminfo")
 	return st
+}
+
+// readUint reads a file holding one decimal number (0 if it cannot).
+func readUint(path string) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// readMeminfo reads MemTotal and MemAvailable (in kB there).
+func readMeminfo(path string) *MachineMemory {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var m MachineMemory
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "MemTotal:":
+			m.TotalBytes = kb << 10
+		case "MemAvailable:":
+			m.AvailableBytes = kb << 10
+		}
+	}
+	if m.TotalBytes == 0 {
+		return nil
+	}
+	return &m
 }
 
 // WaitReady blocks until every named service (every service, if none is

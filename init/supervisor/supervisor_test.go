@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -418,5 +419,24 @@ func TestOneshotRetriedUntilDone(t *testing.T) {
 	r.stop(t)
 	if got := r.service("task").State; got != StateStopped {
 		t.Errorf("task after stop: %s, want stopped", got)
+	}
+}
+
+func TestReadMeminfo(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "meminfo")
+	os.WriteFile(p, []byte("MemTotal:        2014700 kB\nMemFree:          123456 kB\nMemAvailable:    1500000 kB\nBuffers: x kB\n"), 0o644)
+	m := readMeminfo(p)
+	if m == nil || m.TotalBytes != 2014700<<10 || m.AvailableBytes != 1500000<<10 {
+		t.Fatalf("readMeminfo = %+v", m)
+	}
+	if readMeminfo(filepath.Join(t.TempDir(), "none")) != nil {
+		t.Error("a missing meminfo gave memory")
+	}
+	var b strings.Builder
+	Status{Started: time.Now(), Memory: m, Services: []ServiceStatus{{Name: "etcd", State: StateReady, MemoryBytes: 150 << 20}}}.WriteTable(&b)
+	for _, want := range []string{"MEMORY", "150 MiB", "memory: 502 MiB in use, 1464 MiB available of 1967 MiB"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
 	}
 }

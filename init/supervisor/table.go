@@ -13,9 +13,12 @@ import (
 // "kiln-node status" and "kiln status --node" show.
 func (st Status) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tRESTARTS\tREADY AFTER\tLAST EXIT")
+	fmt.Fprintln(tw, "COMPONENT\tSTATE\tPID\tRESTARTS\tREADY AFTER\tMEMORY\tLAST EXIT")
 	for _, s := range st.Services {
-		pid, ready, last := "-", "-", "-"
+		pid, ready, last, mem := "-", "-", "-", "-"
+		if s.MemoryBytes > 0 {
+			mem = mib(s.MemoryBytes)
+		}
 		if s.PID > 0 {
 			pid = fmt.Sprint(s.PID)
 		}
@@ -29,10 +32,13 @@ func (st Status) WriteTable(w io.Writer) {
 		if !s.NextStart.IsZero() {
 			state += fmt.Sprintf(" (restart in %s)", time.Until(s.NextStart).Round(100*time.Millisecond))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, state, pid, s.Restarts, ready, last)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, pid, s.Restarts, ready, mem, last)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nup %s\n", time.Since(st.Started).Round(time.Second))
+	if m := st.Memory; m != nil {
+		fmt.Fprintf(w, "memory: %s in use, %s available of %s\n", mib(m.TotalBytes-min(m.AvailableBytes, m.TotalBytes)), mib(m.AvailableBytes), mib(m.TotalBytes))
+	}
 	if len(st.Timeline) > 0 {
 		fmt.Fprintln(w, "timeline:")
 		for _, e := range st.Timeline {
@@ -58,3 +64,6 @@ func WriteStatus(w io.Writer, body []byte, output string) error {
 	}
 	return fmt.Errorf("output %q: want table or json", output)
 }
+
+// mib formats bytes as MiB, the unit memory limits are given in.
+func mib(b uint64) string { return fmt.Sprintf("%d MiB", b>>20) }
