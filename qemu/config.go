@@ -304,14 +304,43 @@ func WithNetNS(name string) Option {
 // defaultMAC is QEMU's own default MAC, plus the interface index.
 func defaultMAC(i int) string { return fmt.Sprintf("52:54:00:12:34:%02x", 0x56+i) }
 
-// KVMUsable reports whether /dev/kvm can be opened for reading and writing.
+// KVMUsable reports whether VMs should run under KVM: $KILN_ACCEL=kvm or
+// tcg decides; otherwise /dev/kvm must open for reading and writing and
+// the CPU must show hardware virtualization (vmx or svm in /proc/cpuinfo).
+// The second check matters: a VM without nested virtualization may still
+// have a /dev/kvm, on which QEMU aborts ("failed to set MSR") or the guest
+// hangs; TCG is slow but works there.
 func KVMUsable() bool {
+	switch os.Getenv("KILN_ACCEL") {
+	case "kvm":
+		return true
+	case "tcg":
+		return false
+	}
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return false
 	}
 	f.Close()
-	return true
+	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
+	return err == nil && hasVirtFlag(string(cpuinfo))
+}
+
+// hasVirtFlag reports whether a /proc/cpuinfo text lists vmx or svm.
+func hasVirtFlag(cpuinfo string) bool {
+	for _, l := range strings.Split(cpuinfo, "\n") {
+		name, flags, ok := strings.Cut(l, ":")
+		if !ok || strings.TrimSpace(name) != "flags" {
+			continue
+		}
+		for _, f := range strings.Fields(flags) {
+			if f == "vmx" || f == "svm" {
+				return true
+			}
+		}
+		return false // the first CPU speaks for all
+	}
+	return false
 }
 
 // DefaultBinary is the QEMU system emulator used when WithBinary is not given.

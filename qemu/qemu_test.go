@@ -425,3 +425,20 @@ func TestFirmwareDiskCDROMArgs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestHasVirtFlag(t *testing.T) {
+	for _, tc := range []struct {
+		cpuinfo string
+		want    bool
+	}{
+		{"processor\t: 0\nflags\t\t: fpu vme sse2 svm lm\n", true},
+		{"processor\t: 0\nflags\t\t: fpu vmx\nprocessor\t: 1\nflags\t\t: fpu vmx\n", true},
+		{"processor\t: 0\nflags\t\t: fpu vme sse2 hypervisor lm\n", false},
+		{"vmx flags\t: ept vpid\n", false},
+		{"", false},
+	} {
+		if got := hasVirtFlag(tc.cpuinfo); got != tc.want {
+			t.Errorf("hasVirtFlag(%q) = %v", tc.cpuinfo, got)
+		}
+	}
+}

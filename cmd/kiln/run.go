@@ -41,8 +41,9 @@ func runCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "run [--image DIR]",
 		Short: "Boot a built image in QEMU, console on this terminal",
-		Long: `Boot an image directory made by "kiln build" in QEMU (KVM when /dev/kvm is
-usable, otherwise TCG emulation, about 12 times slower). The serial console is
+		Long: `Boot an image directory made by "kiln build" in QEMU (KVM when /dev/kvm opens
+and the CPU shows vmx or svm, otherwise TCG emulation, about 12 times
+slower; KILN_ACCEL=kvm or tcg decides instead). The serial console is
 copied to this terminal and to a log file (--serial-log, default
 <image>/console.log).
 
@@ -208,7 +209,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 	)
 	accel := "KVM"
 	if !qemu.KVMUsable() {
-		accel = "TCG (no /dev/kvm: about 12x slower)"
+		accel = "TCG (no usable KVM: about 12x slower)"
 	}
 	firmware := "BIOS"
 	if f.uefi {

@@ -8,6 +8,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln/init/supervisor"
 	"kiln/qemu"
 )
 
@@ -140,7 +142,7 @@ func TestMasterImage(t *testing.T) {
 	start := time.Now()
 	vm := bootKernel(t, image, nil,
 		qemu.WithMemory(2048), qemu.WithCPUs(2),
-		qemu.WithUserNet(qemu.Forward{GuestPort: 6443}))
+		qemu.WithUserNet(qemu.Forward{GuestPort: 6443}, qemu.Forward{GuestPort: 10260}))
 	server := fmt.Sprintf("https://127.0.0.1:%d", vm.HostPort(6443))
 	kc := filepath.Join(dir, "cluster", "admin.kubeconfig")
 
@@ -169,6 +171,34 @@ func TestMasterImage(t *testing.T) {
 	}
 	if out, err := kubectl(kc, server, "create", "configmap", "vm-test", "--from-literal=a=b"); err != nil {
 		t.Fatalf("create configmap: %v %s", err, out)
+	}
+	// The node's status from the host: every component ready, each one's
+	// memory from its cgroup (the memory controller is delegated), and
+	// the guest's memory in use.
+	out, err := execOut(bin("kiln"), "status", "--node", fmt.Sprintf("127.0.0.1:%d", vm.HostPort(10260)),
+		"--cluster", filepath.Join(dir, "cluster"), "-o", "json")
+	if err != nil {
+		t.Fatalf("kiln status --node: %v\n%s", err, out)
+	}
+	var st supervisor.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("kiln status -o json: %v\n%s", err, out)
+	}
+	var comps []string
+	for _, c := range st.Services {
+		comps = append(comps, fmt.Sprintf("%s %d MiB", c.Name, c.MemoryBytes>>20))
+		if c.State != supervisor.StateReady && c.State != supervisor.StateDone {
+			t.Errorf("%s is %s", c.Name, c.State)
+		}
+		if c.Name == "kube-apiserver" && c.MemoryBytes < 50<<20 {
+			t.Errorf("kube-apiserver's cgroup memory: %d bytes", c.MemoryBytes)
+		}
+	}
+	if st.Memory == nil || st.Memory.TotalBytes == 0 {
+		t.Errorf("no machine memory in the status")
+	} else {
+		t.Logf("FIGURE master (2048 MiB guest, control plane only) just ready: %d MiB in use; %s",
+			(st.Memory.TotalBytes-st.Memory.AvailableBytes)>>20, strings.Join(comps, ", "))
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
