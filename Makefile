@@ -90,7 +90,7 @@ clean: ## remove bin/ and out/ (keeps the Go build cache warm)
 	rm -rf bin out
 
 # ---- images: kiln build / kiln run ----
-# make image ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic]
+# make image ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [TOKEN=id.secret]
 # make run ROLE=master [BOOT=kernel|iso|qcow2|pxe]
 ROLE ?= master
 FORMAT ?=
@@ -105,8 +105,8 @@ deps: ## install the Debian packages the image builder and the VM tests need
 
 # --cluster is passed only when CLUSTER is not the default, so that kiln
 # build generates out/cluster the first time (and never a mistyped one).
-image: deps bin/kiln bin/kiln-node pods ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [IMAGES=a.tar,b.tar]
-	bin/kiln build --role $(ROLE) --node-binary bin/kiln-node --out out/$(ROLE) $(if $(IMAGES),--images $(IMAGES)) \
+image: deps bin/kiln bin/kiln-node pods ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [IMAGES=a.tar,b.tar] [TOKEN=id.secret]
+	bin/kiln build --role $(ROLE) --node-binary bin/kiln-node --out out/$(ROLE) $(if $(IMAGES),--images $(IMAGES)) $(if $(TOKEN),--token $(TOKEN)) \
 		$(if $(filter-out out/cluster,$(CLUSTER)),--cluster $(CLUSTER)) \
 		$(if $(FORMAT),--format $(FORMAT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(KERNEL),--kernel $(KERNEL))
 

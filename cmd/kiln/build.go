@@ -27,7 +27,7 @@ const defaultClusterDir = "out/cluster"
 
 type buildFlags struct {
 	role, nodeBinary, clusterDir, config, kernel, out, cacheDir string
-	binDir                                                      string
+	binDir, token                                               string
 	formats, images                                             []string
 	appendArgs                                                  []string
 	diskSizeGiB                                                 int
@@ -58,7 +58,8 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 		Example: `  kiln build --role master
   kiln build --role worker --format iso,pxe --cluster clusters/prod --config worker.yaml
   kiln build --role master --kernel generic --out out/metal
-  kiln build --role worker --images myapp.tar,redis.tar`,
+  kiln build --role worker --images myapp.tar,redis.tar
+  kiln build --role worker --format pxe --token abcdef.0123456789abcdef   # a token from kiln gen token`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
@@ -78,6 +79,7 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 	fl.StringSliceVar(&f.appendArgs, "append", nil, "extra kernel command line arguments")
 	fl.StringVar(&f.binDir, "bin-dir", "", "where make build put runc, the containerd shim, cni/* and oci/* (default: the node binary's directory)")
 	fl.StringSliceVar(&f.images, "images", nil, "image archives (docker save) to import at boot, comma-separated, besides kiln's own")
+	fl.StringVar(&f.token, "token", "", "worker images: join with this bootstrap token instead of the cluster directory's (kiln gen token)")
 	fl.IntVar(&f.diskSizeGiB, "disk-size", build.DefaultDiskSize>>30, "qcow2 disk size in GiB (sparse)")
 	return c
 }
@@ -127,6 +129,8 @@ func (f buildFlags) request() (build.Request, error) {
 		Version:    kilnVersion(),
 		BinDir:     f.binDir,
 		Images:     f.images,
+
+		BootstrapToken: f.token,
 	}
 	if r.OutDir == "" {
 		r.OutDir = filepath.Join("out", f.role)

@@ -25,10 +25,56 @@ func genCommand() *cobra.Command {
 		Short: "Generate kiln's files (cluster directories)",
 		Long: `Generate the files kiln builds from.
 
-  kiln gen cluster   a cluster directory: CAs, keys, bootstrap token, admin kubeconfig`,
+  kiln gen cluster   a cluster directory: CAs, keys, bootstrap token, admin kubeconfig
+  kiln gen token     another bootstrap token, with an expiry, for a batch of workers`,
 	})
-	gen.AddCommand(genClusterCommand())
+	gen.AddCommand(genClusterCommand(), genTokenCommand())
 	return gen
+}
+
+func genTokenCommand() *cobra.Command {
+	var (
+		ttl         time.Duration
+		description string
+		clusterDir  string
+	)
+	c := &cobra.Command{
+		Use:   "token",
+		Short: "Generate a bootstrap token for a batch of workers, as a Secret to apply",
+		Long: `Generate a bootstrap token apart from the cluster directory's own (which never
+expires), for one batch of workers, and print it as the Kubernetes Secret
+that makes the API server accept it. Apply it, build the batch's worker image
+with it, and it stops working at its expiry or when the Secret is deleted:
+
+  kiln gen token --ttl 24h > token.yaml
+  kubectl --kubeconfig out/cluster/admin.kubeconfig apply -f token.yaml
+  kiln build --role worker --format pxe --token <id>.<secret>   (first line of token.yaml)
+
+A diskless worker joins again at every boot: once its token is gone it
+cannot come back after a reboot. Give such workers a token that lasts, or a
+state disk. The cluster directory is read only to print the kubeconfig path.`,
+		Example: `  kiln gen token --ttl 2h --description "rack 3, 2026-12-01" > rack3-token.yaml`,
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if ttl < 0 {
+				return usageError{fmt.Errorf("--ttl %v: want a duration such as 24h, or 0 for a token that never expires", ttl)}
+			}
+			if ttl > 0 && ttl < time.Minute {
+				return usageError{fmt.Errorf("--ttl %v: want at least 1m (or 0: never expires)", ttl)}
+			}
+			tok, err := cluster.NewBatchToken(ttl, description, time.Now())
+			if err != nil {
+				return err
+			}
+			_, err = c.OutOrStdout().Write(tok.SecretYAML(filepath.Join(clusterDir, cluster.AdminKubeconfigFile)))
+			return err
+		},
+	}
+	f := c.Flags()
+	f.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token is accepted (0: never expires)")
+	f.StringVar(&description, "description", "kiln gen token: a batch of workers", "the Secret's description")
+	f.StringVar(&clusterDir, "cluster", defaultClusterDir, "cluster directory (for the kubectl line only)")
+	return c
 }
 
 func genClusterCommand() *cobra.Command {

@@ -20,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
+
+	"kiln/configs/cluster"
 )
 
 //go:embed manifests.yaml
@@ -36,7 +38,8 @@ type Values struct {
 // Render returns the manifests' objects for these values.
 func Render(v Values) ([]*unstructured.Unstructured, error) {
 	t, err := template.New("manifests").Funcs(template.FuncMap{
-		"b64": func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) },
+		"b64":        func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) },
+		"tokenGroup": func() string { return cluster.WorkerTokenGroup },
 	}).Option("missingkey=error").Parse(manifests)
 	if err != nil {
 		return nil, err

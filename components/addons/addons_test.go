@@ -3,6 +3,8 @@ package addons
 import (
 	"encoding/base64"
 	"testing"
+
+	"kiln/configs/cluster"
 )
 
 func TestRender(t *testing.T) {
@@ -24,6 +26,9 @@ func TestRender(t *testing.T) {
 	data := sec["data"].(map[string]any)
 	if got, _ := base64.StdEncoding.DecodeString(data["token-secret"].(string)); string(got) != "0123456789abcdef" {
 		t.Errorf("token-secret %q", got)
+	}
+	if got, _ := base64.StdEncoding.DecodeString(data["auth-extra-groups"].(string)); string(got) != cluster.WorkerTokenGroup {
+		t.Errorf("auth-extra-groups %q (kiln gen token's tokens have %q)", got, cluster.WorkerTokenGroup)
 	}
 	if sec["type"] != "bootstrap.kubernetes.io/token" {
 		t.Errorf("secret type %v", sec["type"])

@@ -238,6 +238,15 @@ var (
 	tokenRe  = regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`)
 )
 
+// ValidateBootstrapToken checks a bootstrap token: "<id>.<secret>", id 6
+// and secret 16 characters of a-z and 0-9.
+func ValidateBootstrapToken(token string) error {
+	if !tokenRe.MatchString(token) {
+		return errors.New(`want "<id>.<secret>", id 6 and secret 16 characters a-z 0-9 (kiln gen token makes one)`)
+	}
+	return nil
+}
+
 // ValidateName checks a cluster name: a DNS-1123 label.
 func ValidateName(name string) error {
 	if name == "" {

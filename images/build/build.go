@@ -78,6 +78,10 @@ type Request struct {
 	// Images are image archives (docker save) to import at boot besides
 	// kiln's own, for a node that runs pods.
 	Images []string
+	// BootstrapToken, if set, is the token a worker image joins with
+	// instead of the cluster directory's (kiln gen token: one per batch
+	// of machines, with an expiry).
+	BootstrapToken string
 }
 
 // Artifact is a file a format wrote.
@@ -155,6 +159,14 @@ func (r *Request) Check() error {
 	}
 	if r.DiskSize < 0 {
 		return fmt.Errorf("disk size %d is negative", r.DiskSize)
+	}
+	if r.BootstrapToken != "" {
+		if r.Role == node.RoleMaster {
+			return errors.New("a bootstrap token is for worker images: a master applies its cluster directory's own token (create others with kiln gen token)")
+		}
+		if err := cluster.ValidateBootstrapToken(r.BootstrapToken); err != nil {
+			return fmt.Errorf("bootstrap token: %w", err)
+		}
 	}
 	return nil
 }

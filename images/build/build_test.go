@@ -43,6 +43,9 @@ func TestRequestCheck(t *testing.T) {
 		{"config unknown field", Request{Role: "worker", NodeBinary: initBin, ConfigFile: badCfg}, `unknown field "bogus"`},
 		{"bad format", Request{Role: "master", NodeBinary: initBin, Formats: []string{"iso", "vmdk"}}, `unknown format "vmdk" (want one or more of kernel, iso, qcow2, pxe)`},
 		{"bad kernel", Request{Role: "master", NodeBinary: initBin, Kernel: "rt"}, `unknown flavour "rt"`},
+		{"worker token", Request{Role: "worker", NodeBinary: initBin, BootstrapToken: "abcdef.0123456789abcdef"}, ""},
+		{"bad token", Request{Role: "worker", NodeBinary: initBin, BootstrapToken: "abcdef"}, `bootstrap token: want "<id>.<secret>"`},
+		{"master token", Request{Role: "master", NodeBinary: initBin, BootstrapToken: "abcdef.0123456789abcdef"}, "a bootstrap token is for worker images"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.req.Check()
@@ -148,6 +151,9 @@ func TestImageContents(t *testing.T) {
 	for _, role := range []string{"master", "worker"} {
 		t.Run(role, func(t *testing.T) {
 			req := testRequest(t, role, "kernel")
+			if role == "worker" {
+				req.BootstrapToken = "batch1.0123456789abcdef" // kiln build --token
+			}
 			res, err := Build(ctx, req)
 			if err != nil {
 				t.Fatal(err)
@@ -232,6 +238,9 @@ func TestImageContents(t *testing.T) {
 				if strings.HasPrefix(n, "etc/kiln/cluster/") && e.mode&0o170000 == 0o100000 {
 					clusterFiles = append(clusterFiles, strings.TrimPrefix(n, "etc/kiln/cluster/"))
 					host, _ := os.ReadFile(filepath.Join(clusterDir, strings.TrimPrefix(n, "etc/kiln/cluster/")))
+					if n == "etc/kiln/cluster/"+cluster.BootstrapTokenFile && req.BootstrapToken != "" {
+						host = []byte(req.BootstrapToken + "\n") // checked below
+					}
 					if !bytes.Equal(host, e.data) {
 						t.Errorf("%s differs from the cluster directory's", n)
 					}
@@ -269,6 +278,9 @@ func TestImageContents(t *testing.T) {
 				}
 				for _, rel := range []string{cluster.ConfigFile, cluster.BootstrapTokenFile} {
 					get("etc/kiln/cluster/" + rel)
+				}
+				if tok := get("etc/kiln/cluster/" + cluster.BootstrapTokenFile); string(tok.data) != req.BootstrapToken+"\n" || tok.mode != 0o100600 {
+					t.Errorf("worker token %q mode %o, want the one given (%s), 0600", tok.data, tok.mode, req.BootstrapToken)
 				}
 				// Only the CA's hash (in cluster.yaml): the worker learns
 				// the certificate from the master at join.

@@ -183,6 +183,10 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 		if _, err := os.Stat(host); err != nil {
 			return nil, nil, fmt.Errorf("cluster directory %s: %w", r.ClusterDir, err)
 		}
+		if f.rel == cluster.BootstrapTokenFile && r.BootstrapToken != "" {
+			a.File(path.Join(ImageClusterDir, f.rel), []byte(r.BootstrapToken+"\n"), f.mode)
+			continue
+		}
 		a.FileFrom(path.Join(ImageClusterDir, f.rel), host, f.mode)
 	}
 

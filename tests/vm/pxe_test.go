@@ -121,8 +121,28 @@ default: refuse
 	}
 	dnsmasq.stop()
 
-	// 2. UEFI, kiln as the DHCP server; an unknown machine boots beside it.
-	srv = n.startPXE(t, "--image", worker, "--machines", machines, "--dhcp-range", "10.121.0.150-10.121.0.199")
+	// 2. UEFI, kiln as the DHCP server, and an image that joins with a
+	// token of its own (kiln gen token, applied as a Secret); an unknown
+	// machine boots beside it.
+	tokenYAML, err := execOut(bin("kiln"), "gen", "token", "--ttl", "2h")
+	if err != nil {
+		t.Fatalf("kiln gen token: %v\n%s", err, tokenYAML)
+	}
+	token := regexp.MustCompile(`--token ([a-z0-9]{6}\.[a-z0-9]{16})`).FindStringSubmatch(tokenYAML)
+	if token == nil {
+		t.Fatalf("kiln gen token printed no token:\n%s", tokenYAML)
+	}
+	tokenFile := filepath.Join(dir, "batch-token.yaml")
+	os.WriteFile(tokenFile, []byte(tokenYAML), 0o600)
+	if out, err := k("apply", "-f", tokenFile); err != nil {
+		t.Fatalf("kubectl apply the token: %v\n%s", err, out)
+	}
+	batch := filepath.Join(dir, "worker-batch")
+	if out, err := runKiln("build", "--role", "worker", "--node-binary", bin("kiln-node"), "--cluster", filepath.Join(dir, "cluster"),
+		"--format", "pxe", "--token", token[1], "--out", batch); err != nil {
+		t.Fatalf("kiln build --token: %v\n%s", err, out)
+	}
+	srv = n.startPXE(t, "--image", batch, "--machines", machines, "--dhcp-range", "10.121.0.150-10.121.0.199")
 	serverUp = time.Now()
 	uefi := n.bootPXE(t, "tap-uefi", pxeUEFIMAC, true)
 	unknown := n.bootPXE(t, "tap-unk", pxeUnknownMAC, false)
@@ -136,6 +156,10 @@ default: refuse
 	}
 	waitNodeReady(t, k, "pxe-uefi", 15*time.Minute)
 	t.Logf("FIGURE pxe: full DHCP, UEFI: PXE server start to node pxe-uefi Ready: %s", time.Since(serverUp).Round(time.Second))
+	// It joined with the batch token: its CSR came from that token's user.
+	if out, _ := k("get", "csr", "-o", `jsonpath={range .items[*]}{.spec.username}{"\n"}{end}`); !strings.Contains(out, "system:bootstrap:"+token[1][:6]) {
+		t.Errorf("no CSR from the batch token's user system:bootstrap:%s:\n%s", token[1][:6], out)
+	}
 	reportServed(t, srv.log.String(), pxeUEFIMAC, "full DHCP, UEFI")
 	if out, _ := k("get", "nodes", "-o", "name"); strings.Contains(out, "worker-") {
 		t.Errorf("a node named by default, not by the machines file: %s", out)
