@@ -220,7 +220,8 @@ func (n *pxeNet) execQuiet(args ...string) { n.exec(args...) }
 type bg struct {
 	cmd  *exec.Cmd
 	log  *syncLog
-	done chan error
+	done chan struct{} // closed when it has exited
+	err  error         // its exit, once done is closed
 }
 
 func (b *bg) String() string { return b.log.String() }
@@ -228,8 +229,8 @@ func (b *bg) String() string { return b.log.String() }
 func (b *bg) stop() error {
 	b.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-b.done:
-		return err
+	case <-b.done:
+		return b.err
 	case <-time.After(20 * time.Second):
 		b.cmd.Process.Kill()
 		return fmt.Errorf("no exit 20 s after SIGTERM")
@@ -238,21 +239,17 @@ func (b *bg) stop() error {
 
 func startBG(t *testing.T, ns string, args ...string) *bg {
 	t.Helper()
-	b := &bg{log: &syncLog{}, done: make(chan error, 1)}
+	b := &bg{log: &syncLog{}, done: make(chan struct{})}
 	b.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := b.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { b.done <- b.cmd.Wait() }()
+	go func() { b.err = b.cmd.Wait(); close(b.done) }()
 	t.Cleanup(func() {
-		select {
-		case <-b.done:
-		default:
-			b.cmd.Process.Kill()
-			<-b.done
-		}
+		b.cmd.Process.Kill() // after an exit: an error, ignored
+		<-b.done
 		if t.Failed() {
 			t.Logf("%s output (tail):\n%s", filepath.Base(args[0]), tail(b.log.String(), 40))
 		}
@@ -265,8 +262,8 @@ func (n *pxeNet) startPXE(t *testing.T, args ...string) *bg {
 	t.Helper()
 	b := startBG(t, n.ns, append([]string{bin("kiln"), "pxe", "serve", "--interface", "br0"}, args...)...)
 	select {
-	case err := <-b.done:
-		t.Fatalf("kiln pxe serve exited: %v\n%s", err, b.log.String())
+	case <-b.done:
+		t.Fatalf("kiln pxe serve exited: %v\n%s", b.err, b.log.String())
 	case <-waitFor(func() bool { return strings.Contains(b.log.String(), "Ctrl-C stops") }, 30*time.Second):
 	}
 	if !strings.Contains(b.log.String(), "Ctrl-C stops") {
