@@ -113,8 +113,8 @@ image: deps bin/kiln bin/kiln-node pods ## build the images in out/ROLE: ROLE=ma
 run: deps bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOOT=kernel|iso|qcow2|pxe]
 	bin/kiln run --image out/$(ROLE) --boot $(BOOT)
 
-bench: build ## measure sizes, up → /readyz time and idle memory of a host-mode master
-	$(GO) test -tags bench -count=1 -timeout 20m -v ./tests/bench/ -bin $(CURDIR)/bin
+bench: deps build ## measure sizes, host-mode up → /readyz and memory, and a master + worker in QEMU: image sizes, boot → Ready, memory
+	$(GO) test -tags bench -count=1 -timeout 60m -v ./tests/bench/ -bin $(CURDIR)/bin
 
 WORKERS ?= 1
 cluster: deps build ## boot a master and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl

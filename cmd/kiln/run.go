@@ -20,6 +20,7 @@ import (
 	"kiln/images/build"
 	"kiln/pki"
 	"kiln/qemu"
+	"kiln/tools/vmcluster"
 )
 
 // apiGuestPort is the kube-apiserver's port inside the guest.
@@ -78,7 +79,7 @@ cleanly; after --shutdown-timeout, or on a second Ctrl-C, QEMU is killed.`,
 	fl.StringVar(&f.image, "image", "out/master", "image directory (kiln build --out)")
 	fl.StringVar(&f.boot, "boot", "kernel", "boot method: "+strings.Join(bootMethods, ", "))
 	fl.BoolVar(&f.uefi, "uefi", false, "boot with UEFI firmware (OVMF) instead of BIOS (iso, qcow2, pxe)")
-	fl.IntVar(&f.memory, "memory", 0, "guest RAM in MiB (default 3072 for a master, 1536 for a worker: both run pods)")
+	fl.IntVar(&f.memory, "memory", 0, fmt.Sprintf("guest RAM in MiB (default %d for a master, %d for a worker: both run pods)", vmcluster.DefaultMasterMemory, vmcluster.DefaultWorkerMemory))
 	fl.IntVar(&f.cpus, "cpus", 2, "virtual CPUs")
 	fl.IntVar(&f.apiPort, "api-port", apiGuestPort, "host port on 127.0.0.1 forwarded to a master's API server (0: any free port)")
 	fl.StringVar(&f.serialLog, "serial-log", "", "serial console log file (default <image>/console.log)")
@@ -187,9 +188,9 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 		return err
 	}
 	if f.memory == 0 {
-		f.memory = 1536
+		f.memory = vmcluster.DefaultWorkerMemory
 		if m.Role == node.RoleMaster {
-			f.memory = 3072
+			f.memory = vmcluster.DefaultMasterMemory
 		}
 	}
 	// The kernel unpacks the initramfs into RAM while it still holds the

@@ -41,6 +41,13 @@ const (
 	workerNameFmt = "kiln-worker-%d"
 )
 
+// Guest memory in MiB: the master runs the control plane and pods, a
+// worker pods only.
+const (
+	DefaultMasterMemory = 3072
+	DefaultWorkerMemory = 1536
+)
+
 // Options say what to boot.
 type Options struct {
 	MasterImage string // kiln build --out of the master (default out/master)
@@ -48,7 +55,7 @@ type Options struct {
 	ClusterDir  string // the cluster directory both were built from (default out/cluster)
 	StateDir    string // console logs, config drives, kubeconfig (default out/cluster-vms)
 	Workers     int
-	// Memory in MiB; defaults 3072 (master) and 1536 (worker).
+	// Memory in MiB; defaults DefaultMasterMemory and DefaultWorkerMemory.
 	MasterMemory, WorkerMemory int
 	CPUs                       int // per VM, default 2
 	// APIPort is the host port (127.0.0.1) forwarded to the master's API
@@ -74,10 +81,10 @@ func (o *Options) defaults() {
 	def(&o.ClusterDir, "out/cluster")
 	def(&o.StateDir, "out/cluster-vms")
 	if o.MasterMemory == 0 {
-		o.MasterMemory = 3072
+		o.MasterMemory = DefaultMasterMemory
 	}
 	if o.WorkerMemory == 0 {
-		o.WorkerMemory = 1536
+		o.WorkerMemory = DefaultWorkerMemory
 	}
 	if o.CPUs == 0 {
 		o.CPUs = 2

@@ -1,0 +1,130 @@
+//go:build bench
+
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"kiln/images/build"
+	"kiln/tools/vmcluster"
+)
+
+var vm = flag.Bool("vm", true, "also boot a master and a worker in QEMU (what make cluster boots) and measure them")
+
+// TestBenchVM measures the images users boot: their sizes, QEMU start to
+// each node Ready (under TCG here, without KVM), and each node's memory in
+// use once idle (the kubelet's summary: the working set of the whole
+// node). Nothing is asserted on time.
+func TestBenchVM(t *testing.T) {
+	if !*vm {
+		t.Skip("-vm=false")
+	}
+	var rows [][2]string
+	add := func(k, v string) { rows = append(rows, [2]string{k, v}); t.Logf("%s: %s", k, v) }
+	dir := t.TempDir()
+	clusterDir := filepath.Join(dir, "cluster")
+	if out, err := exec.Command(bin("kiln"), "gen", "cluster", "--out", clusterDir).CombinedOutput(); err != nil {
+		t.Fatalf("gen: %v %s", err, out)
+	}
+	images := map[string]string{}
+	for _, role := range []string{"master", "worker"} {
+		out := filepath.Join(dir, role)
+		start := time.Now()
+		if b, err := exec.Command(bin("kiln"), "build", "--role", role, "--node-binary", bin("kiln-node"),
+			"--cluster", clusterDir, "--format", "kernel", "--out", out).CombinedOutput(); err != nil {
+			t.Fatalf("kiln build %s: %v\n%s", role, err, b)
+		}
+		add("kiln build --role "+role+" --format kernel (warm)", time.Since(start).Round(100*time.Millisecond).String())
+		images[role] = out
+		data, err := os.ReadFile(filepath.Join(out, build.ManifestFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m build.Manifest
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatal(err)
+		}
+		add(role+" image: vmlinuz / initramfs (zstd) / initramfs (raw)", fmt.Sprintf("%s / %s / %s",
+			fileMB(filepath.Join(out, "vmlinuz")), fileMB(filepath.Join(out, "initramfs.img")), mb(m.InitramfsRaw)))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := vmcluster.Up(ctx, vmcluster.Options{MasterImage: images["master"], WorkerImage: images["worker"],
+		ClusterDir: clusterDir, StateDir: filepath.Join(dir, "vms"), Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	readyAt := map[string]time.Duration{}
+	for len(readyAt) < len(c.Nodes) {
+		nodes, err := c.APINodes(ctx)
+		if err == nil {
+			for _, n := range nodes {
+				if _, seen := readyAt[n.Name]; n.Ready && !seen {
+					readyAt[n.Name] = time.Since(start)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("nodes not Ready: %v (ready: %v)", ctx.Err(), readyAt)
+		case <-time.After(time.Second):
+		}
+	}
+	for _, n := range c.Nodes {
+		add(fmt.Sprintf("QEMU start → %s Ready (%s, %d MiB, TCG)", n.Name, n.Role, memoryOf(n.Role)), readyAt[n.Name].Round(time.Second).String())
+	}
+
+	time.Sleep(*idle)
+	for _, n := range c.Nodes {
+		out, err := exec.Command(bin("kubectl"), "--kubeconfig", c.Kubeconfig, "get", "--raw",
+			"/api/v1/nodes/"+n.Name+"/proxy/stats/summary").Output()
+		if err != nil {
+			t.Errorf("%s summary: %v", n.Name, err)
+			continue
+		}
+		var sum struct {
+			Node struct {
+				Memory struct{ WorkingSetBytes uint64 } `json:"memory"`
+			} `json:"node"`
+		}
+		if err := json.Unmarshal(out, &sum); err != nil {
+			t.Errorf("%s summary: %v", n.Name, err)
+			continue
+		}
+		add(fmt.Sprintf("%s memory in use (working set) after %s idle", n.Name, *idle), mb(int64(sum.Node.Memory.WorkingSetBytes)))
+	}
+
+	fmt.Println("\n| what | figure |\n|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %s | %s |\n", r[0], r[1])
+	}
+}
+
+// memoryOf is the guest memory vmcluster gives a role, for the labels.
+func memoryOf(role string) int {
+	if role == "master" {
+		return vmcluster.DefaultMasterMemory
+	}
+	return vmcluster.DefaultWorkerMemory
+}
+
+func fileMB(p string) string {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "?"
+	}
+	return mb(fi.Size())
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
