@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -117,10 +118,14 @@ func TestMasterLifecycle(t *testing.T) {
 			t.Fatalf("exit: %v", err)
 		}
 		order := stopOrder(n.output())
-		want := []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"}
-		// scheduler and controller-manager are siblings: either may stop first.
-		if len(order) != 4 || order[2] != want[2] || order[3] != want[3] {
-			t.Fatalf("stop order %v, want %v (first two in any order)", order, want)
+		// The reverse of the start order: the addons task and the
+		// apiserver's clients (controller-manager and scheduler, siblings
+		// that may stop in either order) first, then the apiserver, then
+		// etcd.
+		want := []string{"addons", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"}
+		if len(order) != len(want) || !slices.Equal(slices.Sorted(slices.Values(order[:3])), want[:3]) ||
+			order[3] != want[3] || order[4] != want[4] {
+			t.Fatalf("stop order %v, want %v (the first three in any order)", order, want)
 		}
 		if left := processesUsing(dataDir); len(left) > 0 {
 			t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))
