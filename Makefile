@@ -18,9 +18,13 @@ KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
 	-X k8s.io/client-go/pkg/version.gitVersion=$(KUBE_VERSION) \
 	-X k8s.io/client-go/pkg/version.gitMajor=1 \
 	-X k8s.io/client-go/pkg/version.gitMinor=$(KUBE_MINOR)
+# containerd and runc report their own versions (kubelet shows containerd's
+# as the node's runtime); without these they say "+unknown" and nothing.
+CONTAINERD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/containerd/containerd/v2 2>/dev/null)
+RUNC_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/opencontainers/runc 2>/dev/null)
 # -s -w strip only at link time, so the compile cache is shared with
 # `go test` and `go vet` (no -trimpath for the same reason).
-LDFLAGS := -s -w $(KUBE_LDFLAGS)
+LDFLAGS := -s -w $(KUBE_LDFLAGS) -X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION:v%=%)
 
 DATA ?= /tmp/kiln-host
 CLUSTER ?= out/cluster
@@ -53,10 +57,10 @@ CNI := github.com/containernetworking/plugins/plugins
 pods: bin/runc bin/containerd-shim-runc-v2 bin/cni bin/oci
 bin/runc: deps
 	@echo "go build bin/runc (static, seccomp)"
-	@CGO_ENABLED=1 $(GO) build -tags 'seccomp netgo osusergo' -ldflags '-s -w -extldflags -static' -o $@ github.com/opencontainers/runc
+	@CGO_ENABLED=1 $(GO) build -tags 'seccomp netgo osusergo' -ldflags '-s -w -X main.version=$(RUNC_VERSION:v%=%) -extldflags -static' -o $@ github.com/opencontainers/runc
 bin/containerd-shim-runc-v2:
 	@echo "go build bin/containerd-shim-runc-v2"
-	@$(GO) build -ldflags '-s -w' -o $@ ./cmd/containerd-shim-runc-v2
+	@$(GO) build -ldflags '-s -w -X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION:v%=%)' -o $@ ./cmd/containerd-shim-runc-v2
 bin/cni:
 	@echo "go build bin/cni/{bridge,host-local,loopback}"
 	@mkdir -p $@ && $(GO) build -ldflags '-s -w' -o $@/ $(CNI)/main/bridge $(CNI)/ipam/host-local $(CNI)/main/loopback
