@@ -224,7 +224,7 @@ func clusterUp(out io.Writer, f *clusterFlags) error {
 				return nil
 			}
 			if strings.HasPrefix(line, failedMark) {
-				return errors.New("the cluster did not come up (the VMs were stopped)")
+				return errors.New("the cluster did not come up: its VMs are powering off (kiln cluster status shows when they are gone)")
 			}
 			continue
 		}

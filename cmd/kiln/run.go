@@ -193,9 +193,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 			f.memory = vmcluster.DefaultMasterMemory
 		}
 	}
-	// The kernel unpacks the initramfs into RAM while it still holds the
-	// compressed copy: about twice the raw size, plus the kernel's own.
-	if need := int(2*m.InitramfsRaw>>20) + 192; f.memory < need {
+	if need := m.SuggestedMemoryMiB(); f.memory < need {
 		fmt.Fprintf(stderr, "kiln run: warning: %d MiB may be too little to unpack a %d MiB initramfs (want %d MiB or more)\n",
 			f.memory, m.InitramfsRaw>>20, need)
 	}

@@ -33,6 +33,12 @@ type Manifest struct {
 	Artifacts []Artifact `json:"artifacts"`
 }
 
+// SuggestedMemoryMiB is the guest memory the image should get at least:
+// the kernel unpacks the initramfs into RAM while it still holds the
+// compressed copy (about twice the raw size), plus the kernel's own. Less
+// may work; too little ends in "Initramfs unpacking failed".
+func (m Manifest) SuggestedMemoryMiB() int { return int(2*m.InitramfsRaw>>20) + 192 }
+
 func writeManifest(r Request, res *Result) error {
 	clusterDir, err := filepath.Abs(r.ClusterDir)
 	if err != nil {

@@ -126,6 +126,7 @@ func TestCpioListAndExtract(t *testing.T) {
 		"etc", "etc/kiln", "etc/kiln/config.yaml",
 		"init", "lib", "root", "tmp",
 		"usr", "usr/lib", "usr/lib/empty", "usr/lib/host-mode.bin", "usr/lib/odd-size.bin",
+		CompleteMarker, // last, out of name order
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("cpio -t:\n got %q\nwant %q", got, want)

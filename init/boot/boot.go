@@ -17,7 +17,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"kiln/configs/node"
+	"kiln/images/initramfs"
 )
 
 // Node is what the boot hands to the role's bring-up once the machine is
@@ -341,6 +344,25 @@ func (m *machine) phases() []phase {
 	}
 }
 
+// checkInitramfsComplete fails when the archive's last entry is missing
+// under root: the kernel ran out of memory unpacking the initramfs and
+// booted on with part of it (programs and libraries missing at random).
+func checkInitramfsComplete(root string) error {
+	if _, err := os.Stat(filepath.Join(root, initramfs.CompleteMarker)); err == nil {
+		return nil
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 2 && f[0] == "MemTotal:" {
+			if kb, err := strconv.Atoi(f[1]); err == nil {
+				mem = fmt.Sprintf(" (it has %d MiB)", kb>>10)
+			}
+		}
+	}
+	return fmt.Errorf("the initramfs was not unpacked whole (%s is missing; the kernel log says \"Initramfs unpacking failed\"): "+
+		"this machine has too little memory%s: give it at least twice the initramfs' raw size (image.json: initramfsRawBytes) plus 200 MiB", initramfs.CompleteMarker, mem)
+}
+
 func (m *machine) mounts(ctx context.Context) error {
 	warnings, err := createAll(earlyRoot)
 	// The console moves to /dev/console as soon as devtmpfs is there,
@@ -353,6 +375,9 @@ func (m *machine) mounts(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("early mounts: %w", err)
+	}
+	if err := checkInitramfsComplete("/"); err != nil {
+		return err
 	}
 	for _, s := range earlyRoot {
 		if c, ok := s.(*CgroupTree); ok {

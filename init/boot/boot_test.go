@@ -3,11 +3,15 @@ package boot
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"kiln/images/initramfs"
 )
 
 type syncBuf struct {
@@ -81,5 +85,17 @@ func TestRecoverTo(t *testing.T) {
 	<-done
 	if !strings.Contains(out.String(), "kiln: PANIC in dhcp (recovered; the node stays up): bad lease") {
 		t.Errorf("console:\n%s", out.String())
+	}
+}
+
+func TestCheckInitramfsComplete(t *testing.T) {
+	root := t.TempDir()
+	err := checkInitramfsComplete(root)
+	if err == nil || !strings.Contains(err.Error(), "too little memory") || !strings.Contains(err.Error(), initramfs.CompleteMarker) {
+		t.Fatalf("a root without the marker: %v", err)
+	}
+	os.WriteFile(filepath.Join(root, initramfs.CompleteMarker), nil, 0o444)
+	if err := checkInitramfsComplete(root); err != nil {
+		t.Fatal(err)
 	}
 }

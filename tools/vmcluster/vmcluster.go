@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"kiln/configs/cluster"
+	"kiln/images/build"
 	"kiln/pki"
 	"kiln/qemu"
 )
@@ -219,6 +220,10 @@ func (c *Cluster) prepare(n *Node) error {
 	if n.Role == "master" {
 		img, mem = c.opts.MasterImage, c.opts.MasterMemory
 	}
+	if m, err := build.ReadManifest(img); err == nil && mem < m.SuggestedMemoryMiB() {
+		c.say("%s: warning: %d MiB may be too little to unpack its %d MiB initramfs (want %d MiB or more)",
+			n.Name, mem, m.InitramfsRaw>>20, m.SuggestedMemoryMiB())
+	}
 	cmdline, err := os.ReadFile(filepath.Join(img, "cmdline"))
 	if err != nil {
 		return err
@@ -399,6 +404,16 @@ func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 			case <-n.VM().Done():
 				return fmt.Errorf("%s: QEMU exited (%v); see %s", n.Name, n.VM().Wait(), n.ConsoleLog)
 			default:
+			}
+			// A node can come up half-booted (a truncated initramfs
+			// still registers a Ready node with programs missing):
+			// its console says so first.
+			if err := n.VM().Console().Failure(); err != nil {
+				hint := ""
+				if errors.Is(err, qemu.ErrInitramfsUnpack) {
+					hint = fmt.Sprintf(" give %s VMs more memory (--%s-memory);", n.Role, n.Role)
+				}
+				return fmt.Errorf("%s: %w;%s see %s", n.Name, err, hint, n.ConsoleLog)
 			}
 		}
 		nodes, err := c.APINodes(ctx)
