@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +15,8 @@ import (
 	"kiln/images/kernel"
 	"kiln/pki"
 	"kiln/qemu"
+
+	"kiln/internal/testutil"
 )
 
 // testInit builds the image builder's test init (a tiny static PID 1) to
@@ -90,23 +90,8 @@ func TestBuildErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the console goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is safe for the console goroutine.
+type syncBuffer = testutil.SyncBuffer
 
 // TestBuildAndRun builds a master image (kernel format) with the default
 // cluster directory, then boots it with "kiln run" and stops it like

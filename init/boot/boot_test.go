@@ -12,24 +12,11 @@ import (
 	"time"
 
 	"kiln/images/initramfs"
+
+	"kiln/internal/testutil"
 )
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = testutil.SyncBuffer
 
 func TestConsoleFormat(t *testing.T) {
 	var out syncBuf

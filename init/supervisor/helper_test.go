@@ -10,10 +10,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"kiln/internal/testutil"
 )
 
 // The fake children are this test binary, re-run with KILN_HELPER=1 so that
@@ -280,22 +281,7 @@ func events(st Status, name string) []Event {
 
 // syncBuffer is an io.Writer for Options.Output that tests can read while
 // the supervisor writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // processGone reports whether pid no longer runs. A zombie counts as gone:
 // an orphaned grandchild is reaped by whatever init the test runs under, if

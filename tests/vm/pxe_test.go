@@ -14,13 +14,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"kiln/qemu"
 	"kiln/tools/pxe/tftp"
+
+	"kiln/internal/testutil"
 )
 
 // The PXE network of TestPXEWorkers, inside network namespaces the test
@@ -382,22 +383,7 @@ func transferFigures(t *testing.T, image string) {
 }
 
 // syncLog is a process's output, safe to read while it writes.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type syncLog struct{ testutil.SyncBuffer }
 
 // wait waits for a line holding every one of parts (case-insensitive).
 func (l *syncLog) wait(t *testing.T, d time.Duration, parts ...string) {

@@ -1,7 +1,6 @@
 package pxe
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"log/slog"
@@ -9,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"kiln/configs/node"
 	"kiln/images/build"
+	"kiln/internal/testutil"
 )
 
 // fakeImage writes an image directory as "kiln build --format kernel,pxe"
@@ -63,22 +62,7 @@ func fakeIPXEDir(t *testing.T) string {
 }
 
 // logBuffer collects a server's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type logBuffer struct{ testutil.SyncBuffer }
 
 func (l *logBuffer) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
