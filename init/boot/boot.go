@@ -19,7 +19,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +27,7 @@ import (
 
 	"kiln/configs/node"
 	"kiln/images/initramfs"
+	"kiln/init/supervisor"
 )
 
 // Node is what the boot hands to the role's bring-up once the machine is
@@ -352,15 +352,12 @@ func checkInitramfsComplete(root string) error {
 		return nil
 	}
 	mem := ""
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		if f := strings.Fields(string(b)); len(f) >= 2 && f[0] == "MemTotal:" {
-			if kb, err := strconv.Atoi(f[1]); err == nil {
-				mem = fmt.Sprintf(" (it has %d MiB)", kb>>10)
-			}
-		}
+	if m := supervisor.ReadMachineMemory(); m != nil {
+		mem = fmt.Sprintf(" (it has %d MiB)", m.TotalBytes>>20)
 	}
+	// The figure is images/build's Manifest.SuggestedMemoryMiB.
 	return fmt.Errorf("the initramfs was not unpacked whole (%s is missing; the kernel log says \"Initramfs unpacking failed\"): "+
-		"this machine has too little memory%s: give it at least twice the initramfs' raw size (image.json: initramfsRawBytes) plus 200 MiB", initramfs.CompleteMarker, mem)
+		"this machine has too little memory%s: give it at least twice the initramfs' raw size (image.json: initramfsRawBytes) plus 192 MiB", initramfs.CompleteMarker, mem)
 }
 
 func (m *machine) mounts(ctx context.Context) error {

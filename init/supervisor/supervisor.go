@@ -315,7 +315,7 @@ func (s *Supervisor) Status() Status {
 			st.Services[i].MemoryBytes = readUint(filepath.Join(s.opts.CgroupRoot, st.Services[i].Name, "memory.current"))
 		}
 	}
-	st.Memory = readMeminfo("/proc/meminfo")
+	st.Memory = ReadMachineMemory()
 	return st
 }
 
@@ -328,6 +328,10 @@ func readUint(path string) uint64 {
 	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	return n
 }
+
+// ReadMachineMemory reads the machine's memory from /proc/meminfo; nil if
+// it cannot.
+func ReadMachineMemory() *MachineMemory { return readMeminfo("/proc/meminfo") }
 
 // readMeminfo reads MemTotal and MemAvailable (in kB there).
 func readMeminfo(path string) *MachineMemory {
