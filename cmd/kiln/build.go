@@ -17,7 +17,7 @@ import (
 
 	"kiln/configs/cluster"
 	"kiln/configs/node"
-	"kiln/images/build"
+	"kiln/images/builder"
 	"kiln/images/kernel"
 )
 
@@ -72,7 +72,7 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 	fl.StringVar(&f.nodeBinary, "node-binary", "bin/kiln-node", "the node binary, installed as /init")
 	fl.StringVar(&f.clusterDir, "cluster", defaultClusterDir, "cluster directory (kiln gen cluster)")
 	fl.StringVar(&f.config, "config", "", "node config file embedded as /etc/kiln/config.yaml (default: a minimal one with the role)")
-	fl.StringSliceVar(&f.formats, "format", nil, "formats to build, comma-separated: "+strings.Join(build.FormatNames(), ",")+" (default all)")
+	fl.StringSliceVar(&f.formats, "format", nil, "formats to build, comma-separated: "+strings.Join(builder.FormatNames(), ",")+" (default all)")
 	fl.StringVar(&f.kernel, "kernel", "cloud", "Debian kernel flavour: cloud (VMs) or generic (physical servers)")
 	fl.StringVarP(&f.out, "out", "o", "", "output directory (default out/<role>)")
 	fl.StringVar(&f.cacheDir, "cache-dir", "", "kernel download cache (default $KILN_CACHE_DIR or out/cache)")
@@ -80,13 +80,13 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 	fl.StringVar(&f.binDir, "bin-dir", "", "where make build put runc, the containerd shim, cni/* and oci/* (default: the node binary's directory)")
 	fl.StringSliceVar(&f.images, "images", nil, "image archives (docker save) to import at boot, comma-separated, besides kiln's own")
 	fl.StringVar(&f.token, "token", "", "worker images: join with this bootstrap token instead of the cluster directory's (kiln gen token)")
-	fl.IntVar(&f.diskSizeGiB, "disk-size", build.DefaultDiskSize>>30, "qcow2 disk size in GiB (sparse)")
+	fl.IntVar(&f.diskSizeGiB, "disk-size", builder.DefaultDiskSize>>30, "qcow2 disk size in GiB (sparse)")
 	return c
 }
 
 func formatHelp() string {
 	var b strings.Builder
-	for _, f := range build.Formats {
+	for _, f := range builder.Formats {
 		fmt.Fprintf(&b, "  %-7s %s\n", f.Name, f.Help)
 	}
 	return b.String()
@@ -94,8 +94,8 @@ func formatHelp() string {
 
 // request turns the flags into a build request; flag mistakes are usage
 // errors.
-func (f buildFlags) request() (build.Request, error) {
-	var r build.Request
+func (f buildFlags) request() (builder.Request, error) {
+	var r builder.Request
 	switch f.role {
 	case "":
 		return r, usageError{errors.New("kiln build needs --role master or --role worker\nsee 'kiln build --help'")}
@@ -108,14 +108,14 @@ func (f buildFlags) request() (build.Request, error) {
 		return r, usageError{fmt.Errorf("--kernel %q: want cloud or generic", f.kernel)}
 	}
 	for _, name := range f.formats {
-		if !slices.Contains(build.FormatNames(), strings.TrimSpace(name)) {
-			return r, usageError{fmt.Errorf("--format %q: unknown format (want one or more of %s)", name, strings.Join(build.FormatNames(), ","))}
+		if !slices.Contains(builder.FormatNames(), strings.TrimSpace(name)) {
+			return r, usageError{fmt.Errorf("--format %q: unknown format (want one or more of %s)", name, strings.Join(builder.FormatNames(), ","))}
 		}
 	}
 	if f.diskSizeGiB < 1 {
 		return r, usageError{fmt.Errorf("--disk-size %d: want a size in GiB, at least 1", f.diskSizeGiB)}
 	}
-	r = build.Request{
+	r = builder.Request{
 		Role:       node.Role(f.role),
 		NodeBinary: f.nodeBinary,
 		ClusterDir: f.clusterDir,
@@ -160,7 +160,7 @@ func runBuild(ctx context.Context, stdout io.Writer, f buildFlags, clusterGiven 
 		}
 	}
 	req.Progress = stdout
-	res, err := build.Build(ctx, req)
+	res, err := builder.Build(ctx, req)
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ import (
 func testInit(t *testing.T) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "testinit")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", p, "../../images/build/testdata/testinit")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", p, "../../images/builder/testdata/testinit")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build testinit: %v\n%s", err, out)

@@ -20,7 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln/configs/cluster"
-	"kiln/tools/vmcluster"
+	"kiln/qemu/vmcluster"
 )
 
 // clusterFlags are kiln cluster up's (and the daemon's) flags.

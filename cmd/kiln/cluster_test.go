@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"kiln/tools/vmcluster"
+	"kiln/qemu/vmcluster"
 )
 
 func TestClusterErrors(t *testing.T) {

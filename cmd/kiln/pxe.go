@@ -18,8 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"kiln/images/build"
-	"kiln/tools/pxe"
+	"kiln/images/builder"
+	"kiln/pxe"
 )
 
 func pxeCommand() *cobra.Command {
@@ -179,7 +179,7 @@ func (f pxeFlags) config() (pxe.Config, error) {
 	dirs := f.images
 	if len(dirs) == 0 {
 		for _, d := range []string{"out/master", "out/worker"} {
-			if _, err := os.Stat(filepath.Join(d, build.ManifestFile)); err == nil {
+			if _, err := os.Stat(filepath.Join(d, builder.ManifestFile)); err == nil {
 				dirs = append(dirs, d)
 			}
 		}

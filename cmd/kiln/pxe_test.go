@@ -7,18 +7,18 @@ import (
 	"strings"
 	"testing"
 
-	"kiln/images/build"
+	"kiln/images/builder"
 )
 
 // These tests stop before any socket is opened: "kiln pxe serve" is run
-// for real only inside network namespaces (tools/pxe's tests).
+// for real only inside network namespaces (pxe's tests).
 
 func fakePXEImage(t *testing.T, role string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), role)
 	os.MkdirAll(filepath.Join(dir, "pxe"), 0o755)
 	data, _ := json.Marshal(map[string]any{"id": "x", "role": role, "cmdline": []string{"console=ttyS0"}})
-	os.WriteFile(filepath.Join(dir, build.ManifestFile), data, 0o644)
+	os.WriteFile(filepath.Join(dir, builder.ManifestFile), data, 0o644)
 	os.WriteFile(filepath.Join(dir, "pxe", "vmlinuz"), []byte("k"), 0o644)
 	os.WriteFile(filepath.Join(dir, "pxe", "initramfs.img"), []byte("i"), 0o644)
 	return dir

@@ -17,10 +17,10 @@ import (
 
 	"kiln/configs/cluster"
 	"kiln/configs/node"
-	"kiln/images/build"
+	"kiln/images/builder"
 	"kiln/pki"
 	"kiln/qemu"
-	"kiln/tools/vmcluster"
+	"kiln/qemu/vmcluster"
 )
 
 // apiGuestPort is the kube-apiserver's port inside the guest.
@@ -89,7 +89,7 @@ cleanly; after --shutdown-timeout, or on a second Ctrl-C, QEMU is killed.`,
 }
 
 // bootOptions returns the QEMU options that boot img with f.boot.
-func bootOptions(f runFlags, m *build.Manifest) ([]qemu.Option, *qemu.UserNet, error) {
+func bootOptions(f runFlags, m *builder.Manifest) ([]qemu.Option, *qemu.UserNet, error) {
 	need := func(rel string) (string, error) {
 		p := filepath.Join(f.image, rel)
 		if _, err := os.Stat(p); err != nil {
@@ -179,7 +179,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 	if err := f.check(); err != nil {
 		return err
 	}
-	m, err := build.ReadManifest(f.image)
+	m, err := builder.ReadManifest(f.image)
 	if err != nil {
 		return err
 	}
@@ -272,7 +272,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 
 // writeKubeconfig writes <image>/admin.kubeconfig: the cluster's admin
 // kubeconfig with the server at the forwarded port.
-func writeKubeconfig(m *build.Manifest, image string, port int) (string, error) {
+func writeKubeconfig(m *builder.Manifest, image string, port int) (string, error) {
 	src := filepath.Join(m.ClusterDir, cluster.AdminKubeconfigFile)
 	data, err := os.ReadFile(src)
 	if err != nil {

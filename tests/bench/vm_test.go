@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"kiln/images/build"
-	"kiln/tools/vmcluster"
+	"kiln/images/builder"
+	"kiln/qemu/vmcluster"
 )
 
 var vm = flag.Bool("vm", true, "also boot a master and a worker in QEMU (what make cluster boots) and measure them")
@@ -44,11 +44,11 @@ func TestBenchVM(t *testing.T) {
 		}
 		add("kiln build --role "+role+" --format kernel (warm)", time.Since(start).Round(100*time.Millisecond).String())
 		images[role] = out
-		data, err := os.ReadFile(filepath.Join(out, build.ManifestFile))
+		data, err := os.ReadFile(filepath.Join(out, builder.ManifestFile))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var m build.Manifest
+		var m builder.Manifest
 		if err := json.Unmarshal(data, &m); err != nil {
 			t.Fatal(err)
 		}

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"kiln/tools/vmcluster"
+	"kiln/qemu/vmcluster"
 )
 
 // TestCluster is the product's promise: a master and a worker booted from

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"kiln/qemu"
-	"kiln/tools/pxe/tftp"
+	"kiln/pxe/tftp"
 
 	"kiln/internal/testutil"
 )

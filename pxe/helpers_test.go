@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"kiln/configs/node"
-	"kiln/images/build"
+	"kiln/images/builder"
 	"kiln/internal/testutil"
 )
 
@@ -24,14 +24,14 @@ func fakeImage(t *testing.T, role node.Role) *Image {
 	if err := os.MkdirAll(filepath.Join(dir, "pxe"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	m := build.Manifest{ID: "id-" + string(role), Role: role, Cmdline: []string{"console=tty0", "console=ttyS0,115200", "panic=-1"}}
+	m := builder.Manifest{ID: "id-" + string(role), Role: role, Cmdline: []string{"console=tty0", "console=ttyS0,115200", "panic=-1"}}
 	data, _ := json.Marshal(m)
 	write := func(name string, b []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(build.ManifestFile, data)
+	write(builder.ManifestFile, data)
 	write("cmdline", []byte(strings.Join(m.Cmdline, " ")+" kiln.boot=kernel\n"))
 	kernel, initrd := make([]byte, 100_000), make([]byte, 300_000)
 	rand.Read(kernel)

@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"kiln/configs/cluster"
-	"kiln/images/build"
+	"kiln/images/builder"
 	"kiln/pki"
 	"kiln/qemu"
 )
@@ -220,7 +220,7 @@ func (c *Cluster) prepare(n *Node) error {
 	if n.Role == "master" {
 		img, mem = c.opts.MasterImage, c.opts.MasterMemory
 	}
-	if m, err := build.ReadManifest(img); err == nil && mem < m.SuggestedMemoryMiB() {
+	if m, err := builder.ReadManifest(img); err == nil && mem < m.SuggestedMemoryMiB() {
 		c.say("%s: warning: %d MiB may be too little to unpack its %d MiB initramfs (want %d MiB or more)",
 			n.Name, mem, m.InitramfsRaw>>20, m.SuggestedMemoryMiB())
 	}

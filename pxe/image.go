@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"kiln/configs/node"
-	"kiln/images/build"
+	"kiln/images/builder"
 )
 
 // Image is a built image directory (kiln build --out) served to machines
@@ -36,13 +36,13 @@ const (
 // LoadImage reads an image directory: its manifest (role, ID), its command
 // line (the cmdline file, else the manifest's) and its boot files.
 func LoadImage(dir string) (*Image, error) {
-	m, err := build.ReadManifest(dir)
+	m, err := builder.ReadManifest(dir)
 	if err != nil {
 		return nil, err
 	}
 	img := &Image{Dir: dir, Role: m.Role, ID: m.ID}
 	if m.Role != node.RoleMaster && m.Role != node.RoleWorker {
-		return nil, fmt.Errorf("%s: role %q in %s is not master or worker", dir, m.Role, build.ManifestFile)
+		return nil, fmt.Errorf("%s: role %q in %s is not master or worker", dir, m.Role, builder.ManifestFile)
 	}
 	cmdline := m.Cmdline
 	if b, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {

@@ -33,7 +33,7 @@ import (
 	"time"
 
 	"kiln/configs/node"
-	"kiln/tools/pxe/tftp"
+	"kiln/pxe/tftp"
 )
 
 // DHCPMode is how the server takes part in DHCP.

@@ -1,4 +1,4 @@
-// Package build turns kiln's node binary into bootable images: it fetches
+// Package builder turns kiln's node binary into bootable images: it fetches
 // the pinned Debian kernel, assembles a reproducible initramfs (the node
 // binary as /init, the node config, the cluster material the role needs,
 // kernel modules, a few userspace tools) and then runs the requested output
@@ -13,7 +13,7 @@
 //	  master.qcow2                       qcow2 format (boot partition + state partition)
 //	  pxe/{vmlinuz,initramfs.img,boot.ipxe}
 //	  image.json                         manifest read by "kiln run"
-package build
+package builder
 
 import (
 	"context"
