@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/builder"
 	"kiln/internal/testutil"
@@ -25,13 +26,21 @@ func fakeImage(t *testing.T, role node.Role) *Image {
 		t.Fatal(err)
 	}
 	m := builder.Manifest{ID: "id-" + string(role), Role: role, Cmdline: []string{"console=tty0", "console=ttyS0,115200", "panic=-1"}}
+	for _, a := range []builder.Artifact{
+		{Format: "kernel", Path: image.KernelFile}, {Format: "kernel", Path: image.InitramfsFile}, {Format: "kernel", Path: image.CmdlineFile},
+		{Format: "pxe", Path: "pxe/" + image.KernelFile}, {Format: "pxe", Path: "pxe/" + image.InitramfsFile}, {Format: "pxe", Path: "pxe/" + image.PXEScript},
+	} {
+		m.Artifacts = append(m.Artifacts, a)
+	}
 	data, _ := json.Marshal(m)
 	write := func(name string, b []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(builder.ManifestFile, data)
+	write(image.ManifestFile, data)
+	write("vmlinuz", []byte("kernel-format kernel"))
+	write("initramfs.img", []byte("kernel-format initramfs"))
 	write("cmdline", []byte(strings.Join(m.Cmdline, " ")+" kiln.boot=kernel\n"))
 	kernel, initrd := make([]byte, 100_000), make([]byte, 300_000)
 	rand.Read(kernel)

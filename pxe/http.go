@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
 )
 
@@ -151,7 +152,7 @@ func (s *Server) Script(base string, m Machine) (string, error) {
 	}
 	imgURL := base + "/images/" + string(img.Role)
 	cmdline := append(append([]string{"initrd=" + initramfsFile}, img.Cmdline...),
-		"kiln.boot=pxe", "kiln.config="+base+"/config/"+macPath(m.MAC)+".yaml")
+		image.Arg(image.ParamBoot, image.BootPXE), image.Arg(image.ParamConfig, base+"/config/"+macPath(m.MAC)+".yaml"))
 	src := "listed in " + s.machines.Source
 	if m.Default {
 		src = "default of " + s.machines.Source

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -246,9 +247,15 @@ func TestLoadImage(t *testing.T) {
 		!strings.HasSuffix(img.Kernel, "/pxe/vmlinuz") {
 		t.Errorf("%+v", img)
 	}
+	// Without the pxe format, the kernel format's boot files are served.
 	os.Remove(img.Kernel)
 	os.Remove(img.Initramfs)
-	if _, err := LoadImage(img.Dir); err == nil || !strings.Contains(err.Error(), "has no vmlinuz") {
+	k, err := LoadImage(img.Dir)
+	if err != nil || k.Kernel != filepath.Join(img.Dir, "vmlinuz") {
+		t.Fatalf("without pxe/: %+v, %v", k, err)
+	}
+	os.Remove(k.Kernel)
+	if _, err := LoadImage(img.Dir); err == nil || !strings.Contains(err.Error(), "has neither the pxe nor the kernel format") {
 		t.Errorf("no kernel: %v", err)
 	}
 	if _, err := LoadImage(t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a kiln image directory") {

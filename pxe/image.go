@@ -1,13 +1,10 @@
 package pxe
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/builder"
 )
@@ -18,8 +15,8 @@ type Image struct {
 	Dir  string
 	Role node.Role
 	ID   string
-	// Cmdline is the image's kernel command line, without the kiln.boot=
-	// and kiln.config= the server adds.
+	// Cmdline is the image's kernel command line, without the
+	// image.ParamBoot and image.ParamConfig the server adds.
 	Cmdline []string
 	// Kernel and Initramfs are the files served as
 	// /images/<role>/vmlinuz and /images/<role>/initramfs.img: the PXE
@@ -27,49 +24,39 @@ type Image struct {
 	Kernel, Initramfs string
 }
 
-// Files served per image, by name under /images/<role>/.
+// Files served per image, by name under /images/<role>/: the names they
+// have in an image directory.
 const (
-	kernelFile    = "vmlinuz"
-	initramfsFile = "initramfs.img"
+	kernelFile    = image.KernelFile
+	initramfsFile = image.InitramfsFile
 )
 
-// LoadImage reads an image directory: its manifest (role, ID), its command
-// line (the cmdline file, else the manifest's) and its boot files.
+// LoadImage reads an image directory through its manifest: role, ID, the
+// command line (the kernel format's, else the manifest's) and the boot
+// files (the pxe format's, else the kernel format's).
 func LoadImage(dir string) (*Image, error) {
-	m, err := builder.ReadManifest(dir)
+	d, err := builder.Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Dir: dir, Role: m.Role, ID: m.ID}
-	if m.Role != node.RoleMaster && m.Role != node.RoleWorker {
-		return nil, fmt.Errorf("%s: role %q in %s is not master or worker", dir, m.Role, builder.ManifestFile)
-	}
-	cmdline := m.Cmdline
-	if b, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
-		cmdline = strings.Fields(string(b))
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+	img := &Image{Dir: dir, Role: d.Role, ID: d.ID}
+	cmdline := d.Cmdline
+	k, kerr := d.Kernel()
+	if kerr == nil {
+		cmdline = strings.Fields(k.Cmdline)
 	}
 	for _, w := range cmdline {
-		if strings.HasPrefix(w, "kiln.boot=") || strings.HasPrefix(w, "kiln.config=") {
+		if strings.HasPrefix(w, image.ParamBoot+"=") || strings.HasPrefix(w, image.ParamConfig+"=") {
 			continue
 		}
 		img.Cmdline = append(img.Cmdline, w)
 	}
-	find := func(name string) (string, error) {
-		for _, p := range []string{filepath.Join(dir, "pxe", name), filepath.Join(dir, name)} {
-			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-				return p, nil
-			}
-		}
-		return "", fmt.Errorf("%s has no %s (nor pxe/%s): build it with \"kiln build --role %s --format kernel,pxe --out %s\"",
-			dir, name, name, m.Role, dir)
-	}
-	if img.Kernel, err = find(kernelFile); err != nil {
-		return nil, err
-	}
-	if img.Initramfs, err = find(initramfsFile); err != nil {
-		return nil, err
+	if x, err := d.PXE(); err == nil {
+		img.Kernel, img.Initramfs = x.Vmlinuz, x.Initramfs
+	} else if kerr == nil {
+		img.Kernel, img.Initramfs = k.Vmlinuz, k.Initramfs
+	} else {
+		return nil, fmt.Errorf("%s has neither the pxe nor the kernel format: build it with \"kiln build --role %s --format kernel,pxe --out %s\"", dir, d.Role, dir)
 	}
 	return img, nil
 }

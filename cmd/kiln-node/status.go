@@ -1,6 +1,8 @@
 package main
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"kiln/init/supervisor"
 	"kiln/init/up"
 )
 
@@ -58,7 +59,7 @@ func statusCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return supervisor.WriteStatus(c.OutOrStdout(), body, output)
+			return nodeapi.WriteStatus(c.OutOrStdout(), body, output)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the node's data dir")

@@ -257,7 +257,7 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	}
 	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig}
 	for _, n := range c.Nodes {
-		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: n.Role, Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID()})
+		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: string(n.Role), Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID()})
 	}
 	data, _ := json.MarshalIndent(st, "", "  ")
 	statePath := filepath.Join(f.state, stateFile)

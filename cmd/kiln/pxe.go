@@ -18,7 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"kiln/images/builder"
+	"kiln/configs/image"
 	"kiln/pxe"
 )
 
@@ -179,7 +179,7 @@ func (f pxeFlags) config() (pxe.Config, error) {
 	dirs := f.images
 	if len(dirs) == 0 {
 		for _, d := range []string{"out/master", "out/worker"} {
-			if _, err := os.Stat(filepath.Join(d, builder.ManifestFile)); err == nil {
+			if _, err := os.Stat(filepath.Join(d, image.ManifestFile)); err == nil {
 				dirs = append(dirs, d)
 			}
 		}

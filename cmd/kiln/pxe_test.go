@@ -1,12 +1,12 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"kiln/configs/node"
 	"kiln/images/builder"
 )
 
@@ -17,10 +17,14 @@ func fakePXEImage(t *testing.T, role string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), role)
 	os.MkdirAll(filepath.Join(dir, "pxe"), 0o755)
-	data, _ := json.Marshal(map[string]any{"id": "x", "role": role, "cmdline": []string{"console=ttyS0"}})
-	os.WriteFile(filepath.Join(dir, builder.ManifestFile), data, 0o644)
-	os.WriteFile(filepath.Join(dir, "pxe", "vmlinuz"), []byte("k"), 0o644)
-	os.WriteFile(filepath.Join(dir, "pxe", "initramfs.img"), []byte("i"), 0o644)
+	m := builder.Manifest{ID: "x", Role: node.Role(role), Cmdline: []string{"console=ttyS0"}}
+	for _, f := range []string{"pxe/vmlinuz", "pxe/initramfs.img", "pxe/boot.ipxe"} {
+		m.Artifacts = append(m.Artifacts, builder.Artifact{Format: "pxe", Path: f})
+		os.WriteFile(filepath.Join(dir, f), []byte(f), 0o644)
+	}
+	if err := m.Write(dir); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln/configs/cluster"
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/builder"
 	"kiln/pki"
@@ -35,7 +36,7 @@ type runFlags struct {
 }
 
 // bootMethods are the values of --boot.
-var bootMethods = []string{"kernel", "iso", "qcow2", "pxe"}
+var bootMethods = []string{image.BootKernel, "iso", "qcow2", image.BootPXE}
 
 func runCommand() *cobra.Command {
 	f := runFlags{}
@@ -88,61 +89,43 @@ cleanly; after --shutdown-timeout, or on a second Ctrl-C, QEMU is killed.`,
 	return c
 }
 
-// bootOptions returns the QEMU options that boot img with f.boot.
-func bootOptions(f runFlags, m *builder.Manifest) ([]qemu.Option, *qemu.UserNet, error) {
-	need := func(rel string) (string, error) {
-		p := filepath.Join(f.image, rel)
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s has no %s: build it with \"kiln build --role %s --format %s --out %s\"", f.image, rel, m.Role, f.boot, f.image)
-		}
-		return p, nil
-	}
+// bootOptions returns the QEMU options that boot the image d with f.boot.
+func bootOptions(f runFlags, d *builder.Dir) ([]qemu.Option, *qemu.UserNet, error) {
 	var opts []qemu.Option
 	net := &qemu.UserNet{}
 	switch f.boot {
-	case "kernel":
-		vmlinuz, err := need("vmlinuz")
+	case image.BootKernel:
+		k, err := d.Kernel()
 		if err != nil {
 			return nil, nil, err
 		}
-		initrd, err := need("initramfs.img")
-		if err != nil {
-			return nil, nil, err
-		}
-		cmdlineFile, err := need("cmdline")
-		if err != nil {
-			return nil, nil, err
-		}
-		cmdline, err := os.ReadFile(cmdlineFile)
-		if err != nil {
-			return nil, nil, err
-		}
-		opts = append(opts, qemu.WithKernel(vmlinuz), qemu.WithInitramfs(initrd),
-			qemu.WithAppend(append(strings.Fields(string(cmdline)), f.appendArgs...)...))
+		opts = append(opts, qemu.WithKernel(k.Vmlinuz), qemu.WithInitramfs(k.Initramfs),
+			qemu.WithAppend(append(strings.Fields(k.Cmdline), f.appendArgs...)...))
 	case "iso":
-		iso, err := need(string(m.Role) + ".iso")
+		iso, err := d.ISO()
 		if err != nil {
 			return nil, nil, err
 		}
 		opts = append(opts, qemu.WithCDROM(iso), qemu.WithBoot("d"))
 	case "qcow2":
-		disk, err := need(string(m.Role) + ".qcow2")
+		disk, err := d.Qcow2()
 		if err != nil {
 			return nil, nil, err
 		}
 		opts = append(opts, qemu.WithDrive(qemu.Disk{Path: disk, Format: "qcow2"}), qemu.WithBoot("c"))
-	case "pxe":
-		if _, err := need(filepath.Join("pxe", "boot.ipxe")); err != nil {
+	case image.BootPXE:
+		x, err := d.PXE()
+		if err != nil {
 			return nil, nil, err
 		}
-		net.TFTPRoot = filepath.Join(f.image, "pxe")
-		net.BootFile = "boot.ipxe"
+		net.TFTPRoot = x.Dir
+		net.BootFile = filepath.Base(x.Script)
 		opts = append(opts, qemu.WithBoot("n"))
 	}
 	if f.uefi {
 		opts = append(opts, qemu.WithOVMF())
 	}
-	if m.Role == node.RoleMaster {
+	if d.Role == node.RoleMaster {
 		net.Forwards = []qemu.Forward{{HostAddr: "127.0.0.1", HostPort: f.apiPort, GuestPort: apiGuestPort}}
 	}
 	return opts, net, nil
@@ -179,7 +162,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 	if err := f.check(); err != nil {
 		return err
 	}
-	m, err := builder.ReadManifest(f.image)
+	m, err := builder.Open(f.image)
 	if err != nil {
 		return err
 	}
@@ -228,7 +211,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 	defer vm.Kill()
 	if m.Role == node.RoleMaster {
 		port := vm.HostPort(apiGuestPort)
-		kc, err := writeKubeconfig(m, f.image, port)
+		kc, err := writeKubeconfig(&m.Manifest, f.image, port)
 		if err != nil {
 			vm.Kill()
 			return err

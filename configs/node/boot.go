@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"kiln/configs/image"
 )
 
 // Network says how PID 1 configures the node's network. The zero value is
@@ -140,14 +142,11 @@ type Format string
 
 const (
 	// FormatAuto formats the state disk when it is blank (no file system
-	// and no partition table), with ext4 labelled StateLabel.
+	// and no partition table), with ext4 labelled image.StateLabel.
 	FormatAuto Format = "auto"
 	// FormatNever never formats: a blank disk is an error.
 	FormatNever Format = "never"
 )
-
-// StateLabel is the file system label of a state disk PID 1 formats.
-const StateLabel = "kiln-state"
 
 // Storage says where the node keeps its state. The zero value is a
 // diskless node (tmpfs, lost at power-off).
@@ -186,11 +185,11 @@ func (s Storage) validate() []error {
 	case s.StateDisk == "":
 	case strings.HasPrefix(s.StateDisk, "LABEL="):
 		if l := s.Label(); l == "" || len(l) > 16 || strings.ContainsAny(l, "/ \t\n") {
-			errs = append(errs, fmt.Errorf("storage.stateDisk: %q: a label has 1 to 16 characters and no '/' or spaces (e.g. LABEL=%s)", s.StateDisk, StateLabel))
+			errs = append(errs, fmt.Errorf("storage.stateDisk: %q: a label has 1 to 16 characters and no '/' or spaces (e.g. LABEL=%s)", s.StateDisk, image.StateLabel))
 		}
 	case strings.HasPrefix(s.StateDisk, "/dev/") && len(s.StateDisk) > len("/dev/") && !strings.Contains(s.StateDisk, ".."):
 	default:
-		errs = append(errs, fmt.Errorf("storage.stateDisk: %q is not a device (want a path such as /dev/vda, LABEL=%s, or nothing for a diskless node)", s.StateDisk, StateLabel))
+		errs = append(errs, fmt.Errorf("storage.stateDisk: %q is not a device (want a path such as /dev/vda, LABEL=%s, or nothing for a diskless node)", s.StateDisk, image.StateLabel))
 	}
 	switch s.Format {
 	case "", FormatAuto, FormatNever:

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/qemu"
 )
@@ -137,7 +138,7 @@ func TestBoot(t *testing.T) {
 				}
 			}
 			if strings.HasPrefix(tc.boot, "qcow2") {
-				if _, err := vm.Expect(ctx, "kiln-test-init: state partition vda2 label "+StateLabel, 30*time.Second); err != nil {
+				if _, err := vm.Expect(ctx, "kiln-test-init: state partition vda2 label "+image.StateLabel, 30*time.Second); err != nil {
 					fail("%v", err)
 				}
 			}

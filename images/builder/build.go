@@ -29,9 +29,11 @@ import (
 	"time"
 
 	"kiln/configs/cluster"
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/initramfs"
 	"kiln/images/kernel"
+	"kiln/internal/fsutil"
 )
 
 // DefaultDiskSize is the virtual size of the qcow2 disk: the boot partition
@@ -133,12 +135,11 @@ type Result struct {
 // generates a default cluster directory, so that a mistyped flag writes
 // nothing.
 func (r *Request) Check() error {
-	switch r.Role {
-	case node.RoleMaster, node.RoleWorker:
-	case "":
+	if r.Role == "" {
 		return errors.New("no role given (want master or worker)")
-	default:
-		return fmt.Errorf("role %q is not a role (want master or worker)", r.Role)
+	}
+	if _, err := node.ParseRole(string(r.Role)); err != nil {
+		return fmt.Errorf("role %w", err)
 	}
 	if r.NodeBinary == "" {
 		return errors.New("no node binary given")
@@ -350,15 +351,15 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 		p.printf("warning: optional tool %s is not on this host, the image will lack it", m)
 	}
 
-	res.Vmlinuz = filepath.Join(r.OutDir, "vmlinuz")
-	res.Initramfs = filepath.Join(r.OutDir, "initramfs.img")
+	res.Vmlinuz = filepath.Join(r.OutDir, image.KernelFile)
+	res.Initramfs = filepath.Join(r.OutDir, image.InitramfsFile)
 	if err := p.step("initramfs", func() (string, error) {
 		raw, comp, err := initramfs.WriteZstd(res.Initramfs, a)
 		if err != nil {
 			return "", err
 		}
 		res.InitramfsRaw, res.InitramfsSize = raw, comp
-		if err := copyFile(res.Vmlinuz, res.Kernel.Vmlinuz, 0o644); err != nil {
+		if _, err := fsutil.CopyFile(res.Vmlinuz, res.Kernel.Vmlinuz, 0o644); err != nil {
 			return "", err
 		}
 		if res.ID, err = imageID(res.Vmlinuz, res.Initramfs); err != nil {
@@ -453,34 +454,6 @@ func mb(n int64) string {
 	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
 }
 
-// copyFile copies src to dst via a temporary file renamed into place.
-func copyFile(dst, src string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(tmp, in); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
-}
-
 // linkOrCopy hard-links src to dst when they are on one file system, and
 // copies otherwise. Both writers of src replace it by rename, so a link
 // never sees a later build's bytes.
@@ -489,5 +462,6 @@ func linkOrCopy(dst, src string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
-	return copyFile(dst, src, 0o644)
+	_, err := fsutil.CopyFile(dst, src, 0o644)
+	return err
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"kiln/configs/cluster"
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/oci"
 )
@@ -115,7 +116,7 @@ func TestInitramfsReproducible(t *testing.T) {
 			t.Fatal(err)
 		}
 		imgs = append(imgs, data)
-		m, err := os.ReadFile(filepath.Join(req.OutDir, ManifestFile))
+		m, err := os.ReadFile(filepath.Join(req.OutDir, image.ManifestFile))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,18 +9,10 @@ import (
 	"strings"
 
 	"kiln/configs/cluster"
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/initramfs"
 	"kiln/images/kernel"
-)
-
-// Paths inside the image.
-const (
-	ImageConfigFile = "/etc/kiln/config.yaml" // the node config
-	ImageClusterDir = "/etc/kiln/cluster"     // the cluster material (a cluster directory's layout)
-	ImageModules    = "/etc/kiln/modules"     // kernel modules to load, one name a line, in order
-	ImageTools      = "/etc/kiln/tools"       // the userspace tools present, one path a line
-	ImageOSRelease  = "/etc/os-release"
 )
 
 // Modules are the kernel modules every image carries, in load order.
@@ -165,17 +157,17 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 	}
 
 	a.Dir("etc/kiln", 0o755)
-	a.File(ImageConfigFile, config, 0o644)
-	a.File(ImageOSRelease, osRelease(r), 0o644)
+	a.File(image.ConfigFile, config, 0o644)
+	a.File(image.OSReleaseFile, osRelease(r), 0o644)
 	// The kubelet reads the user databases (user-namespace mappings).
 	a.File("etc/passwd", []byte("root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"), 0o644)
 	a.File("etc/group", []byte("root:x:0:\nnogroup:x:65534:\n"), 0o644)
 
 	// Cluster material.
-	a.Dir(ImageClusterDir, 0o700)
+	a.Dir(image.ClusterDir, 0o700)
 	for _, d := range []string{cluster.PKIDir, cluster.EtcdDir, cluster.SecretsDir} {
 		if r.Role == node.RoleMaster || d != cluster.EtcdDir {
-			a.Dir(path.Join(ImageClusterDir, d), 0o700)
+			a.Dir(path.Join(image.ClusterDir, d), 0o700)
 		}
 	}
 	for _, f := range clusterFiles(r.Role) {
@@ -184,10 +176,10 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 			return nil, nil, fmt.Errorf("cluster directory %s: %w", r.ClusterDir, err)
 		}
 		if f.rel == cluster.BootstrapTokenFile && r.BootstrapToken != "" {
-			a.File(path.Join(ImageClusterDir, f.rel), []byte(r.BootstrapToken+"\n"), f.mode)
+			a.File(path.Join(image.ClusterDir, f.rel), []byte(r.BootstrapToken+"\n"), f.mode)
 			continue
 		}
-		a.FileFrom(path.Join(ImageClusterDir, f.rel), host, f.mode)
+		a.FileFrom(path.Join(image.ClusterDir, f.rel), host, f.mode)
 	}
 
 	// Kernel modules.
@@ -207,7 +199,7 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 	for _, f := range index {
 		a.FileFrom(path.Join(modDir, f), filepath.Join(k.ModulesDir, f), 0o644)
 	}
-	a.File(ImageModules, lines(c.modules), 0o644)
+	a.File(image.ModulesFile, lines(c.modules), 0o644)
 
 	// Userspace tools.
 	for _, t := range Tools {
@@ -225,7 +217,7 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 		}
 		c.tools = append(c.tools, t.Path)
 	}
-	a.File(ImageTools, lines(c.tools), 0o644)
+	a.File(image.ToolsFile, lines(c.tools), 0o644)
 
 	// The worker stack, when the node runs pods.
 	cfg, err := node.Parse(config)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"kiln/configs/image"
 	"os"
 	"path/filepath"
 )
@@ -17,7 +18,7 @@ import (
 //	              (ldlinux.sys/.c32, syslinux.cfg), /vmlinuz,
 //	              /initrd.img, EFI/BOOT/BOOTX64.EFI + /boot/grub/grub.cfg
 //	              for UEFI firmware, and the image's marker file
-//	partition 2   ext4, label "kiln-state" (StateLabel), the rest of the
+//	partition 2   ext4, label "kiln-state" (image.StateLabel), the rest of the
 //	              disk: the node's state
 //
 // How PID 1 finds its state: it looks for the file system labelled
@@ -31,8 +32,7 @@ import (
 // its state on tmpfs. The qcow2 file is sparse: the state partition takes
 // no room until the node writes to it.
 const (
-	StateLabel = "kiln-state"
-	BootLabel  = "KILN-BOOT"
+	BootLabel = "KILN-BOOT"
 
 	sectorSize = 512
 	mib        = 1 << 20
@@ -117,7 +117,7 @@ func buildQcow2(ctx context.Context, img *Image) ([]string, error) {
 		"syslinux.cfg":       img.syslinuxConfig("qcow2-bios", "/vmlinuz", "/initrd.img"),
 		"grub.cfg":           img.grubConfig("qcow2-uefi", "/vmlinuz", "/initrd.img"),
 		"marker":             img.marker(),
-		"boot-partition.txt": []byte(fmt.Sprintf("kiln %s image %s: boot partition. The node's state is on the partition labelled %s.\n", img.Role, img.ID, StateLabel)),
+		"boot-partition.txt": []byte(fmt.Sprintf("kiln %s image %s: boot partition. The node's state is on the partition labelled %s.\n", img.Role, img.ID, image.StateLabel)),
 	}
 	for name, data := range cfgs {
 		if err := writeStaged(stage, name, data); err != nil {
@@ -155,13 +155,13 @@ func buildQcow2(ctx context.Context, img *Image) ([]string, error) {
 	// UUID and hash seed (from the image ID) and a fixed time keep it a
 	// function of the inputs.
 	uuid := stableUUID("kiln-state/" + img.ID)
-	if err := runTool(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", StateLabel, "-U", uuid,
+	if err := runTool(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", image.StateLabel, "-U", uuid,
 		"-E", fmt.Sprintf("offset=%d,hash_seed=%s,root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard", l.stateOffset, uuid),
 		raw, fmt.Sprintf("%dk", l.stateLen/1024)); err != nil {
 		return nil, err
 	}
 
-	out := filepath.Join(img.OutDir, string(img.Role)+".qcow2")
+	out := filepath.Join(img.OutDir, image.Qcow2File(string(img.Role)))
 	tmp := filepath.Join(img.TmpDir, "disk.qcow2")
 	if err := runTool(ctx, "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp); err != nil {
 		return nil, err

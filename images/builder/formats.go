@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
 )
 
@@ -32,13 +33,13 @@ type Image struct {
 // plus kiln.boot=<boot>, so PID 1 (and the tests) know how the node booted.
 //
 // A qcow2 disk carries its own state partition (ext4, labelled
-// StateLabel), so its boot entries also name it with kiln.statedisk=: the
+// image.StateLabel), so its boot entries also name it with kiln.statedisk=: the
 // same image booted from ISO, PXE or -kernel stays diskless unless its
 // config says otherwise.
 func (img *Image) CommandLine(boot string) string {
-	args := append(append([]string{}, img.Cmdline...), "kiln.boot="+boot)
-	if strings.HasPrefix(boot, "qcow2") {
-		args = append(args, "kiln.statedisk=LABEL="+StateLabel)
+	args := append(append([]string{}, img.Cmdline...), image.Arg(image.ParamBoot, boot))
+	if boot == image.BootQcow2BIOS || boot == image.BootQcow2UEFI {
+		args = append(args, image.Arg(image.ParamStateDisk, image.StateDiskByLabel))
 	}
 	return strings.Join(args, " ")
 }
@@ -202,8 +203,8 @@ func runTool(ctx context.Context, name string, args ...string) error {
 
 // buildKernel: the boot files are already in OutDir; add the command line.
 func buildKernel(_ context.Context, img *Image) ([]string, error) {
-	cmdline := filepath.Join(img.OutDir, "cmdline")
-	if err := os.WriteFile(cmdline, []byte(img.CommandLine("kernel")+"\n"), 0o644); err != nil {
+	cmdline := filepath.Join(img.OutDir, image.CmdlineFile)
+	if err := os.WriteFile(cmdline, []byte(img.CommandLine(image.BootKernel)+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	return []string{img.Vmlinuz, img.Initramfs, cmdline}, nil
@@ -216,12 +217,12 @@ func buildKernel(_ context.Context, img *Image) ([]string, error) {
 // chain-loaded from a plain PXE ROM: undionly.kpxe / ipxe.efi, Debian's
 // ipxe package).
 func buildPXE(_ context.Context, img *Image) ([]string, error) {
-	dir := filepath.Join(img.OutDir, "pxe")
+	dir := filepath.Join(img.OutDir, image.PXEDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	vmlinuz := filepath.Join(dir, "vmlinuz")
-	initrd := filepath.Join(dir, "initramfs.img")
+	vmlinuz := filepath.Join(dir, image.KernelFile)
+	initrd := filepath.Join(dir, image.InitramfsFile)
 	if err := linkOrCopy(vmlinuz, img.Vmlinuz); err != nil {
 		return nil, err
 	}
@@ -237,8 +238,8 @@ echo kiln: loading %s image %s
 kernel vmlinuz initrd=initramfs.img %s
 initrd initramfs.img
 boot
-`, img.Role, img.ID, img.Role, img.ID, img.CommandLine("pxe"))
-	bootIPXE := filepath.Join(dir, "boot.ipxe")
+`, img.Role, img.ID, img.Role, img.ID, img.CommandLine(image.BootPXE))
+	bootIPXE := filepath.Join(dir, image.PXEScript)
 	if err := os.WriteFile(bootIPXE, []byte(script), 0o644); err != nil {
 		return nil, err
 	}

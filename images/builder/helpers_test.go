@@ -3,17 +3,18 @@ package builder
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
 
 	"kiln/configs/cluster"
 	"kiln/configs/node"
@@ -135,7 +136,9 @@ type cpioEntry struct {
 	minor uint32
 }
 
-// readInitramfs decompresses and parses a zstd newc archive.
+// readInitramfs decompresses a zstd newc archive and parses it with
+// u-root's cpio reader, a parser independent of kiln's writer. It fails
+// the test unless the archive ends with its trailer.
 func readInitramfs(t *testing.T, p string) (map[string]cpioEntry, []byte) {
 	t.Helper()
 	f, err := os.Open(p)
@@ -152,29 +155,34 @@ func readInitramfs(t *testing.T, p string) (map[string]cpioEntry, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries := map[string]cpioEntry{}
-	off := 0
-	hex := func(i int) uint32 {
-		v, err := strconv.ParseUint(string(raw[off+6+8*i:off+6+8*i+8]), 16, 32)
-		if err != nil {
-			t.Fatalf("cpio header at %d: %v", off, err)
-		}
-		return uint32(v)
+	// Newc.Reader ends at the trailer as at the end of the bytes (both
+	// io.EOF): read below its EOFReader to tell a whole archive from a
+	// truncated one.
+	eof, ok := cpio.Newc.Reader(bytes.NewReader(raw)).(cpio.EOFReader)
+	if !ok {
+		t.Fatalf("u-root's newc reader is not a cpio.EOFReader: update readInitramfs")
 	}
-	pad := func(n int) int { return (n + 3) &^ 3 }
+	entries := map[string]cpioEntry{}
 	for {
-		if off+110 > len(raw) || string(raw[off:off+6]) != "070701" {
-			t.Fatalf("bad cpio header at %d", off)
+		rec, err := eof.RecordReader.ReadRecord()
+		if errors.Is(err, io.EOF) {
+			t.Fatalf("%s: no %s record: the archive is truncated after %d entries", p, cpio.Trailer, len(entries))
 		}
-		mode, size, rmaj, rmin, namesize := hex(1), hex(6), hex(9), hex(10), hex(11)
-		name := string(raw[off+110 : off+110+int(namesize)-1])
-		off = pad(off + 110 + int(namesize))
-		data := raw[off : off+int(size)]
-		off = pad(off + int(size))
-		if name == "TRAILER!!!" {
+		if err != nil {
+			t.Fatalf("%s: after %d entries: %v", p, len(entries), err)
+		}
+		if rec.Name == cpio.Trailer {
 			break
 		}
-		entries[name] = cpioEntry{name: name, mode: mode, data: data, major: rmaj, minor: rmin}
+		data, err := io.ReadAll(io.NewSectionReader(rec, 0, int64(rec.FileSize)))
+		if err != nil || uint64(len(data)) != rec.FileSize {
+			t.Fatalf("%s: %s: %d of %d bytes: %v", p, rec.Name, len(data), rec.FileSize, err)
+		}
+		if _, dup := entries[rec.Name]; dup {
+			t.Errorf("%s: %s twice in the archive", p, rec.Name)
+		}
+		entries[rec.Name] = cpioEntry{name: rec.Name, mode: uint32(rec.Mode), data: data,
+			major: uint32(rec.Rmajor), minor: uint32(rec.Rminor)}
 	}
 	return entries, raw
 }

@@ -3,6 +3,8 @@ package builder
 import (
 	"context"
 	"fmt"
+	"kiln/configs/image"
+	"kiln/internal/fsutil"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,7 +128,7 @@ func buildISO(ctx context.Context, img *Image) ([]string, error) {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(stage, name)), 0o755); err != nil {
 			return nil, err
 		}
-		if err := copyFile(filepath.Join(stage, name), src, 0o644); err != nil {
+		if _, err := fsutil.CopyFile(filepath.Join(stage, name), src, 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -135,7 +137,7 @@ func buildISO(ctx context.Context, img *Image) ([]string, error) {
 		return nil, err
 	}
 
-	out := filepath.Join(img.OutDir, string(img.Role)+".iso")
+	out := filepath.Join(img.OutDir, image.ISOFile(string(img.Role)))
 	tmp := filepath.Join(img.TmpDir, "image.iso")
 	if err := runTool(ctx, "xorriso", "-as", "mkisofs",
 		"-o", tmp,

@@ -12,7 +12,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
+	"kiln/init/boot/blkdev"
+	"kiln/init/boot/console"
 )
 
 const (
@@ -35,14 +38,14 @@ const (
 // decideDisk says what to do with a device given its probe. The errors
 // name the device and say what would be accepted: PID 1 never formats a
 // disk that holds anything.
-func decideDisk(dev string, p Probe, policy node.Format) (diskAction, error) {
+func decideDisk(dev string, p blkdev.Probe, policy node.Format) (diskAction, error) {
 	switch {
 	case p.Type == "ext4":
 		return diskMount, nil
 	case p.Blank() && policy == node.FormatAuto:
 		return diskFormat, nil
 	case p.Blank():
-		return 0, fmt.Errorf("state disk %s is blank and storage.format is %q: format it (mke2fs -t ext4 -L %s %s) or set storage.format: auto", dev, policy, node.StateLabel, dev)
+		return 0, fmt.Errorf("state disk %s is blank and storage.format is %q: format it (mke2fs -t ext4 -L %s %s) or set storage.format: auto", dev, policy, image.StateLabel, dev)
 	}
 	return 0, fmt.Errorf("state disk %s holds %s, not ext4: refusing to format it (wipe it first, e.g. wipefs -a %s, or point storage.stateDisk at another device)", dev, p, dev)
 }
@@ -53,7 +56,7 @@ func findStateDisk(ctx context.Context, s node.Storage) (string, error) {
 	deadline := time.Now().Add(deviceWait)
 	for {
 		if l := s.Label(); l != "" {
-			found := findByLabel(blockDevices("/sys/class/block", "/dev"), l)
+			found := blkdev.FindByLabel(blkdev.List("/sys/class/block", "/dev"), l)
 			if len(found) > 0 {
 				return found[0].Path, nil
 			}
@@ -65,7 +68,7 @@ func findStateDisk(ctx context.Context, s node.Storage) (string, error) {
 		}
 		if time.Now().After(deadline) {
 			var names []string
-			for _, d := range blockDevices("/sys/class/block", "/dev") {
+			for _, d := range blkdev.List("/sys/class/block", "/dev") {
 				names = append(names, d.Path)
 			}
 			if len(names) == 0 {
@@ -82,7 +85,7 @@ func findStateDisk(ctx context.Context, s node.Storage) (string, error) {
 // setupStorage mounts the state disk on /var/lib (formatting a blank one
 // when allowed), or a tmpfs when the node is diskless, and creates the data
 // directory. It returns a description for the console.
-func setupStorage(ctx context.Context, con *console, s node.Storage) (string, error) {
+func setupStorage(ctx context.Context, con *console.Console, s node.Storage) (string, error) {
 	if s.StateDisk == "" {
 		if err := (Mount{Source: "state", Target: StateMount, FSType: "tmpfs", Flags: nsd, Data: "mode=0755"}).Create(); err != nil {
 			return "", err
@@ -93,7 +96,7 @@ func setupStorage(ctx context.Context, con *console, s node.Storage) (string, er
 	if err != nil {
 		return "", err
 	}
-	p, err := probeDevice(dev)
+	p, err := blkdev.ProbeDevice(dev)
 	if err != nil {
 		return "", fmt.Errorf("state disk %s: %w", dev, err)
 	}
@@ -104,9 +107,9 @@ func setupStorage(ctx context.Context, con *console, s node.Storage) (string, er
 	how := "mounted"
 	switch action {
 	case diskFormat:
-		con.stage("storage: %s is blank: formatting it (ext4, label %s)", dev, node.StateLabel)
+		con.Stage("storage: %s is blank: formatting it (ext4, label %s)", dev, image.StateLabel)
 		start := time.Now()
-		if err := runTool(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", node.StateLabel, dev); err != nil {
+		if err := runTool(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", image.StateLabel, dev); err != nil {
 			return "", fmt.Errorf("state disk %s: %w", dev, err)
 		}
 		how = fmt.Sprintf("formatted in %.1fs and mounted", time.Since(start).Seconds())
@@ -129,7 +132,7 @@ func mkdirData() error { return os.MkdirAll(DataDir, 0o755) }
 // checkFS runs e2fsck -p when the image has it: a power cut leaves a
 // journal to replay, which mount does too, but other damage only fsck
 // repairs. Errors it cannot repair are a warning; the mount decides.
-func checkFS(ctx context.Context, con *console, dev string) error {
+func checkFS(ctx context.Context, con *console.Console, dev string) error {
 	if _, err := lookTool("e2fsck"); err != nil {
 		return nil
 	}
@@ -138,9 +141,9 @@ func checkFS(ctx context.Context, con *console, dev string) error {
 	switch {
 	case err == nil:
 	case errors.As(err, &ee) && ee.ExitCode() < 4:
-		con.stage("storage: e2fsck repaired %s: %s", dev, oneLine(out))
+		con.Stage("storage: e2fsck repaired %s: %s", dev, console.OneLine(out))
 	default:
-		con.warn("storage: e2fsck %s: %v: %s", dev, err, oneLine(out))
+		con.Warn("storage: e2fsck %s: %v: %s", dev, err, console.OneLine(out))
 	}
 	return nil
 }
@@ -174,7 +177,7 @@ func runTool(ctx context.Context, name string, args ...string) error {
 	out, err := toolOutput(ctx, name, args...)
 	if err != nil {
 		if out != "" {
-			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, oneLine(out))
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, console.OneLine(out))
 		}
 		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
 	}

@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"kiln/configs/nodeapi"
+
 	"strings"
 	"testing"
 )
@@ -40,7 +42,7 @@ func TestNewOrdersAndDefaults(t *testing.T) {
 	var names []string
 	for _, s := range sup.Status().Services {
 		names = append(names, s.Name)
-		if s.State != StateWaiting {
+		if s.State != nodeapi.StateWaiting {
 			t.Errorf("%s is %s before Run", s.Name, s.State)
 		}
 	}

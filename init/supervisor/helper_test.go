@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"errors"
 	"fmt"
@@ -242,13 +244,13 @@ func (r *running) stop(t *testing.T) {
 	}
 }
 
-func (r *running) service(name string) ServiceStatus {
+func (r *running) service(name string) nodeapi.ServiceStatus {
 	for _, s := range r.Status().Services {
 		if s.Name == name {
 			return s
 		}
 	}
-	return ServiceStatus{}
+	return nodeapi.ServiceStatus{}
 }
 
 // eventually polls cond until it returns nil, failing the test with the
@@ -269,8 +271,8 @@ func eventually(t *testing.T, timeout time.Duration, cond func() error) {
 }
 
 // events returns the timeline entries of one service (all if name is "").
-func events(st Status, name string) []Event {
-	var out []Event
+func events(st nodeapi.Status, name string) []nodeapi.Event {
+	var out []nodeapi.Event
 	for _, e := range st.Timeline {
 		if name == "" || e.Service == name {
 			out = append(out, e)

@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"kiln/configs/nodeapi"
+
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -154,11 +156,11 @@ func TestLogsAndHandler(t *testing.T) {
 		return rec
 	}
 	rec := get("GET", "/status")
-	var st Status
+	var st nodeapi.Status
 	if err := json.Unmarshal(rec.Body.Bytes(), &st); rec.Code != 200 || err != nil {
 		t.Fatalf("/status: %d %v\n%s", rec.Code, err, rec.Body)
 	}
-	if len(st.Services) != 1 || st.Services[0].Name != "chatty" || st.Services[0].State != StateReady ||
+	if len(st.Services) != 1 || st.Services[0].Name != "chatty" || st.Services[0].State != nodeapi.StateReady ||
 		st.Started.IsZero() || st.Services[0].ReadyAt.IsZero() || len(st.Timeline) < 2 {
 		t.Errorf("/status decoded to %+v", st)
 	}

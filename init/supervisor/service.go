@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +21,7 @@ type service struct {
 	cgroupDir string // "" when cgroups are off
 	cgroupFD  int    // open on cgroupDir while Run runs, else -1
 
-	st ServiceStatus // guarded by Supervisor.mu
+	st nodeapi.ServiceStatus // guarded by Supervisor.mu
 
 	stopCh  chan struct{} // closed by Run when this service's turn to stop has come
 	done    chan struct{} // closed when runService has returned (no process left)
@@ -32,7 +34,7 @@ func newService(sp Spec, opts Options, out *prefixWriter) *service {
 		stopTimeout: sp.StopTimeout,
 		logs:        newSink(sp.Name, out),
 		cgroupFD:    -1,
-		st:          ServiceStatus{Name: sp.Name, State: StateWaiting},
+		st:          nodeapi.ServiceStatus{Name: sp.Name, State: nodeapi.StateWaiting},
 		stopCh:      make(chan struct{}),
 		done:        make(chan struct{}),
 		stopped:     make(chan struct{}),
@@ -64,8 +66,8 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 			what = "start failed: " + r.exit
 		}
 		if r.stopped || s.stopping.Load() {
-			s.update(sv, func(st *ServiceStatus) []event {
-				st.State = StateStopping
+			s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+				st.State = nodeapi.StateStopping
 				st.PID = 0
 				st.StartedAt = time.Time{}
 				st.LastExit = r.exit
@@ -79,8 +81,8 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 		}
 
 		if sv.spec.Oneshot && !r.startErr && r.exit == describeExit(nil) {
-			s.update(sv, func(st *ServiceStatus) []event {
-				st.State = StateDone
+			s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+				st.State = nodeapi.StateDone
 				st.PID = 0
 				st.StartedAt = time.Time{}
 				st.LastExit = r.exit
@@ -94,8 +96,8 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 		}
 		shortRuns = nextShortRuns(shortRuns, r.ran, s.opts.StableAfter)
 		delay := backoffDelay(s.opts.BackoffBase, s.opts.BackoffMax, shortRuns)
-		s.update(sv, func(st *ServiceStatus) []event {
-			st.State = StateBackoff
+		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+			st.State = nodeapi.StateBackoff
 			st.PID = 0
 			st.StartedAt = time.Time{}
 			st.LastExit = r.exit
@@ -104,7 +106,7 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 			st.Backoff = delay
 			evs := []event{{what: what, detail: "after " + r.ran.Round(time.Millisecond).String()}}
 			if shortRuns >= s.opts.CrashLoopAfter {
-				st.State = StateCrashLoop
+				st.State = nodeapi.StateCrashLoop
 				if shortRuns == s.opts.CrashLoopAfter {
 					evs = append(evs, event{what: "crash-loop", detail: fmt.Sprintf("%d short runs in a row", shortRuns)})
 				}
@@ -128,7 +130,7 @@ func (s *Supervisor) waitDeps(ctx context.Context, sv *service) bool {
 		s.mu.Lock()
 		ready := true
 		for _, d := range sv.deps {
-			ready = ready && d.st.State.satisfied()
+			ready = ready && satisfied(d.st.State)
 		}
 		changed := s.changed
 		s.mu.Unlock()
@@ -164,7 +166,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 	s.gate.RUnlock()
 	startedAt := time.Now()
 	if err != nil {
-		s.update(sv, func(st *ServiceStatus) []event {
+		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
 			if restart {
 				st.Restarts++
 			}
@@ -172,11 +174,11 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 		})
 		return runResult{exit: err.Error(), startErr: true}, true
 	}
-	s.update(sv, func(st *ServiceStatus) []event {
+	s.update(sv, func(st *nodeapi.ServiceStatus) []event {
 		if restart {
 			st.Restarts++
 		}
-		st.State = StateStarting
+		st.State = nodeapi.StateStarting
 		st.PID = p.pid
 		st.StartedAt = startedAt
 		st.NextStart = time.Time{}
@@ -206,14 +208,14 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 		// Stop probing first, so no probe result turns "stopping" back.
 		stopProbe()
 		<-probeDone
-		s.update(sv, func(st *ServiceStatus) []event {
-			st.State = StateStopping
+		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+			st.State = nodeapi.StateStopping
 			return []event{{what: "stopping", detail: fmt.Sprintf("SIGTERM to pid %d", p.pid)}}
 		})
 		var killed bool
 		waitErr, killed = p.terminate(sv.stopTimeout)
 		if killed {
-			s.update(sv, func(*ServiceStatus) []event {
+			s.update(sv, func(*nodeapi.ServiceStatus) []event {
 				return []event{{what: "killed", detail: fmt.Sprintf("still running %s after SIGTERM", sv.stopTimeout)}}
 			})
 		}
@@ -239,11 +241,11 @@ func describeExit(err error) string {
 }
 
 // becomeReady marks a running service ready, remembering the first time.
-func becomeReady(st *ServiceStatus, now time.Time) []event {
-	if st.State != StateStarting {
+func becomeReady(st *nodeapi.ServiceStatus, now time.Time) []event {
+	if st.State != nodeapi.StateStarting {
 		return nil
 	}
-	st.State = StateReady
+	st.State = nodeapi.StateReady
 	if st.ReadyAt.IsZero() {
 		st.ReadyAt = now
 	}
@@ -282,17 +284,17 @@ func (s *Supervisor) probe(ctx context.Context, sv *service) {
 			if !ready {
 				ready = true
 				now := time.Now()
-				s.update(sv, func(st *ServiceStatus) []event { return becomeReady(st, now) })
+				s.update(sv, func(st *nodeapi.ServiceStatus) []event { return becomeReady(st, now) })
 			}
 		case ready:
 			failures++
 			if failures >= probeFailuresToUnready {
 				ready, failures = false, 0
-				s.update(sv, func(st *ServiceStatus) []event {
-					if st.State != StateReady {
+				s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+					if st.State != nodeapi.StateReady {
 						return nil
 					}
-					st.State = StateStarting
+					st.State = nodeapi.StateStarting
 					return []event{{what: "not ready", detail: err.Error()}}
 				})
 			}

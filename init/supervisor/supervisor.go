@@ -11,6 +11,8 @@
 package supervisor
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"errors"
 	"fmt"
@@ -104,64 +106,9 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// State is where a service is in its life cycle.
-type State string
-
-const (
-	StateWaiting   State = "waiting"    // dependencies not ready yet
-	StateStarting  State = "starting"   // running, readiness probe not yet OK
-	StateReady     State = "ready"      // running, readiness probe OK
-	StateBackoff   State = "backoff"    // exited, waiting to restart
-	StateCrashLoop State = "crash-loop" // exited CrashLoopAfter times in a row after short runs; still restarted, with growing delays
-	StateStopping  State = "stopping"   // being stopped because the supervisor is stopping
-	StateStopped   State = "stopped"    // stopped for good
-	StateDone      State = "done"       // a Oneshot that exited 0; counts as ready
-)
-
 // satisfied reports whether a service in this state lets its dependents
 // start: a ready daemon or a completed task.
-func (st State) satisfied() bool { return st == StateReady || st == StateDone }
-
-// Status is a snapshot of the whole supervisor.
-type Status struct {
-	Started  time.Time       `json:"started"`  // when Run began
-	Services []ServiceStatus `json:"services"` // in dependency (start) order
-	Timeline []Event         `json:"timeline"`
-	// Memory is the machine's, from /proc/meminfo (absent where it
-	// cannot be read).
-	Memory *MachineMemory `json:"memory,omitempty"`
-}
-
-// MachineMemory is what /proc/meminfo says of the whole machine.
-type MachineMemory struct {
-	TotalBytes     uint64 `json:"totalBytes"`
-	AvailableBytes uint64 `json:"availableBytes"`
-}
-
-// ServiceStatus is a snapshot of one service.
-type ServiceStatus struct {
-	Name       string        `json:"name"`
-	State      State         `json:"state"`
-	PID        int           `json:"pid,omitempty"`
-	Restarts   int           `json:"restarts"`            // number of times restarted after an exit (or a failed start)
-	LastExit   string        `json:"lastExit,omitempty"`  // e.g. "exit status 1", "signal: killed", or why it could not start
-	LastExitAt time.Time     `json:"lastExitAt,omitzero"` // when that was
-	NextStart  time.Time     `json:"nextStart,omitzero"`  // when in backoff/crash-loop
-	Backoff    time.Duration `json:"backoff,omitempty"`   // current delay, when in backoff/crash-loop
-	StartedAt  time.Time     `json:"startedAt,omitzero"`  // current process start, while one runs
-	ReadyAt    time.Time     `json:"readyAt,omitzero"`    // first time it became ready
-	// MemoryBytes is the memory charged to the service's cgroup (its
-	// process and everything it started there: memory.current), when
-	// the supervisor runs services in cgroups.
-	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
-}
-
-// Event is one entry of the timeline: what happened to which service, when.
-type Event struct {
-	At      time.Duration `json:"at"` // since Run began
-	Service string        `json:"service"`
-	What    string        `json:"what"` // "started", "ready", "exited: exit status 1", "restarting in 2s", "crash-loop", "stopping", "stopped", ...
-}
+func satisfied(st nodeapi.State) bool { return st == nodeapi.StateReady || st == nodeapi.StateDone }
 
 // The timeline is kept whole up to maxEvents; past that the oldest events
 // are dropped, except the first keepFirstEvents, which tell how the node came
@@ -189,7 +136,7 @@ type Supervisor struct {
 	mu       sync.Mutex // guards everything below and every service's st
 	ran      bool
 	started  time.Time
-	timeline []Event
+	timeline []nodeapi.Event
 	changed  chan struct{} // closed and replaced on every change: a broadcast for WaitReady and dependency waits
 }
 
@@ -276,12 +223,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			close(sv.stopCh)
 			<-sv.done
-			s.update(sv, func(st *ServiceStatus) []event {
+			s.update(sv, func(st *nodeapi.ServiceStatus) []event {
 				detail := ""
-				if st.State == StateStopping {
+				if st.State == nodeapi.StateStopping {
 					detail = st.LastExit
 				}
-				st.State = StateStopped
+				st.State = nodeapi.StateStopped
 				st.PID = 0
 				st.StartedAt = time.Time{}
 				st.NextStart = time.Time{}
@@ -297,12 +244,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 }
 
 // Status returns a snapshot of every service and the timeline.
-func (s *Supervisor) Status() Status {
+func (s *Supervisor) Status() nodeapi.Status {
 	s.mu.Lock()
-	st := Status{
+	st := nodeapi.Status{
 		Started:  s.started,
-		Services: make([]ServiceStatus, len(s.services)),
-		Timeline: append([]Event(nil), s.timeline...),
+		Services: make([]nodeapi.ServiceStatus, len(s.services)),
+		Timeline: append([]nodeapi.Event(nil), s.timeline...),
 	}
 	for i, sv := range s.services {
 		st.Services[i] = sv.st
@@ -331,15 +278,15 @@ func readUint(path string) uint64 {
 
 // ReadMachineMemory reads the machine's memory from /proc/meminfo; nil if
 // it cannot.
-func ReadMachineMemory() *MachineMemory { return readMeminfo("/proc/meminfo") }
+func ReadMachineMemory() *nodeapi.MachineMemory { return readMeminfo("/proc/meminfo") }
 
 // readMeminfo reads MemTotal and MemAvailable (in kB there).
-func readMeminfo(path string) *MachineMemory {
+func readMeminfo(path string) *nodeapi.MachineMemory {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
-	var m MachineMemory
+	var m nodeapi.MachineMemory
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 2 {
@@ -382,7 +329,7 @@ func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
 		s.mu.Lock()
 		var waiting []string
 		for _, sv := range targets {
-			if !sv.st.State.satisfied() {
+			if !satisfied(sv.st.State) {
 				waiting = append(waiting, fmt.Sprintf("%s (%s)", sv.spec.Name, sv.st.State))
 			}
 		}
@@ -420,12 +367,12 @@ type event struct {
 // update changes a service's status under the lock; f returns the events
 // the change amounts to. Waiters are woken, and the events are written to
 // Output after the lock is released so a slow console never stalls Status.
-func (s *Supervisor) update(sv *service, f func(st *ServiceStatus) []event) {
+func (s *Supervisor) update(sv *service, f func(st *nodeapi.ServiceStatus) []event) {
 	s.mu.Lock()
 	evs := f(&sv.st)
 	now := time.Since(s.started)
 	for _, e := range evs {
-		s.timeline = append(s.timeline, Event{At: now, Service: sv.spec.Name, What: e.what})
+		s.timeline = append(s.timeline, nodeapi.Event{At: now, Service: sv.spec.Name, What: e.what})
 	}
 	if n := len(s.timeline); n > maxEvents {
 		s.timeline = append(s.timeline[:keepFirstEvents], s.timeline[keepFirstEvents+n-maxEvents:]...)

@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +67,7 @@ func TestDependencyOrder(t *testing.T) {
 		if s.StartedAt.Before(dep.ReadyAt) {
 			t.Errorf("%s started at %s, before %s was ready at %s", s.Name, s.StartedAt, dep.Name, dep.ReadyAt)
 		}
-		if s.State != StateReady || s.PID == 0 || s.Restarts != 0 {
+		if s.State != nodeapi.StateReady || s.PID == 0 || s.Restarts != 0 {
 			t.Errorf("%s: %+v", s.Name, s)
 		}
 	}
@@ -97,7 +99,7 @@ func TestReverseStop(t *testing.T) {
 		t.Errorf("stopped events in order %v, want c b a", stopped)
 	}
 	for _, s := range st.Services {
-		if s.State != StateStopped || s.PID != 0 || s.LastExit != "exit status 0" {
+		if s.State != nodeapi.StateStopped || s.PID != 0 || s.LastExit != "exit status 0" {
 			t.Errorf("%s after stop: %+v", s.Name, s)
 		}
 	}
@@ -121,7 +123,7 @@ func TestCrashLoopLeavesSiblingsAlone(t *testing.T) {
 
 	eventually(t, 15*time.Second, func() error {
 		s := r.service("crash")
-		if s.State != StateCrashLoop || s.Restarts < 5 {
+		if s.State != nodeapi.StateCrashLoop || s.Restarts < 5 {
 			return fmt.Errorf("crash is %s after %d restarts", s.State, s.Restarts)
 		}
 		if s.Backoff <= 0 || s.NextStart.IsZero() || s.LastExit != "exit status 1" || s.PID != 0 {
@@ -175,7 +177,7 @@ func TestCrashLoopLeavesSiblingsAlone(t *testing.T) {
 		}
 	}
 
-	if s := r.service("steady"); s.State != StateReady || s.Restarts != 0 {
+	if s := r.service("steady"); s.State != nodeapi.StateReady || s.Restarts != 0 {
 		t.Errorf("steady sibling: %s with %d restarts", s.State, s.Restarts)
 	}
 	if !strings.Contains(out.String(), "supervisor | crash: crash-loop") {
@@ -224,7 +226,7 @@ func TestKilledChildRestartsAndProbesAgain(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, func() error {
 		s := r.service("svc")
-		if s.PID == 0 || s.PID == before.PID || s.State != StateStarting {
+		if s.PID == 0 || s.PID == before.PID || s.State != nodeapi.StateStarting {
 			return fmt.Errorf("want a new process, not yet ready: %+v", s)
 		}
 		return nil
@@ -253,7 +255,7 @@ func TestReadinessDropsAndReturns(t *testing.T) {
 
 	healthy.Store(false)
 	eventually(t, 10*time.Second, func() error {
-		if s := r.service("svc"); s.State != StateStarting {
+		if s := r.service("svc"); s.State != nodeapi.StateStarting {
 			return fmt.Errorf("still %s", s.State)
 		}
 		return nil
@@ -316,7 +318,7 @@ func TestStopTimeoutEscalatesToSIGKILL(t *testing.T) {
 		t.Errorf("stop took %s, want SIGKILL after 300ms", took)
 	}
 	s := r.service("stubborn")
-	if s.State != StateStopped || s.LastExit != "signal: killed" {
+	if s.State != nodeapi.StateStopped || s.LastExit != "signal: killed" {
 		t.Errorf("after stop: %+v", s)
 	}
 	var whats []string
@@ -338,7 +340,7 @@ func TestMissingExecutableBacksOff(t *testing.T) {
 	r := startSupervisor(t, testOptions(), sp, helperSpec(dir, "real", "serve"))
 	eventually(t, 10*time.Second, func() error {
 		s := r.service("ghost")
-		if s.Restarts < 3 || (s.State != StateBackoff && s.State != StateCrashLoop) {
+		if s.Restarts < 3 || (s.State != nodeapi.StateBackoff && s.State != nodeapi.StateCrashLoop) {
 			return fmt.Errorf("ghost: %+v", s)
 		}
 		if !strings.Contains(s.LastExit, "no such file or directory") {
@@ -405,7 +407,7 @@ func TestOneshotRetriedUntilDone(t *testing.T) {
 	waitReady(t, r)
 
 	st := r.service("task")
-	if st.State != StateDone || st.Restarts != 1 || st.PID != 0 {
+	if st.State != nodeapi.StateDone || st.Restarts != 1 || st.PID != 0 {
 		t.Fatalf("task: %+v, want done after one restart", st)
 	}
 	d := r.service("daemon")
@@ -417,7 +419,7 @@ func TestOneshotRetriedUntilDone(t *testing.T) {
 		t.Fatalf("journal %q, want %q", got, want)
 	}
 	r.stop(t)
-	if got := r.service("task").State; got != StateStopped {
+	if got := r.service("task").State; got != nodeapi.StateStopped {
 		t.Errorf("task after stop: %s, want stopped", got)
 	}
 }
@@ -433,7 +435,7 @@ func TestReadMeminfo(t *testing.T) {
 		t.Error("a missing meminfo gave memory")
 	}
 	var b strings.Builder
-	Status{Started: time.Now(), Memory: m, Services: []ServiceStatus{{Name: "etcd", State: StateReady, MemoryBytes: 150 << 20}}}.WriteTable(&b)
+	nodeapi.Status{Started: time.Now(), Memory: m, Services: []nodeapi.ServiceStatus{{Name: "etcd", State: nodeapi.StateReady, MemoryBytes: 150 << 20}}}.WriteTable(&b)
 	for _, want := range []string{"MEMORY", "150 MiB", "memory: 502 MiB in use, 1464 MiB available of 1967 MiB"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())

@@ -16,10 +16,6 @@ import (
 	"time"
 )
 
-// StatusPort is where a node serves its status to the cluster's admins
-// (kiln status --node).
-const StatusPort = 10260
-
 // adminGroup is the group whose client certificates may read a node's
 // status and logs: the cluster-admin group of the admin kubeconfig.
 const adminGroup = "system:masters"

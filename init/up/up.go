@@ -7,6 +7,8 @@
 package up
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"errors"
 	"fmt"
@@ -147,7 +149,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer stopStatus()
 	// The same status, over TLS to the cluster's admins (kiln status --node).
-	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(StatusPort)), env.Path("pki", "ca.crt"), sup.Handler())
+	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), sup.Handler())
 	if err != nil {
 		return err
 	}
@@ -167,7 +169,7 @@ func Run(ctx context.Context, o Options) error {
 
 // stopOrder reads the order in which components stopped from the
 // supervisor's timeline.
-func stopOrder(st supervisor.Status) []string {
+func stopOrder(st nodeapi.Status) []string {
 	var order []string
 	for _, e := range st.Timeline {
 		if e.What == "stopped" {

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"kiln/configs/cluster"
+	"kiln/configs/image"
+	"kiln/configs/node"
 	"kiln/images/builder"
 	"kiln/pki"
 	"kiln/qemu"
@@ -64,9 +66,6 @@ type Options struct {
 	APIPort int
 	// Append adds kernel arguments to every VM.
 	Append []string
-	// NodeConfig, if set, returns YAML appended to a node's generated
-	// config (top-level keys), e.g. to give one worker a wrong token path.
-	NodeConfig func(name string) string
 	// Progress receives one line per step.
 	Progress io.Writer
 }
@@ -97,11 +96,12 @@ func (o *Options) defaults() {
 
 // Node is one VM of the cluster.
 type Node struct {
-	Name, Role, Address, MAC string
-	ConsoleLog               string
-	mu                       sync.Mutex
-	vm                       *qemu.VM
-	opts                     []qemu.Option
+	Name, Address, MAC string
+	Role               node.Role
+	ConsoleLog         string
+	mu                 sync.Mutex
+	vm                 *qemu.VM
+	opts               []qemu.Option
 }
 
 // VM is the node's running QEMU (a new one after Restart).
@@ -118,6 +118,7 @@ type Cluster struct {
 	Kubeconfig string // admin kubeconfig for the forwarded API
 	hub        *qemu.Hub
 	opts       Options
+	images     map[node.Role]*builder.Dir
 	api        *Client
 	started    time.Time
 	ctx        context.Context
@@ -127,13 +128,23 @@ type Cluster struct {
 // WaitReady). Close stops them.
 func Up(ctx context.Context, o Options) (*Cluster, error) {
 	o.defaults()
-	for _, img := range []string{o.MasterImage, o.WorkerImage} {
-		for _, f := range []string{"vmlinuz", "initramfs.img", "cmdline"} {
-			if _, err := os.Stat(filepath.Join(img, f)); err != nil {
-				role := filepath.Base(img)
-				return nil, fmt.Errorf("image %s has no %s: build it with \"make image ROLE=%s FORMAT=kernel\"", img, f, role)
-			}
+	images := map[node.Role]*builder.Dir{}
+	for _, role := range []node.Role{node.RoleMaster, node.RoleWorker} {
+		dir := o.MasterImage
+		if role == node.RoleWorker {
+			dir = o.WorkerImage
 		}
+		d, err := builder.Open(dir)
+		if err == nil && d.Role != role {
+			err = fmt.Errorf("%s is a %s image, not a %s image", dir, d.Role, role)
+		}
+		if err == nil {
+			_, err = d.Kernel()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: build it with \"make image ROLE=%s FORMAT=kernel\"", err, role)
+		}
+		images[role] = d
 	}
 	if o.Workers < 0 || o.Workers > 200 {
 		return nil, fmt.Errorf("workers: %d is not between 0 and 200", o.Workers)
@@ -156,10 +167,10 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{hub: hub, opts: o, started: time.Now(), ctx: ctx}
-	nodes := []*Node{{Name: MasterName, Role: "master", Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost)}}
+	c := &Cluster{hub: hub, opts: o, images: images, started: time.Now(), ctx: ctx}
+	nodes := []*Node{{Name: MasterName, Role: node.RoleMaster, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost)}}
 	for i := 1; i <= o.Workers; i++ {
-		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: "worker", Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i)})
+		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i)})
 	}
 	for i, n := range nodes {
 		n.MAC = fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)
@@ -175,7 +186,7 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 			c.Close()
 			return nil, err
 		}
-		if n.Role == "master" {
+		if n.Role == node.RoleMaster {
 			c.APIPort = n.VM().HostPort(apiGuestPort)
 			if err := c.writeKubeconfig(cl); err != nil {
 				c.Close()
@@ -186,58 +197,55 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	return c, nil
 }
 
-// nodeConfig is a node's config drive content.
-func (c *Cluster) nodeConfig(n *Node) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Written by kiln cluster for the VM %s.\napiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: %s\nhostname: %s\n", n.Name, n.Role, n.Name)
-	fmt.Fprintf(&b, "network:\n  interface: eth0\n  address: %s/24\n", n.Address)
-	if n.Role == "master" {
+// nodeConfig is a node's config drive content: a layer over the image's
+// embedded config.
+func (c *Cluster) nodeConfig(n *Node) []byte {
+	l := node.NewLayer(n.Role, n.Name)
+	l.Network = &node.Network{Interface: "eth0", Address: n.Address + "/24"}
+	if n.Role == node.RoleMaster {
 		// eth1 is QEMU's user network, only for the API forward: the API
 		// server listens there too.
-		fmt.Fprintf(&b, "  additional:\n  - interface: eth1\n    address: %s\n", userNetGuest)
-		b.WriteString("extraArgs:\n  kube-apiserver:\n    bind-address: 0.0.0.0\n")
+		l.Network.Additional = []node.Network{{Interface: "eth1", Address: userNetGuest}}
+		l.ExtraArgs = map[string]map[string]string{"kube-apiserver": {"bind-address": "0.0.0.0"}}
 	} else {
-		fmt.Fprintf(&b, "apiEndpoint: https://%s%d:%d\n", subnetPrefix, masterHost, apiGuestPort)
+		l.APIEndpoint = fmt.Sprintf("https://%s%d:%d", subnetPrefix, masterHost, apiGuestPort)
 	}
-	if c.opts.NodeConfig != nil {
-		b.WriteString(c.opts.NodeConfig(n.Name))
-	}
-	return b.String()
+	return l.YAML("Written by kiln cluster for the VM " + n.Name + ".")
 }
 
 // prepare writes the node's config drive and its QEMU options.
 func (c *Cluster) prepare(n *Node) error {
 	dir := c.opts.StateDir
 	cfgPath := filepath.Join(dir, n.Name+".yaml")
-	if err := os.WriteFile(cfgPath, []byte(c.nodeConfig(n)), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, c.nodeConfig(n), 0o644); err != nil {
 		return err
 	}
 	drive := filepath.Join(dir, n.Name+".config.iso")
 	if err := configDrive(drive, cfgPath); err != nil {
 		return err
 	}
-	img, mem := c.opts.WorkerImage, c.opts.WorkerMemory
-	if n.Role == "master" {
-		img, mem = c.opts.MasterImage, c.opts.MasterMemory
+	img, mem := c.images[n.Role], c.opts.WorkerMemory
+	if n.Role == node.RoleMaster {
+		mem = c.opts.MasterMemory
 	}
-	if m, err := builder.ReadManifest(img); err == nil && mem < m.SuggestedMemoryMiB() {
+	if mem < img.SuggestedMemoryMiB() {
 		c.say("%s: warning: %d MiB may be too little to unpack its %d MiB initramfs (want %d MiB or more)",
-			n.Name, mem, m.InitramfsRaw>>20, m.SuggestedMemoryMiB())
+			n.Name, mem, img.InitramfsRaw>>20, img.SuggestedMemoryMiB())
 	}
-	cmdline, err := os.ReadFile(filepath.Join(img, "cmdline"))
+	k, err := img.Kernel()
 	if err != nil {
 		return err
 	}
 	n.opts = []qemu.Option{
-		qemu.WithKernel(filepath.Join(img, "vmlinuz")),
-		qemu.WithInitramfs(filepath.Join(img, "initramfs.img")),
-		qemu.WithAppend(append(strings.Fields(string(cmdline)), c.opts.Append...)...),
+		qemu.WithKernel(k.Vmlinuz),
+		qemu.WithInitramfs(k.Initramfs),
+		qemu.WithAppend(append(strings.Fields(k.Cmdline), c.opts.Append...)...),
 		qemu.WithMemory(mem), qemu.WithCPUs(c.opts.CPUs),
 		qemu.WithSocketNet(c.hub.Addr(), n.MAC), // eth0: the cluster's L2
 		qemu.WithDrive(qemu.Disk{Path: drive, Format: "raw", ReadOnly: true}),
 		qemu.WithSerialLog(n.ConsoleLog),
 	}
-	if n.Role == "master" {
+	if n.Role == node.RoleMaster {
 		n.opts = append(n.opts, qemu.WithUserNetConfig(qemu.UserNet{ // eth1
 			MAC:      fmt.Sprintf("52:54:00:98:00:%02x", masterHost),
 			Forwards: []qemu.Forward{{HostAddr: "127.0.0.1", HostPort: c.opts.APIPort, GuestPort: apiGuestPort}},
@@ -246,14 +254,14 @@ func (c *Cluster) prepare(n *Node) error {
 	return nil
 }
 
-// configDrive writes a small ISO 9660 image labelled KILN-CONFIG holding
-// the node config as config.yaml (PID 1 overlays it on the embedded
+// configDrive writes a small ISO 9660 image labelled image.ConfigDriveLabel
+// holding the node config as image.ConfigDriveFile (PID 1 overlays it on the embedded
 // config). ISO 9660 rather than FAT: it has no partition table for the
 // kernel to misread, and xorriso is already a build dependency.
 func configDrive(path, cfg string) error {
 	os.Remove(path)
-	out, err := exec.Command("xorriso", "-as", "mkisofs", "-quiet", "-V", "KILN-CONFIG", "-o", path,
-		"-graft-points", "config.yaml="+cfg).CombinedOutput()
+	out, err := exec.Command("xorriso", "-as", "mkisofs", "-quiet", "-V", image.ConfigDriveLabel, "-o", path,
+		"-graft-points", image.ConfigDriveFile+"="+cfg).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("config drive %s: xorriso: %v: %s (xorriso is installed by make deps)", path, err, strings.TrimSpace(string(out)))
 	}
@@ -507,7 +515,7 @@ func (c *Cluster) Close() error {
 // different bootstrap token) on the cluster's L2.
 func (c *Cluster) AddWorker(image string) (*Node, error) {
 	i := len(c.Nodes)
-	n := &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: "worker", Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
+	n := &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
 		MAC: fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)}
 	n.ConsoleLog = filepath.Join(c.opts.StateDir, n.Name+".console.log")
 	saved := c.opts.WorkerImage

@@ -6,6 +6,8 @@
 package bench
 
 import (
+	"kiln/configs/nodeapi"
+
 	"bufio"
 	"encoding/json"
 	"flag"
@@ -18,8 +20,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"kiln/init/supervisor"
 )
 
 var (
@@ -102,7 +102,7 @@ ports: {apiServer: %d, etcdClient: 22379, etcdPeer: 22380, controllerManager: 30
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st supervisor.Status
+	var st nodeapi.Status
 	json.Unmarshal(out, &st)
 	total := 0
 	for _, s := range st.Services {

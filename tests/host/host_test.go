@@ -6,6 +6,8 @@
 package host
 
 import (
+	"kiln/configs/nodeapi"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -21,8 +23,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"kiln/init/supervisor"
 )
 
 var binDir = flag.String("bin", "../../bin", "directory holding kiln, kiln-node and kubectl")
@@ -157,26 +157,26 @@ func (n *node) waitReady(kubeconfig string, timeout time.Duration) time.Duration
 	return time.Since(start)
 }
 
-func (n *node) status() supervisor.Status {
+func (n *node) status() nodeapi.Status {
 	n.t.Helper()
 	out, err := exec.Command(bin("kiln-node"), "status", "--data-dir", n.dataDir, "-o", "json").Output()
 	if err != nil {
 		n.t.Fatalf("kiln-node status: %v", err)
 	}
-	var st supervisor.Status
+	var st nodeapi.Status
 	if err := json.Unmarshal(out, &st); err != nil {
 		n.t.Fatalf("status json: %v\n%s", err, out)
 	}
 	return st
 }
 
-func service(st supervisor.Status, name string) supervisor.ServiceStatus {
+func service(st nodeapi.Status, name string) nodeapi.ServiceStatus {
 	for _, s := range st.Services {
 		if s.Name == name {
 			return s
 		}
 	}
-	return supervisor.ServiceStatus{}
+	return nodeapi.ServiceStatus{}
 }
 
 // stop sends SIGTERM and waits for the exit.

@@ -3,6 +3,8 @@
 package host
 
 import (
+	"kiln/configs/nodeapi"
+
 	"bytes"
 	"io/fs"
 	"os"
@@ -13,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"kiln/init/supervisor"
 )
 
 var masterComponents = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
@@ -99,7 +99,7 @@ func TestMasterLifecycle(t *testing.T) {
 		}
 		eventually(t, 3*time.Minute, "apiserver restarted and ready", func() error {
 			s := service(n.status(), "kube-apiserver")
-			if s.Restarts < before.Restarts+1 || s.PID == before.PID || s.State != supervisor.StateReady {
+			if s.Restarts < before.Restarts+1 || s.PID == before.PID || s.State != nodeapi.StateReady {
 				return errorf("apiserver state %s pid %d restarts %d", s.State, s.PID, s.Restarts)
 			}
 			return nil
@@ -143,14 +143,14 @@ func TestMasterLifecycle(t *testing.T) {
 		}
 		eventually(t, 2*time.Minute, "scheduler in crash-loop", func() error {
 			s := service(n2.status(), "kube-scheduler")
-			if s.State != supervisor.StateCrashLoop || s.Restarts < 3 {
+			if s.State != nodeapi.StateCrashLoop || s.Restarts < 3 {
 				return errorf("scheduler %s after %d restarts", s.State, s.Restarts)
 			}
 			return nil
 		})
 		st := n2.status()
 		for _, c := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-			if s := service(st, c); s.State != supervisor.StateReady || s.Restarts != 0 {
+			if s := service(st, c); s.State != nodeapi.StateReady || s.Restarts != 0 {
 				t.Errorf("%s: %s with %d restarts while the scheduler crash-loops", c, s.State, s.Restarts)
 			}
 		}
@@ -173,9 +173,9 @@ func TestMasterLifecycle(t *testing.T) {
 	})
 }
 
-func allReady(st supervisor.Status) error {
+func allReady(st nodeapi.Status) error {
 	for _, c := range masterComponents {
-		if s := service(st, c); s.State != supervisor.StateReady {
+		if s := service(st, c); s.State != nodeapi.StateReady {
 			return errorf("%s is %s", c, s.State)
 		}
 	}
@@ -210,7 +210,7 @@ func scan(t *testing.T, dir string, plainNeedle, sealedNeedle string) (plain, se
 // restartGaps are the delays between each exit of a service and its next
 // start, from the supervisor's timeline: the backoff, without the time the
 // process itself took to fail.
-func restartGaps(st supervisor.Status, name string) []time.Duration {
+func restartGaps(st nodeapi.Status, name string) []time.Duration {
 	var gaps []time.Duration
 	var exited time.Duration = -1
 	for _, e := range st.Timeline {

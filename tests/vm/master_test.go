@@ -7,6 +7,8 @@
 package vm
 
 import (
+	"kiln/configs/nodeapi"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"kiln/init/supervisor"
 	"kiln/qemu"
 )
 
@@ -180,14 +181,14 @@ func TestMasterImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kiln status --node: %v\n%s", err, out)
 	}
-	var st supervisor.Status
+	var st nodeapi.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("kiln status -o json: %v\n%s", err, out)
 	}
 	var comps []string
 	for _, c := range st.Services {
 		comps = append(comps, fmt.Sprintf("%s %d MiB", c.Name, c.MemoryBytes>>20))
-		if c.State != supervisor.StateReady && c.State != supervisor.StateDone {
+		if c.State != nodeapi.StateReady && c.State != nodeapi.StateDone {
 			t.Errorf("%s is %s", c.Name, c.State)
 		}
 		if c.Name == "kube-apiserver" && c.MemoryBytes < 50<<20 {
