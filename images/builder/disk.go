@@ -154,7 +154,7 @@ func buildQcow2(ctx context.Context, img *Image) ([]string, error) {
 	// State partition: ext4 labelled kiln-state, made in place. A fixed
 	// UUID and hash seed (from the image ID) and a fixed time keep it a
 	// function of the inputs.
-	uuid := stableUUID("kiln-state/" + img.ID)
+	uuid := stableUUID(image.StateLabel + "/" + img.ID)
 	if err := runTool(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", image.StateLabel, "-U", uuid,
 		"-E", fmt.Sprintf("offset=%d,hash_seed=%s,root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard", l.stateOffset, uuid),
 		raw, fmt.Sprintf("%dk", l.stateLen/1024)); err != nil {
