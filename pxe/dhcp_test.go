@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,9 +22,9 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/insomniacslk/dhcp/iana"
-	"github.com/vishvananda/netns"
 
 	"kiln/configs/node"
+	"kiln/internal/testutil/netns"
 )
 
 // The DHCP tests run the server and its clients in two network
@@ -39,14 +38,7 @@ import (
 var nsCounter atomic.Int32
 
 type testNet struct {
-	a, b string // namespace names
-}
-
-func run(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
+	a, b *netns.NS
 }
 
 func newTestNet(t *testing.T) *testNet {
@@ -55,53 +47,22 @@ func newTestNet(t *testing.T) *testNet {
 		t.Skip("needs root for network namespaces")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip (iproute2)")
+		t.Skip("needs ip (iproute2) to run the server in a namespace")
 	}
 	n := nsCounter.Add(1)
 	tn := &testNet{
-		a: fmt.Sprintf("kiln-pxe-%d-%d-a", os.Getpid(), n),
-		b: fmt.Sprintf("kiln-pxe-%d-%d-b", os.Getpid(), n),
-	}
-	for _, ns := range []string{tn.a, tn.b} {
-		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			t.Skipf("cannot create a network namespace: %v %s", err, out)
-		}
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+		a: netns.New(t, fmt.Sprintf("kiln-pxe-%d-%d-a", os.Getpid(), n)),
+		b: netns.New(t, fmt.Sprintf("kiln-pxe-%d-%d-b", os.Getpid(), n)),
 	}
 	// The links are created inside A, their peers moved into B: they
 	// never exist in the host's namespace.
-	run(t, "ip", "-n", tn.a, "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", tn.b)
-	run(t, "ip", "-n", tn.a, "link", "add", "veth-c", "type", "veth", "peer", "name", "veth-d", "netns", tn.b)
-	run(t, "ip", "-n", tn.a, "addr", "add", "10.77.0.1/24", "dev", "veth-a")
-	run(t, "ip", "-n", tn.a, "addr", "add", "10.78.0.1/24", "dev", "veth-c")
-	for _, l := range [][2]string{{tn.a, "veth-a"}, {tn.a, "veth-c"}, {tn.b, "veth-b"}, {tn.b, "veth-d"}} {
-		run(t, "ip", "-n", l[0], "link", "set", l[1], "up")
-	}
+	tn.a.Veth(t, "veth-a", tn.b, "veth-b")
+	tn.a.Veth(t, "veth-c", tn.b, "veth-d")
+	tn.a.Addr(t, "veth-a", "10.77.0.1/24")
+	tn.a.Addr(t, "veth-c", "10.78.0.1/24")
+	tn.a.Up(t, "veth-a", "veth-c")
+	tn.b.Up(t, "veth-b", "veth-d")
 	return tn
-}
-
-// inNetns runs fn on a thread in the namespace. The thread is never
-// unlocked, so it ends with the goroutine and nothing else ever runs in
-// the namespace by accident; sockets made by fn stay in it.
-func inNetns(t *testing.T, ns string, fn func() error) error {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }
 
 // helperConfig is the configuration of a server run by helperServer.
@@ -201,7 +162,7 @@ func startNetServer(t *testing.T, tn *testNet, hc helperConfig) *logBuffer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", tn.a, self)
+	cmd := tn.a.Command(self)
 	cmd.Env = append(os.Environ(), helperEnv+"="+cfgPath)
 	cmd.Stderr = logs
 	stdin, _ := cmd.StdinPipe()
@@ -238,7 +199,7 @@ func startNetServer(t *testing.T, tn *testNet, hc helperConfig) *logBuffer {
 		if !ok {
 			t.Fatalf("the server did not start:\n%s", logs.String())
 		}
-		t.Logf("server in %s: %s", tn.a, line)
+		t.Logf("server in %s: %s", tn.a.Name, line)
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the server did not start in time:\n%s", logs.String())
 	}
@@ -250,7 +211,7 @@ func startNetServer(t *testing.T, tn *testNet, hc helperConfig) *logBuffer {
 func dhcpClient(t *testing.T, tn *testNet, ifname, macText string, timeout time.Duration) *nclient4.Client {
 	t.Helper()
 	var c *nclient4.Client
-	err := inNetns(t, tn.b, func() error {
+	err := tn.b.Do(func() error {
 		var err error
 		c, err = nclient4.New(ifname, nclient4.WithHWAddr(mac(t, macText)), nclient4.WithTimeout(timeout), nclient4.WithRetry(2))
 		return err
@@ -357,7 +318,7 @@ func TestProxyDHCP(t *testing.T) {
 
 	// Port 4011: the PXE client, now with an address from the network's
 	// DHCP server, asks the proxy directly.
-	run(t, "ip", "-n", tn.b, "addr", "add", "10.77.0.50/24", "dev", "veth-b")
+	tn.b.Addr(t, "veth-b", "10.77.0.50/24")
 	req, _ := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithHwAddr(mac(t, "52:54:00:00:00:02")),
 		dhcpv4.WithClientIP(net.IPv4(10, 77, 0, 50)), pxeUEFI[0], pxeUEFI[1])
 	resp := udpExchange(t, tn, "10.77.0.1:4011", req.ToBytes(), time.Second)
@@ -387,7 +348,7 @@ func TestProxyDHCP(t *testing.T) {
 func udpExchange(t *testing.T, tn *testNet, to string, pkt []byte, timeout time.Duration) []byte {
 	t.Helper()
 	var conn *net.UDPConn
-	if err := inNetns(t, tn.b, func() error {
+	if err := tn.b.Do(func() error {
 		var err error
 		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 77, 0, 50)})
 		return err
@@ -521,7 +482,7 @@ func TestFullDHCP(t *testing.T) {
 		t.Errorf("request for the master's address: %v", resp)
 	}
 
-	run(t, "ip", "-n", tn.b, "addr", "add", "10.77.0.50/24", "dev", "veth-b")
+	tn.b.Addr(t, "veth-b", "10.77.0.50/24")
 	testMalformed(t, tn, logs)
 	if _, err := worker.Request(ctx); err != nil {
 		t.Errorf("after the malformed packets: %v", err)
@@ -553,7 +514,7 @@ func netnsHTTP(t *testing.T, tn *testNet) func(url string) (int, string) {
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
-			err := inNetns(t, tn.b, func() error {
+			err := tn.b.Do(func() error {
 				var err error
 				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 				return err
@@ -589,7 +550,7 @@ func testFetches(t *testing.T, tn *testNet, logs *logBuffer) {
 	}
 	if tftp, err := exec.LookPath("tftp"); err == nil {
 		out := filepath.Join(t.TempDir(), "undionly.kpxe")
-		b, err := exec.Command("ip", "netns", "exec", tn.b, tftp, "-m", "binary", "10.77.0.1", "-c", "get", BIOSBootFile, out).CombinedOutput()
+		b, err := tn.b.Command(tftp, "-m", "binary", "10.77.0.1", "-c", "get", BIOSBootFile, out).CombinedOutput()
 		if fi, serr := os.Stat(out); err != nil || serr != nil || fi.Size() != 70_000 {
 			t.Errorf("tftp from namespace B: %v %s", err, b)
 		}

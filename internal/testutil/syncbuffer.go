@@ -1,4 +1,8 @@
-// Package testutil holds helpers shared by kiln's tests.
+// Package testutil holds helpers shared by kiln's tests: an output buffer
+// safe to read while written, waiting for a condition (Eventually), and the
+// tail of a log. Its sub-packages are e2e (the built binaries, kubectl and
+// cluster directories, for tests/host, tests/vm and tests/bench) and netns
+// (network namespaces and their links, for the tests that need a network).
 package testutil
 
 import (

@@ -6,8 +6,6 @@
 package bench
 
 import (
-	"kiln/configs/nodeapi"
-
 	"bufio"
 	"encoding/json"
 	"flag"
@@ -20,12 +18,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"kiln/configs/nodeapi"
+	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
 )
 
 var (
-	binDir = flag.String("bin", "../../bin", "directory holding kiln, kiln-node and kubectl")
-	runs   = flag.Int("runs", 3, "how many times to measure up → /readyz")
-	idle   = flag.Duration("idle", time.Minute, "how long the master idles before memory is read")
+	runs = flag.Int("runs", 3, "how many times to measure up → /readyz")
+	idle = flag.Duration("idle", time.Minute, "how long the master idles before memory is read")
 )
 
 const (
@@ -33,26 +34,18 @@ const (
 	apiPort = 26443
 )
 
-func bin(name string) string {
-	p, _ := filepath.Abs(filepath.Join(*binDir, name))
-	return p
-}
-
 func TestBench(t *testing.T) {
 	var rows [][2]string
 	add := func(k, v string) { rows = append(rows, [2]string{k, v}); t.Logf("%s: %s", k, v) }
-	for _, b := range []string{"kiln", "kiln-node", "kubectl"} {
-		if fi, err := os.Stat(bin(b)); err == nil {
+	for _, b := range []string{e2e.KilnBin, e2e.KilnNodeBin, e2e.KubectlBin} {
+		if fi, err := os.Stat(e2e.Bin(b)); err == nil {
 			add("size of bin/"+b, fmt.Sprintf("%.1f MB", float64(fi.Size())/1e6))
 		}
 	}
 
 	dir := t.TempDir()
-	clusterDir := filepath.Join(dir, "cluster")
-	if out, err := exec.Command(bin("kiln"), "gen", "cluster", "--out", clusterDir,
-		"--endpoint", fmt.Sprintf("%s:%d", address, apiPort)).CombinedOutput(); err != nil {
-		t.Fatalf("gen: %v %s", err, out)
-	}
+	clusterDir := e2e.GenCluster(t, dir, e2e.Cluster{Endpoint: fmt.Sprintf("%s:%d", address, apiPort)})
+	kubectl := e2e.Kubectl{Kubeconfig: filepath.Join(clusterDir, "admin.kubeconfig")}
 	cfg := filepath.Join(dir, "node.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`apiVersion: kiln.dev/v1alpha1
 kind: NodeConfig
@@ -70,23 +63,19 @@ ports: {apiServer: %d, etcdClient: 22379, etcdPeer: 22380, controllerManager: 30
 			last.Wait()
 		}
 		start := time.Now()
-		cmd := exec.Command(bin("kiln-node"), "up", "--cluster", clusterDir, "--data-dir", dataDir, "--config", cfg, "-q")
+		cmd := exec.Command(e2e.Bin(e2e.KilnNodeBin), "up", "--cluster", clusterDir, "--data-dir", dataDir, "--config", cfg, "-q")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		last = cmd
-		for {
-			out, _ := exec.Command(bin("kubectl"), "--kubeconfig", filepath.Join(clusterDir, "admin.kubeconfig"),
-				"get", "--raw", "/readyz").Output()
-			if strings.TrimSpace(string(out)) == "ok" {
-				break
+		testutil.Eventually(t, 3*time.Minute, 50*time.Millisecond, "/readyz ok", func() error {
+			out, err := kubectl.Run("get", "--raw", "/readyz")
+			if err == nil && out != "ok" {
+				err = fmt.Errorf("readyz: %q", out)
 			}
-			if time.Since(start) > 3*time.Minute {
-				t.Fatal("not ready in 3 minutes")
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return err
+		})
 		times = append(times, time.Since(start))
 	}
 	defer func() { last.Process.Signal(syscall.SIGTERM); last.Wait() }()
@@ -98,7 +87,7 @@ ports: {apiServer: %d, etcdClient: 22379, etcdPeer: 22380, controllerManager: 30
 	add(label, strings.Join(parts, ", "))
 
 	time.Sleep(*idle)
-	out, err := exec.Command(bin("kiln-node"), "status", "--data-dir", dataDir, "-o", "json").Output()
+	out, err := exec.Command(e2e.Bin(e2e.KilnNodeBin), "status", "--data-dir", dataDir, "-o", "json").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,12 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"kiln/configs/node"
 	"kiln/images/builder"
+	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
 	"kiln/qemu/vmcluster"
 )
 
@@ -30,26 +32,17 @@ func TestBenchVM(t *testing.T) {
 	var rows [][2]string
 	add := func(k, v string) { rows = append(rows, [2]string{k, v}); t.Logf("%s: %s", k, v) }
 	dir := t.TempDir()
-	clusterDir := filepath.Join(dir, "cluster")
-	if out, err := exec.Command(bin("kiln"), "gen", "cluster", "--out", clusterDir).CombinedOutput(); err != nil {
-		t.Fatalf("gen: %v %s", err, out)
-	}
+	clusterDir := e2e.GenCluster(t, dir, e2e.Cluster{})
 	images := map[string]string{}
 	for _, role := range []string{"master", "worker"} {
 		out := filepath.Join(dir, role)
 		start := time.Now()
-		if b, err := exec.Command(bin("kiln"), "build", "--role", role, "--node-binary", bin("kiln-node"),
-			"--cluster", clusterDir, "--format", "kernel", "--out", out).CombinedOutput(); err != nil {
-			t.Fatalf("kiln build %s: %v\n%s", role, err, b)
-		}
+		e2e.MustKiln(t, "build", "--role", role, "--node-binary", e2e.Bin(e2e.KilnNodeBin),
+			"--cluster", clusterDir, "--format", "kernel", "--out", out)
 		add("kiln build --role "+role+" --format kernel (warm)", time.Since(start).Round(100*time.Millisecond).String())
 		images[role] = out
-		data, err := os.ReadFile(filepath.Join(out, builder.ManifestFile))
+		m, err := builder.Open(out)
 		if err != nil {
-			t.Fatal(err)
-		}
-		var m builder.Manifest
-		if err := json.Unmarshal(data, &m); err != nil {
 			t.Fatal(err)
 		}
 		add(role+" image: vmlinuz / initramfs (zstd) / initramfs (raw)", fmt.Sprintf("%s / %s / %s",
@@ -66,29 +59,29 @@ func TestBenchVM(t *testing.T) {
 	}
 	defer c.Close()
 	readyAt := map[string]time.Duration{}
-	for len(readyAt) < len(c.Nodes) {
+	deadline, _ := ctx.Deadline()
+	testutil.Eventually(t, time.Until(deadline), time.Second, "nodes Ready", func() error {
 		nodes, err := c.APINodes(ctx)
-		if err == nil {
-			for _, n := range nodes {
-				if _, seen := readyAt[n.Name]; n.Ready && !seen {
-					readyAt[n.Name] = time.Since(start)
-				}
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if _, seen := readyAt[n.Name]; n.Ready && !seen {
+				readyAt[n.Name] = time.Since(start)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("nodes not Ready: %v (ready: %v)", ctx.Err(), readyAt)
-		case <-time.After(time.Second):
+		if len(readyAt) < len(c.Nodes) {
+			return fmt.Errorf("ready: %v", readyAt)
 		}
-	}
+		return nil
+	})
 	for _, n := range c.Nodes {
 		add(fmt.Sprintf("QEMU start → %s Ready (%s, %d MiB, TCG)", n.Name, n.Role, memoryOf(n.Role)), readyAt[n.Name].Round(time.Second).String())
 	}
 
 	time.Sleep(*idle)
 	for _, n := range c.Nodes {
-		out, err := exec.Command(bin("kubectl"), "--kubeconfig", c.Kubeconfig, "get", "--raw",
-			"/api/v1/nodes/"+n.Name+"/proxy/stats/summary").Output()
+		out, err := e2e.Kubectl{Kubeconfig: c.Kubeconfig}.Run("get", "--raw", "/api/v1/nodes/"+n.Name+"/proxy/stats/summary")
 		if err != nil {
 			t.Errorf("%s summary: %v", n.Name, err)
 			continue
@@ -98,7 +91,7 @@ func TestBenchVM(t *testing.T) {
 				Memory struct{ WorkingSetBytes uint64 } `json:"memory"`
 			} `json:"node"`
 		}
-		if err := json.Unmarshal(out, &sum); err != nil {
+		if err := json.Unmarshal([]byte(out), &sum); err != nil {
 			t.Errorf("%s summary: %v", n.Name, err)
 			continue
 		}
@@ -112,8 +105,8 @@ func TestBenchVM(t *testing.T) {
 }
 
 // memoryOf is the guest memory vmcluster gives a role, for the labels.
-func memoryOf(role string) int {
-	if role == "master" {
+func memoryOf(role node.Role) int {
+	if role == node.RoleMaster {
 		return vmcluster.DefaultMasterMemory
 	}
 	return vmcluster.DefaultWorkerMemory

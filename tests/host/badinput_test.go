@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"kiln/internal/testutil/e2e"
 )
 
 // TestBadInput: each mistake gives one clear error naming the problem, a
@@ -62,7 +64,7 @@ func TestBadInput(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dataDir := filepath.Join(dir, "data-"+strings.ReplaceAll(tc.name, " ", "-"))
 			args := append([]string{"up", "--data-dir", dataDir}, tc.args...)
-			cmd := exec.Command(bin("kiln-node"), args...)
+			cmd := exec.Command(e2e.Bin(e2e.KilnNodeBin), args...)
 			done := make(chan struct{})
 			var out []byte
 			var err error

@@ -6,26 +6,23 @@
 package host
 
 import (
-	"kiln/configs/nodeapi"
-
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-)
 
-var binDir = flag.String("bin", "../../bin", "directory holding kiln, kiln-node and kubectl")
+	"kiln/configs/nodeapi"
+	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
+)
 
 // The node binds 127.0.0.2 on ports away from the defaults, so a developer's
 // own `make up` on 127.0.0.1 does not collide with the tests.
@@ -33,14 +30,6 @@ const (
 	address = "127.0.0.2"
 	apiPort = 16443
 )
-
-func bin(name string) string {
-	p, err := filepath.Abs(filepath.Join(*binDir, name))
-	if err != nil {
-		panic(err)
-	}
-	return p
-}
 
 func writeConfig(t *testing.T, dir string, extra string) string {
 	t.Helper()
@@ -63,15 +52,13 @@ ports:
 	return p
 }
 
+// poll is how often the tests here ask again.
+const poll = 250 * time.Millisecond
+
+// genCluster makes a cluster directory in dir whose API is the node's.
 func genCluster(t *testing.T, dir string) string {
 	t.Helper()
-	out := filepath.Join(dir, "cluster")
-	cmd := exec.Command(bin("kiln"), "gen", "cluster", "--name", "hosttest", "--out", out,
-		"--endpoint", fmt.Sprintf("%s:%d", address, apiPort))
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kiln gen cluster: %v\n%s", err, b)
-	}
-	return out
+	return e2e.GenCluster(t, dir, e2e.Cluster{Name: "hosttest", Endpoint: fmt.Sprintf("%s:%d", address, apiPort)})
 }
 
 // node is one running `kiln-node up`.
@@ -79,8 +66,7 @@ type node struct {
 	t       *testing.T
 	cmd     *exec.Cmd
 	dataDir string
-	mu      sync.Mutex
-	out     bytes.Buffer
+	out     testutil.SyncBuffer
 	exited  chan struct{}
 	err     error
 }
@@ -88,7 +74,7 @@ type node struct {
 func startNode(t *testing.T, clusterDir, dataDir, config string) *node {
 	t.Helper()
 	n := &node{t: t, dataDir: dataDir, exited: make(chan struct{})}
-	n.cmd = exec.Command(bin("kiln-node"), "up", "--cluster", clusterDir, "--data-dir", dataDir, "--config", config)
+	n.cmd = exec.Command(e2e.Bin(e2e.KilnNodeBin), "up", "--cluster", clusterDir, "--data-dir", dataDir, "--config", config)
 	pr, pw := io.Pipe()
 	n.cmd.Stdout, n.cmd.Stderr = pw, pw
 	if err := n.cmd.Start(); err != nil {
@@ -98,9 +84,7 @@ func startNode(t *testing.T, clusterDir, dataDir, config string) *node {
 		s := bufio.NewScanner(pr)
 		s.Buffer(make([]byte, 1<<20), 1<<20)
 		for s.Scan() {
-			n.mu.Lock()
-			n.out.WriteString(s.Text() + "\n")
-			n.mu.Unlock()
+			n.out.Write([]byte(s.Text() + "\n"))
 		}
 	}()
 	go func() {
@@ -116,40 +100,29 @@ func startNode(t *testing.T, clusterDir, dataDir, config string) *node {
 			<-n.exited
 		}
 		if t.Failed() {
-			t.Logf("kiln-node output (last 8 KiB):\n%s", tail(n.output(), 8192))
+			t.Logf("kiln-node output (last 8 KiB):\n%s", testutil.TailBytes(n.output(), 8192))
 		}
 	})
 	return n
 }
 
-func (n *node) output() string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.out.String()
-}
-
-func tail(s string, max int) string {
-	if len(s) > max {
-		return s[len(s)-max:]
-	}
-	return s
-}
+func (n *node) output() string { return n.out.String() }
 
 // waitReady polls /readyz through kubectl until it answers ok.
 func (n *node) waitReady(kubeconfig string, timeout time.Duration) time.Duration {
 	n.t.Helper()
 	start := time.Now()
-	eventually(n.t, timeout, "kube-apiserver /readyz ok", func() error {
+	testutil.Eventually(n.t, timeout, poll, "kube-apiserver /readyz ok", func() error {
 		select {
 		case <-n.exited:
-			n.t.Fatalf("kiln-node exited: %v\n%s", n.err, tail(n.output(), 4096))
+			n.t.Fatalf("kiln-node exited: %v\n%s", n.err, testutil.TailBytes(n.output(), 4096))
 		default:
 		}
-		out, err := kubectl(kubeconfig, "get", "--raw", "/readyz")
+		out, err := kubectl(kubeconfig).Run("get", "--raw", "/readyz")
 		if err != nil {
 			return err
 		}
-		if strings.TrimSpace(out) != "ok" {
+		if out != "ok" {
 			return fmt.Errorf("readyz: %q", out)
 		}
 		return nil
@@ -159,7 +132,7 @@ func (n *node) waitReady(kubeconfig string, timeout time.Duration) time.Duration
 
 func (n *node) status() nodeapi.Status {
 	n.t.Helper()
-	out, err := exec.Command(bin("kiln-node"), "status", "--data-dir", n.dataDir, "-o", "json").Output()
+	out, err := exec.Command(e2e.Bin(e2e.KilnNodeBin), "status", "--data-dir", n.dataDir, "-o", "json").Output()
 	if err != nil {
 		n.t.Fatalf("kiln-node status: %v", err)
 	}
@@ -192,40 +165,9 @@ func (n *node) stop(timeout time.Duration) error {
 	}
 }
 
-func kubectl(kubeconfig string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin("kubectl"), append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return string(out), nil
-}
-
-func mustKubectl(t *testing.T, kubeconfig string, args ...string) string {
-	t.Helper()
-	out, err := kubectl(kubeconfig, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// eventually polls cond until it returns nil or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+// kubectl runs kubectl as the cluster's admin.
+func kubectl(kubeconfig string) e2e.Kubectl {
+	return e2e.Kubectl{Kubeconfig: kubeconfig, Timeout: 30 * time.Second}
 }
 
 // processesUsing lists live processes whose command line mentions dir: every

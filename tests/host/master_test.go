@@ -3,8 +3,6 @@
 package host
 
 import (
-	"kiln/configs/nodeapi"
-
 	"bytes"
 	"io/fs"
 	"os"
@@ -15,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"kiln/configs/nodeapi"
+	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
 )
 
 var masterComponents = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
@@ -34,10 +36,10 @@ func TestMasterLifecycle(t *testing.T) {
 	t.Logf("figure: up to /readyz ok: %s", took.Round(10*time.Millisecond))
 
 	t.Run("all components ready", func(t *testing.T) {
-		eventually(t, time.Minute, "every component ready", func() error {
+		testutil.Eventually(t, time.Minute, poll, "every component ready", func() error {
 			return allReady(n.status())
 		})
-		table, err := exec.Command(bin("kiln-node"), "status", "--data-dir", dataDir).Output()
+		table, err := exec.Command(e2e.Bin(e2e.KilnNodeBin), "status", "--data-dir", dataDir).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,26 +52,26 @@ func TestMasterLifecycle(t *testing.T) {
 
 		// The same table from the host CLI, over TLS with the admin
 		// certificate; refused with another cluster's.
-		remote, err := exec.Command(bin("kiln"), "status", "--node", address, "--cluster", clusterDir).CombinedOutput()
-		if err != nil || !strings.Contains(string(remote), "kube-apiserver") || !strings.Contains(string(remote), "timeline:") {
+		remote, err := e2e.Kiln("status", "--node", address, "--cluster", clusterDir)
+		if err != nil || !strings.Contains(remote, "kube-apiserver") || !strings.Contains(remote, "timeline:") {
 			t.Errorf("kiln status --node %s: %v\n%s", address, err, remote)
 		}
 		other := genCluster(t, t.TempDir())
-		if out, err := exec.Command(bin("kiln"), "status", "--node", address, "--cluster", other).CombinedOutput(); err == nil {
+		if out, err := e2e.Kiln("status", "--node", address, "--cluster", other); err == nil {
 			t.Errorf("another cluster's admin got the status:\n%s", out)
 		}
 	})
 
 	t.Run("version", func(t *testing.T) {
-		out := mustKubectl(t, kc, "get", "--raw", "/version")
+		out := kubectl(kc).Must(t, "get", "--raw", "/version")
 		if !strings.Contains(out, `"gitVersion": "v1.37.`) {
 			t.Fatalf("/version: %s", out)
 		}
 	})
 
 	t.Run("configmap round trip", func(t *testing.T) {
-		mustKubectl(t, kc, "create", "configmap", "kiln-test", "--from-literal=greeting=hello-kiln")
-		out := mustKubectl(t, kc, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}")
+		kubectl(kc).Must(t, "create", "configmap", "kiln-test", "--from-literal=greeting=hello-kiln")
+		out := kubectl(kc).Must(t, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}")
 		if out != "hello-kiln" {
 			t.Fatalf("read back %q", out)
 		}
@@ -77,7 +79,7 @@ func TestMasterLifecycle(t *testing.T) {
 
 	t.Run("secrets encrypted at rest", func(t *testing.T) {
 		const canary = "kiln-plaintext-canary-7f3a9c"
-		mustKubectl(t, kc, "create", "secret", "generic", "kiln-canary", "--from-literal=v="+canary)
+		kubectl(kc).Must(t, "create", "secret", "generic", "kiln-canary", "--from-literal=v="+canary)
 		// The apiserver answers after etcd has the write in its WAL, so
 		// the bytes are on disk now.
 		plain, sealed := scan(t, filepath.Join(dataDir, "etcd"), canary, "k8s:enc:secretbox:v1:kiln-1")
@@ -97,14 +99,14 @@ func TestMasterLifecycle(t *testing.T) {
 		if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 3*time.Minute, "apiserver restarted and ready", func() error {
+		testutil.Eventually(t, 3*time.Minute, poll, "apiserver restarted and ready", func() error {
 			s := service(n.status(), "kube-apiserver")
 			if s.Restarts < before.Restarts+1 || s.PID == before.PID || s.State != nodeapi.StateReady {
 				return errorf("apiserver state %s pid %d restarts %d", s.State, s.PID, s.Restarts)
 			}
 			return nil
 		})
-		if out := mustKubectl(t, kc, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}"); out != "hello-kiln" {
+		if out := kubectl(kc).Must(t, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}"); out != "hello-kiln" {
 			t.Fatalf("after restart read %q", out)
 		}
 		s := service(n.status(), "kube-apiserver")
@@ -138,10 +140,10 @@ func TestMasterLifecycle(t *testing.T) {
 		config := writeConfig(t, dir, "extraArgs:\n  kube-scheduler:\n    no-such-flag: \"1\"\n")
 		n2 := startNode(t, clusterDir, dataDir, config)
 		n2.waitReady(kc, 3*time.Minute)
-		if out := mustKubectl(t, kc, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}"); out != "hello-kiln" {
+		if out := kubectl(kc).Must(t, "get", "configmap", "kiln-test", "-o", "jsonpath={.data.greeting}"); out != "hello-kiln" {
 			t.Fatalf("after restart read %q", out)
 		}
-		eventually(t, 2*time.Minute, "scheduler in crash-loop", func() error {
+		testutil.Eventually(t, 2*time.Minute, poll, "scheduler in crash-loop", func() error {
 			s := service(n2.status(), "kube-scheduler")
 			if s.State != nodeapi.StateCrashLoop || s.Restarts < 3 {
 				return errorf("scheduler %s after %d restarts", s.State, s.Restarts)

@@ -7,13 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
 	"kiln/qemu/vmcluster"
 )
 
@@ -50,16 +51,11 @@ func TestCluster(t *testing.T) {
 	waitNodes(t, ctx, c, 20*time.Minute)
 	t.Logf("FIGURE cluster: QEMU start to both nodes Ready: %s", time.Since(start).Round(time.Second))
 
-	k := func(args ...string) (string, error) {
-		return kubectl(c.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", c.APIPort), args...)
-	}
+	kc := kubectl(c.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", c.APIPort))
+	k := kc.Run
 	mustK := func(args ...string) string {
 		t.Helper()
-		out, err := k(args...)
-		if err != nil {
-			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
+		return kc.Must(t, args...)
 	}
 
 	// Both nodes: the version, the runtime, cgroup v2.
@@ -126,17 +122,12 @@ func TestCluster(t *testing.T) {
 		// kubectl exec needs the kubelet and containerd: after the first
 		// kill, retry until they are back and the second one lands.
 		killed := regexp.MustCompile(`kiln: \[\s*[\d.]+s\] ` + comp + ` exited: signal: killed`)
-		deadline := time.Now().Add(5 * time.Minute)
-		for {
+		testutil.Eventually(t, 5*time.Minute, 0, "worker console shows "+comp+" killed", func() error {
 			out, err := k("exec", killer, "--", "kiln-echo", "pkill", "component "+comp+" ")
 			t.Logf("kill %s: %v %s", comp, err, out)
-			if _, err := wcon.ExpectRegexp(ctx, killed, 20*time.Second); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("worker console does not show %s killed", comp)
-			}
-		}
+			_, err = wcon.ExpectRegexp(ctx, killed, 20*time.Second)
+			return err
+		})
 	}
 	waitNodes(t, ctx, c, 10*time.Minute)
 	after := waitPods(t, k, "app=echo", 2, 10*time.Minute)
@@ -144,15 +135,11 @@ func TestCluster(t *testing.T) {
 	// The node may still show Ready while its kubelet restarts: retry
 	// until exec (kubelet and containerd both back) answers.
 	var svcOut string
-	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(5 * time.Second) {
+	testutil.Eventually(t, 5*time.Minute, 5*time.Second, "exec and the Service after the kills", func() error {
 		var err error
-		if svcOut, err = k("exec", after[0].name, "--", "kiln-echo", "get", "http://echo.default.svc.cluster.local/"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exec and the Service after the kills: %v\n%s", err, svcOut)
-		}
-	}
+		svcOut, err = k("exec", after[0].name, "--", "kiln-echo", "get", "http://echo.default.svc.cluster.local/")
+		return err
+	})
 	if !strings.Contains(svcOut, "echo-") {
 		t.Errorf("Service after the kills: %q", svcOut)
 	}
@@ -168,14 +155,8 @@ func TestCluster(t *testing.T) {
 	if err := c.Restart(ctx, "kiln-worker-1", false); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(15 * time.Minute); ; time.Sleep(5 * time.Second) {
-		if id := bootID(); id != "" && id != before {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kiln-worker-1 did not come back with a new boot ID (was %s)", before)
-		}
-	}
+	testutil.Eventually(t, 15*time.Minute, 5*time.Second, "kiln-worker-1 back with a new boot ID (was "+before+")",
+		testutil.Until("a new boot ID", func() bool { id := bootID(); return id != "" && id != before }))
 	waitNodes(t, ctx, c, 10*time.Minute)
 	waitPods(t, k, "app=echo", 2, 10*time.Minute)
 	t.Logf("FIGURE cluster: worker reboot (ACPI power-off, boot) to Ready again with its pod Running: %s", time.Since(rebootStart).Round(time.Second))
@@ -194,9 +175,7 @@ func TestCluster(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(bad, "secrets", "bootstrap-token"), []byte("zzzzzz.0123456789abcdef\n"), 0o600)
 	badImage := filepath.Join(dir, "worker-badtoken")
-	if out, err := runKiln("build", "--role", "worker", "--node-binary", bin("kiln-node"), "--cluster", bad, "--format", "kernel", "--out", badImage); err != nil {
-		t.Fatalf("kiln build: %v\n%s", err, out)
-	}
+	e2e.MustKiln(t, "build", "--role", "worker", "--node-binary", e2e.Bin(e2e.KilnNodeBin), "--cluster", bad, "--format", "kernel", "--out", badImage)
 	n, err := c.AddWorker(badImage)
 	if err != nil {
 		t.Fatal(err)
@@ -208,61 +187,6 @@ func TestCluster(t *testing.T) {
 		t.Errorf("the refused worker is a node: %s", out)
 	}
 	waitNodes(t, ctx, c, time.Minute, vmcluster.MasterName, "kiln-worker-1")
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func waitNodes(t *testing.T, ctx context.Context, c *vmcluster.Cluster, d time.Duration, names ...string) {
-	t.Helper()
-	wctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	if err := c.WaitReady(wctx, names...); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func runKiln(args ...string) (string, error) {
-	out, err := execOut(bin("kiln"), args...)
-	return out, err
-}
-
-func apply(t *testing.T, mustK func(...string) string, manifest string) {
-	t.Helper()
-	f := filepath.Join(t.TempDir(), "m.yaml")
-	os.WriteFile(f, []byte(manifest), 0o644)
-	mustK("apply", "-f", f)
-}
-
-type pod struct{ name, node, ip string }
-
-// waitPods waits until n pods with the label are Running and ready.
-func waitPods(t *testing.T, k func(...string) (string, error), selector string, n int, d time.Duration) []pod {
-	t.Helper()
-	var out string
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(3 * time.Second) {
-		var err error
-		out, err = k("get", "pods", "-l", selector, "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.phase} {.status.containerStatuses[0].ready}{"\n"}{end}`)
-		if err != nil {
-			continue
-		}
-		var pods []pod
-		for _, l := range strings.Split(out, "\n") {
-			f := strings.Fields(l)
-			if len(f) == 5 && f[3] == "Running" && f[4] == "true" {
-				pods = append(pods, pod{f[0], f[1], f[2]})
-			}
-		}
-		if len(pods) == n {
-			return pods
-		}
-	}
-	t.Fatalf("pods %s: want %d Running and ready, have:\n%s", selector, n, out)
-	return nil
 }
 
 const echoManifest = `
@@ -315,11 +239,3 @@ spec:
         imagePullPolicy: Never
         securityContext: {privileged: true}
 `
-
-func execOut(name string, args ...string) (string, error) {
-	out, err := exec.Command(name, args...).CombinedOutput()
-	return string(out), err
-}
-
-// vmAppend passes KILN_VM_APPEND (e.g. kiln.verbose) to every VM's kernel.
-func vmAppend() []string { return strings.Fields(os.Getenv("KILN_VM_APPEND")) }

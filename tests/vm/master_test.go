@@ -7,131 +7,21 @@
 package vm
 
 import (
-	"kiln/configs/nodeapi"
-
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"kiln/configs/nodeapi"
+	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
 	"kiln/qemu"
 )
-
-var binDir = flag.String("bin", "../../bin", "directory holding kiln, kiln-node and kubectl")
-
-func bin(name string) string {
-	p, _ := filepath.Abs(filepath.Join(*binDir, name))
-	return p
-}
-
-// buildImage runs `kiln build` for a role into dir and returns the image dir.
-func buildImage(t *testing.T, dir, role string, formats ...string) string {
-	t.Helper()
-	return buildImageConfig(t, dir, role, "", formats...)
-}
-
-// buildControlPlane builds a master image without the worker stack
-// (runPods: false): the tests of the image and of PID 1 need only the
-// control plane, and boot faster without the rest. TestCluster boots the
-// default master.
-func buildControlPlane(t *testing.T, dir string, formats ...string) string {
-	t.Helper()
-	cfg := filepath.Join(dir, "control-plane.yaml")
-	if err := os.WriteFile(cfg, []byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: master\nrunPods: false\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return buildImageConfig(t, dir, "master", cfg, formats...)
-}
-
-func buildImageConfig(t *testing.T, dir, role, config string, formats ...string) string {
-	t.Helper()
-	out := filepath.Join(dir, role)
-	if len(formats) == 0 {
-		formats = []string{"kernel"}
-	}
-	args := []string{"build", "--role", role, "--node-binary", bin("kiln-node"),
-		"--cluster", filepath.Join(dir, "cluster"), "--format", strings.Join(formats, ","), "--out", out}
-	if config != "" {
-		args = append(args, "--config", config)
-	}
-	cmd := exec.Command(bin("kiln"), args...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kiln build: %v\n%s", err, b)
-	}
-	return out
-}
-
-func genCluster(t *testing.T, dir string) {
-	t.Helper()
-	if b, err := exec.Command(bin("kiln"), "gen", "cluster", "--name", "vmtest", "--out", filepath.Join(dir, "cluster")).CombinedOutput(); err != nil {
-		t.Fatalf("kiln gen cluster: %v\n%s", err, b)
-	}
-}
-
-func bootKernel(t *testing.T, image string, extra []string, opts ...qemu.Option) *qemu.VM {
-	t.Helper()
-	cmdline, err := os.ReadFile(filepath.Join(image, "cmdline"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := append(strings.Fields(string(cmdline)), extra...)
-	base := []qemu.Option{
-		qemu.WithKernel(filepath.Join(image, "vmlinuz")),
-		qemu.WithInitramfs(filepath.Join(image, "initramfs.img")),
-		qemu.WithoutDefaultAppend(),
-		qemu.WithAppend(args...),
-		qemu.WithSerialLog(filepath.Join(t.TempDir(), "console.log")),
-	}
-	vm, err := qemu.Start(context.Background(), append(base, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		vm.Kill()
-		if t.Failed() {
-			t.Logf("console (tail):\n%s", vm.Console().Tail(60))
-		}
-	})
-	return vm
-}
-
-func expect(t *testing.T, vm *qemu.VM, what string, timeout time.Duration) string {
-	t.Helper()
-	line, err := vm.Expect(context.Background(), what, timeout)
-	if err != nil {
-		t.Fatalf("console: waiting for %q: %v", what, err)
-	}
-	return line
-}
-
-func kubectl(kubeconfig, server string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	full := append([]string{"--kubeconfig", kubeconfig, "--server", server, "--request-timeout=50s"}, args...)
-	out, err := exec.CommandContext(ctx, bin("kubectl"), full...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// waitReadyz polls the API's /readyz from the host until it answers ok.
-func waitReadyz(t *testing.T, kubeconfig, server string) {
-	t.Helper()
-	var out string
-	var err error
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		if out, err = kubectl(kubeconfig, server, "get", "--raw", "/readyz"); err == nil && out == "ok" {
-			return
-		}
-	}
-	t.Fatalf("/readyz from the host: %q %v", out, err)
-}
 
 // TestMasterImage boots the master image with -kernel/-initrd and uses its
 // API from the host, then powers it off with the ACPI power button.
@@ -167,16 +57,16 @@ func TestMasterImage(t *testing.T) {
 
 	waitReadyz(t, kc, server)
 	t.Logf("figure: QEMU start to /readyz ok from the host: %s", time.Since(start).Round(100*time.Millisecond))
-	if out, err := kubectl(kc, server, "get", "--raw", "/version"); err != nil || !strings.Contains(out, `"gitVersion": "v1.37.`) {
+	if out, err := kubectl(kc, server).Run("get", "--raw", "/version"); err != nil || !strings.Contains(out, `"gitVersion": "v1.37.`) {
 		t.Fatalf("/version: %v %s", err, out)
 	}
-	if out, err := kubectl(kc, server, "create", "configmap", "vm-test", "--from-literal=a=b"); err != nil {
+	if out, err := kubectl(kc, server).Run("create", "configmap", "vm-test", "--from-literal=a=b"); err != nil {
 		t.Fatalf("create configmap: %v %s", err, out)
 	}
 	// The node's status from the host: every component ready, each one's
 	// memory from its cgroup (the memory controller is delegated), and
 	// the guest's memory in use.
-	out, err := execOut(bin("kiln"), "status", "--node", fmt.Sprintf("127.0.0.1:%d", vm.HostPort(10260)),
+	out, err := e2e.Kiln("status", "--node", fmt.Sprintf("127.0.0.1:%d", vm.HostPort(10260)),
 		"--cluster", filepath.Join(dir, "cluster"), "-o", "json")
 	if err != nil {
 		t.Fatalf("kiln status --node: %v\n%s", err, out)
@@ -233,13 +123,8 @@ func TestBadConfigReported(t *testing.T) {
 		t.Errorf("the error does not name the field: %s", line)
 	}
 	// The node stays up and says it again.
-	deadline := time.Now().Add(2 * time.Minute)
-	for strings.Count(vm.Console().Output(), "kiln: FATAL: ") < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the FATAL line was not repeated")
-		}
-		time.Sleep(time.Second)
-	}
+	testutil.Eventually(t, 2*time.Minute, time.Second, "the FATAL line repeated",
+		testutil.Until("a second FATAL line", func() bool { return strings.Count(vm.Console().Output(), "kiln: FATAL: ") >= 2 }))
 	select {
 	case <-vm.Done():
 		t.Fatal("the VM stopped after a config error")
@@ -288,7 +173,7 @@ func TestQcow2StatePersists(t *testing.T) {
 
 	vm, server := boot()
 	ready(server)
-	if out, err := kubectl(kc, server, "create", "configmap", "survivor", "--from-literal=k=kept"); err != nil {
+	if out, err := kubectl(kc, server).Run("create", "configmap", "survivor", "--from-literal=k=kept"); err != nil {
 		t.Fatalf("create configmap: %v %s", err, out)
 	}
 	// etcd has the write in its WAL (fsynced) once the API answered.
@@ -299,7 +184,7 @@ func TestQcow2StatePersists(t *testing.T) {
 
 	vm2, server2 := boot()
 	ready(server2)
-	out, err := kubectl(kc, server2, "get", "configmap", "survivor", "-o", "jsonpath={.data.k}")
+	out, err := kubectl(kc, server2).Run("get", "configmap", "survivor", "-o", "jsonpath={.data.k}")
 	if err != nil || out != "kept" {
 		t.Fatalf("after a hard power-off and reboot: %q %v", out, err)
 	}

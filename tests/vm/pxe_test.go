@@ -18,10 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"kiln/qemu"
-	"kiln/pxe/tftp"
-
 	"kiln/internal/testutil"
+	"kiln/internal/testutil/e2e"
+	"kiln/internal/testutil/netns"
+	"kiln/pxe/tftp"
+	"kiln/qemu"
 )
 
 // The PXE network of TestPXEWorkers, inside network namespaces the test
@@ -59,10 +60,7 @@ func TestPXEWorkers(t *testing.T) {
 	dir := t.TempDir()
 	// The cluster's endpoint is the master's address on the PXE network:
 	// it is what the worker image pins and dials.
-	if b, err := exec.Command(bin("kiln"), "gen", "cluster", "--name", "pxetest", "--endpoint", pxeMasterAddr+":6443",
-		"--out", filepath.Join(dir, "cluster")).CombinedOutput(); err != nil {
-		t.Fatalf("kiln gen cluster: %v\n%s", err, b)
-	}
+	e2e.GenCluster(t, dir, e2e.Cluster{Name: "pxetest", Endpoint: pxeMasterAddr + ":6443"})
 	masterCfg := filepath.Join(dir, "pxe-master.yaml")
 	os.WriteFile(masterCfg, []byte(fmt.Sprintf(`apiVersion: kiln.dev/v1alpha1
 kind: NodeConfig
@@ -84,11 +82,9 @@ default: refuse
 
 	n := newPXENet(t, "tap-m", "tap-bios", "tap-uefi", "tap-unk")
 	kc := filepath.Join(dir, "cluster", "admin.kubeconfig") // server: the master's address
-	k := func(args ...string) (string, error) {
-		return n.exec(append([]string{bin("kubectl"), "--kubeconfig", kc, "--request-timeout=30s"}, args...)...)
-	}
+	k := e2e.Kubectl{Kubeconfig: kc, Flags: []string{"--request-timeout=30s"}, Prefix: n.ns.Prefix()}.Run
 
-	mvm := bootKernel(t, master, nil, qemu.WithNetNS(n.ns), qemu.WithTapNet("tap-m", pxeMasterMAC),
+	mvm := bootKernel(t, master, nil, qemu.WithNetNS(n.ns.Name), qemu.WithTapNet("tap-m", pxeMasterMAC),
 		qemu.WithMemory(2048), qemu.WithCPUs(2))
 	expect(t, mvm, "] master ready", 8*time.Minute)
 
@@ -125,7 +121,7 @@ default: refuse
 	// 2. UEFI, kiln as the DHCP server, and an image that joins with a
 	// token of its own (kiln gen token, applied as a Secret); an unknown
 	// machine boots beside it.
-	tokenYAML, err := execOut(bin("kiln"), "gen", "token", "--ttl", "2h")
+	tokenYAML, err := e2e.Kiln("gen", "token", "--ttl", "2h")
 	if err != nil {
 		t.Fatalf("kiln gen token: %v\n%s", err, tokenYAML)
 	}
@@ -139,10 +135,8 @@ default: refuse
 		t.Fatalf("kubectl apply the token: %v\n%s", err, out)
 	}
 	batch := filepath.Join(dir, "worker-batch")
-	if out, err := runKiln("build", "--role", "worker", "--node-binary", bin("kiln-node"), "--cluster", filepath.Join(dir, "cluster"),
-		"--format", "pxe", "--token", token[1], "--out", batch); err != nil {
-		t.Fatalf("kiln build --token: %v\n%s", err, out)
-	}
+	e2e.MustKiln(t, "build", "--role", "worker", "--node-binary", e2e.Bin(e2e.KilnNodeBin), "--cluster", filepath.Join(dir, "cluster"),
+		"--format", "pxe", "--token", token[1], "--out", batch)
 	srv = n.startPXE(t, "--image", batch, "--machines", machines, "--dhcp-range", "10.121.0.150-10.121.0.199")
 	serverUp = time.Now()
 	uefi := n.bootPXE(t, "tap-uefi", pxeUEFIMAC, true)
@@ -173,45 +167,34 @@ default: refuse
 
 // pxeNet is the test's network namespaces.
 type pxeNet struct {
-	ns, router string
+	ns, router *netns.NS
 }
 
 func newPXENet(t *testing.T, taps ...string) *pxeNet {
 	t.Helper()
 	id := strconv.Itoa(os.Getpid() % 100000)
-	n := &pxeNet{ns: "kiln-pxe-" + id, router: "kiln-pxer-" + id}
-	for _, ns := range []string{n.ns, n.router} {
-		exec.Command("ip", "netns", "del", ns).Run() // a leftover of a killed run
-		mustRun(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		mustRun(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	mustRun(t, "ip", "-n", n.ns, "link", "add", "br0", "type", "bridge")
-	mustRun(t, "ip", "-n", n.ns, "addr", "add", pxeBridgeAddr+"/24", "dev", "br0")
-	mustRun(t, "ip", "-n", n.ns, "link", "set", "br0", "up")
-	mustRun(t, "ip", "-n", n.ns, "link", "add", "veth-r", "type", "veth", "peer", "name", "eth0", "netns", n.router)
-	mustRun(t, "ip", "-n", n.ns, "link", "set", "veth-r", "master", "br0", "up")
-	mustRun(t, "ip", "-n", n.router, "addr", "add", pxeRouterAddr+"/24", "dev", "eth0")
-	mustRun(t, "ip", "-n", n.router, "link", "set", "eth0", "up")
+	n := &pxeNet{ns: netns.New(t, "kiln-pxe-"+id), router: netns.New(t, "kiln-pxer-"+id)}
+	n.ns.Bridge(t, "br0")
+	n.ns.Addr(t, "br0", pxeBridgeAddr+"/24")
+	n.ns.Up(t, "br0")
+	n.ns.Veth(t, "veth-r", n.router, "eth0")
+	n.ns.Master(t, "veth-r", "br0")
+	n.ns.Up(t, "veth-r")
+	n.router.Addr(t, "eth0", pxeRouterAddr+"/24")
+	n.router.Up(t, "eth0")
 	for _, tap := range taps {
-		mustRun(t, "ip", "-n", n.ns, "tuntap", "add", tap, "mode", "tap")
-		mustRun(t, "ip", "-n", n.ns, "link", "set", tap, "master", "br0", "up")
+		n.ns.Tap(t, tap)
+		n.ns.Master(t, tap, "br0")
+		n.ns.Up(t, tap)
 	}
 	return n
-}
-
-func mustRun(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
 }
 
 // exec runs a command in the PXE network's namespace.
 func (n *pxeNet) exec(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.ns}, args...)...).CombinedOutput()
+	out, err := n.ns.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
 
@@ -238,10 +221,10 @@ func (b *bg) stop() error {
 	}
 }
 
-func startBG(t *testing.T, ns string, args ...string) *bg {
+func startBG(t *testing.T, ns *netns.NS, args ...string) *bg {
 	t.Helper()
 	b := &bg{log: &syncLog{}, done: make(chan struct{})}
-	b.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	b.cmd = ns.Command(args[0], args[1:]...)
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := b.cmd.Start(); err != nil {
@@ -252,7 +235,7 @@ func startBG(t *testing.T, ns string, args ...string) *bg {
 		b.cmd.Process.Kill() // after an exit: an error, ignored
 		<-b.done
 		if t.Failed() {
-			t.Logf("%s output (tail):\n%s", filepath.Base(args[0]), tail(b.log.String(), 40))
+			t.Logf("%s output (tail):\n%s", filepath.Base(args[0]), testutil.TailLines(b.log.String(), 40))
 		}
 	})
 	return b
@@ -261,15 +244,18 @@ func startBG(t *testing.T, ns string, args ...string) *bg {
 // startPXE runs kiln pxe serve on the bridge and waits until it serves.
 func (n *pxeNet) startPXE(t *testing.T, args ...string) *bg {
 	t.Helper()
-	b := startBG(t, n.ns, append([]string{bin("kiln"), "pxe", "serve", "--interface", "br0"}, args...)...)
-	select {
-	case <-b.done:
-		t.Fatalf("kiln pxe serve exited: %v\n%s", b.err, b.log.String())
-	case <-waitFor(func() bool { return strings.Contains(b.log.String(), "Ctrl-C stops") }, 30*time.Second):
-	}
-	if !strings.Contains(b.log.String(), "Ctrl-C stops") {
-		t.Fatalf("kiln pxe serve did not start:\n%s", b.log.String())
-	}
+	b := startBG(t, n.ns, append([]string{e2e.Bin(e2e.KilnBin), "pxe", "serve", "--interface", "br0"}, args...)...)
+	testutil.Eventually(t, 30*time.Second, 100*time.Millisecond, "kiln pxe serve started", func() error {
+		select {
+		case <-b.done:
+			t.Fatalf("kiln pxe serve exited: %v\n%s", b.err, b.log.String())
+		default:
+		}
+		if !strings.Contains(b.log.String(), "Ctrl-C stops") {
+			return fmt.Errorf("no \"Ctrl-C stops\" in its output:\n%s", b.log.String())
+		}
+		return nil
+	})
 	return b
 }
 
@@ -282,17 +268,19 @@ func (n *pxeNet) startDNSMasq(t *testing.T, dir string) *bg {
 		"--port=0", "--user=root", "--interface=eth0", "--bind-interfaces", "--dhcp-authoritative",
 		"--dhcp-range=10.121.0.100,10.121.0.149,255.255.255.0,1h",
 		"--dhcp-leasefile="+filepath.Join(dir, "leases"), "--pid-file="+filepath.Join(dir, "pid"))
-	<-waitFor(func() bool { return strings.Contains(b.log.String(), "DHCP, IP range") }, 10*time.Second)
-	if !strings.Contains(b.log.String(), "DHCP, IP range") {
-		t.Fatalf("dnsmasq did not start:\n%s", b.log.String())
-	}
+	testutil.Eventually(t, 10*time.Second, 100*time.Millisecond, "dnsmasq started", func() error {
+		if !strings.Contains(b.log.String(), "DHCP, IP range") {
+			return fmt.Errorf("no \"DHCP, IP range\" in its output:\n%s", b.log.String())
+		}
+		return nil
+	})
 	return b
 }
 
 // bootPXE boots a diskless VM on a tap of the bridge from its NIC's iPXE.
 func (n *pxeNet) bootPXE(t *testing.T, tap, mac string, uefi bool) *qemu.VM {
 	t.Helper()
-	opts := []qemu.Option{qemu.WithNetNS(n.ns), qemu.WithTapNet(tap, mac), qemu.WithBoot("n"),
+	opts := []qemu.Option{qemu.WithNetNS(n.ns.Name), qemu.WithTapNet(tap, mac), qemu.WithBoot("n"),
 		qemu.WithMemory(1536), qemu.WithCPUs(2), qemu.WithSerialLog(filepath.Join(t.TempDir(), "console.log"))}
 	if uefi {
 		opts = append(opts, qemu.WithOVMF())
@@ -312,15 +300,13 @@ func (n *pxeNet) bootPXE(t *testing.T, tap, mac string, uefi bool) *qemu.VM {
 
 func waitNodeReady(t *testing.T, k func(...string) (string, error), name string, d time.Duration) {
 	t.Helper()
-	var out string
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(3 * time.Second) {
-		var err error
-		out, err = k("get", "node", name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.kubeletVersion}`)
-		if err == nil && strings.HasPrefix(out, "True v1.37.") {
-			return
+	testutil.Eventually(t, d, 3*time.Second, "node "+name+" Ready", func() error {
+		out, err := k("get", "node", name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.kubeletVersion}`)
+		if err == nil && !strings.HasPrefix(out, "True v1.37.") {
+			err = fmt.Errorf("%s", out)
 		}
-	}
-	t.Fatalf("node %s not Ready after %v: %s", name, d, out)
+		return err
+	})
 }
 
 // reportServed logs what the server sent one machine, from its request log.
@@ -342,7 +328,7 @@ func reportServed(t *testing.T, log, mac, what string) {
 		}
 	}
 	if total == 0 {
-		t.Errorf("the server's log shows nothing sent to %s:\n%s", mac, tail(log, 30))
+		t.Errorf("the server's log shows nothing sent to %s:\n%s", mac, testutil.TailLines(log, 30))
 		return
 	}
 	t.Logf("FIGURE pxe: %s: %.1f MB served to %s (%s)", what, float64(total)/1e6, mac, strings.Join(files, ", "))
@@ -400,28 +386,10 @@ func (l *syncLog) wait(t *testing.T, d time.Duration, parts ...string) {
 		}
 		return false
 	}
-	<-waitFor(match, d)
-	if !match() {
-		t.Fatalf("no log line with %q in:\n%s", parts, tail(l.String(), 40))
-	}
-}
-
-// waitFor closes its channel once cond holds, or after d.
-func waitFor(cond func() bool, d time.Duration) <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		defer close(ch)
-		for deadline := time.Now().Add(d); time.Now().Before(deadline) && !cond(); {
-			time.Sleep(100 * time.Millisecond)
+	testutil.Eventually(t, d, 100*time.Millisecond, fmt.Sprintf("a log line with %q", parts), func() error {
+		if !match() {
+			return fmt.Errorf("none in:\n%s", testutil.TailLines(l.String(), 40))
 		}
-	}()
-	return ch
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+		return nil
+	})
 }
