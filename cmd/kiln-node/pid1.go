@@ -4,11 +4,12 @@ import (
 	"context"
 	"os"
 
+	"kiln/configs/image"
 	"kiln/init/boot"
 	"kiln/init/up"
 )
 
-// pid1 is the node binary's life as the image's /init: the boot phases
+// pid1 is the node binary's life as the image's /init: the boot steps
 // (mounts, modules, config, network, state disk), then the role's
 // components under the supervisor, exactly as `kiln-node up` runs them.
 func pid1() {
@@ -19,12 +20,7 @@ func pid1() {
 		}
 		// kiln.verbose on the kernel command line puts every component's
 		// output on the console too (for debugging a node with no network).
-		verbose := false
-		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
-			for _, p := range boot.ParseCmdline(string(b)).Params {
-				verbose = verbose || p.Key == boot.ParamVerbose
-			}
-		}
+		verbose := n.Cmdline.Has(image.ParamVerbose)
 		return up.Run(ctx, up.Options{
 			Config:     n.Config,
 			ClusterDir: n.ClusterDir,

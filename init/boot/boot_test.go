@@ -5,83 +5,123 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"kiln/configs/image"
 	"kiln/images/initramfs"
-
+	"kiln/init/boot/console"
 	"kiln/internal/testutil"
 )
 
 type syncBuf = testutil.SyncBuffer
 
-func TestConsoleFormat(t *testing.T) {
+func TestRunStep(t *testing.T) {
 	var out syncBuf
-	c := newConsole(&out, time.Now().Add(-4210*time.Millisecond))
-	c.stage("mounts done")
-	c.fatal(errors.New("config kiln.config=/etc/bad.yaml: line 3: unknown field \"rloe\"\nrole: bad"))
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if !regexp.MustCompile(`^kiln: \[   4\.2\ds\] mounts done$`).MatchString(lines[0]) {
-		t.Errorf("stage line %q", lines[0])
-	}
-	if lines[1] != `kiln: FATAL: config kiln.config=/etc/bad.yaml: line 3: unknown field "rloe" ; role: bad` {
-		t.Errorf("fatal line %q", lines[1])
-	}
-}
-
-func TestPhases(t *testing.T) {
-	var out syncBuf
-	m := newMachine(newConsole(&out, time.Now()), nil)
-	var mu sync.Mutex
-	var ran []string
-	note := func(s string) func(context.Context) error {
-		return func(context.Context) error { mu.Lock(); ran = append(ran, s); mu.Unlock(); return nil }
-	}
-	if err := m.runPhase(phase{"devices", []task{{"a", note("a")}, {"b", note("b")}}}); err != nil {
+	m := newMachine(console.New(&out, time.Now()), nil)
+	ran := false
+	if err := m.runStep(step{name: "devices", run: func(context.Context) error { ran = true; return nil }}); err != nil {
 		t.Fatal(err)
 	}
-	if len(ran) != 2 || !strings.Contains(out.String(), "devices: a done in") || !strings.Contains(out.String(), "] devices done (") {
+	if !ran || !strings.Contains(out.String(), "] devices done (") {
 		t.Errorf("ran %v\n%s", ran, out.String())
 	}
-	// A panicking task fails its phase instead of PID 1.
-	err := m.runPhase(phase{"bad", []task{{"boom", func(context.Context) error { panic("oops") }}, {"ok", note("ok")}}})
-	if err == nil || !strings.Contains(err.Error(), "boom panicked: oops") {
+	// A panicking step fails the boot instead of PID 1.
+	err := m.runStep(step{name: "boom", run: func(context.Context) error { panic("oops") }})
+	if err == nil || err.Error() != "boom panicked: oops" {
 		t.Errorf("panic: %v", err)
 	}
-	if strings.Contains(out.String(), "bad done") || !strings.Contains(out.String(), "kiln: PANIC in boom: oops") {
+	if strings.Contains(out.String(), "boom done") || !strings.Contains(out.String(), "kiln: PANIC in boom: oops\ngoroutine ") {
 		t.Errorf("console:\n%s", out.String())
 	}
-	err = m.runPhase(phase{"config", []task{{"config", func(context.Context) error { return errors.New("config x: bad") }}}})
+	err = m.runStep(step{name: "config", run: func(context.Context) error { return errors.New("config x: bad") }})
 	if err == nil || err.Error() != "config x: bad" {
-		t.Errorf("error %v, want it unwrapped (the FATAL line names the source, not the phase)", err)
+		t.Errorf("error %v, want it unwrapped (the FATAL line names the source, not the step)", err)
 	}
 }
 
-func TestRecoverTo(t *testing.T) {
+func TestBackgroundStep(t *testing.T) {
 	var out syncBuf
-	con := newConsole(&out, time.Now())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer recoverTo(con, "dhcp")
-		panic("bad lease")
-	}()
-	<-done
-	if !strings.Contains(out.String(), "kiln: PANIC in dhcp (recovered; the node stays up): bad lease") {
+	m := newMachine(console.New(&out, time.Now()), nil)
+	running := make(chan struct{})
+	if err := m.runStep(step{name: "reaper", loop: func(ctx context.Context) { close(running); <-ctx.Done() }}); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	if !strings.Contains(out.String(), "] reaper started\n") {
+		t.Errorf("console:\n%s", out.String())
+	}
+	// A panic ends the step, not PID 1, and says so.
+	stopped := make(chan struct{})
+	m.runStep(step{name: "dhcp", loop: func(context.Context) { defer close(stopped); panic("bad lease") }})
+	<-stopped
+	waitFor(t, &out, "warning: dhcp stopped: dhcp panicked: bad lease; the node stays up")
+	if !strings.Contains(out.String(), "kiln: PANIC in dhcp: bad lease") {
+		t.Errorf("console:\n%s", out.String())
+	}
+	// A step with nothing to do says why, and does not start.
+	m.runStep(step{name: "dhcp", loop: func(context.Context) { t.Error("skipped step started") }, skip: m.noLease})
+	if !strings.Contains(out.String(), "] dhcp not started: no DHCP lease to keep") {
+		t.Errorf("console:\n%s", out.String())
+	}
+	m.cancel()
+}
+
+func waitFor(t *testing.T, out *syncBuf, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), s); {
+		if time.Now().After(deadline) {
+			t.Fatalf("console lacks %q:\n%s", s, out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The sequence's order is the boot's: what a step needs comes before it.
+func TestSequence(t *testing.T) {
+	m := newMachine(console.New(nil, time.Now()), nil)
+	var names []string
+	for _, s := range m.sequence() {
+		if (s.run == nil) == (s.loop == nil) {
+			t.Errorf("step %s: want exactly one of run and loop", s.name)
+		}
+		names = append(names, s.name)
+	}
+	want := "mounts reaper modules power button config network dhcp hostname storage"
+	if got := strings.Join(names, " "); got != want {
+		t.Errorf("sequence %q, want %q", got, want)
+	}
+}
+
+func TestGuard(t *testing.T) {
+	var out syncBuf
+	con := console.New(&out, time.Now())
+	if err := guard(con, "x", func() error { return errors.New("plain") }); err == nil || err.Error() != "plain" {
+		t.Errorf("an error passes through: %v", err)
+	}
+	err := guard(con, "the role's bring-up", func() error { panic("bad") })
+	if err == nil || err.Error() != "the role's bring-up panicked: bad" {
+		t.Errorf("panic: %v", err)
+	}
+	if !strings.HasPrefix(out.String(), "kiln: PANIC in the role's bring-up: bad\ngoroutine ") {
 		t.Errorf("console:\n%s", out.String())
 	}
 }
 
 func TestCheckInitramfsComplete(t *testing.T) {
+	// The builder writes initramfs's marker and PID 1 checks image's:
+	// one name.
+	if initramfs.CompleteMarker != image.CompleteMarker {
+		t.Fatalf("the initramfs ends with %q, PID 1 looks for %q", initramfs.CompleteMarker, image.CompleteMarker)
+	}
 	root := t.TempDir()
 	err := checkInitramfsComplete(root)
-	if err == nil || !strings.Contains(err.Error(), "too little memory") || !strings.Contains(err.Error(), initramfs.CompleteMarker) {
+	if err == nil || !strings.Contains(err.Error(), "too little memory") || !strings.Contains(err.Error(), image.CompleteMarker) ||
+		!strings.Contains(err.Error(), image.MemoryAdvice()) {
 		t.Fatalf("a root without the marker: %v", err)
 	}
-	os.WriteFile(filepath.Join(root, initramfs.CompleteMarker), nil, 0o444)
+	os.WriteFile(filepath.Join(root, image.CompleteMarker), nil, 0o444)
 	if err := checkInitramfsComplete(root); err != nil {
 		t.Fatal(err)
 	}

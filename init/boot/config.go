@@ -13,20 +13,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
-)
-
-// Where the image keeps its config and cluster material.
-const (
-	// ConfigFile is the node config baked into the image.
-	ConfigFile = "/etc/kiln/config.yaml"
-	// ClusterDir is the cluster material baked into the image.
-	ClusterDir = "/etc/kiln/cluster"
-	// ConfigDriveLabel is the file system label of a config drive (FAT,
-	// ISO 9660 or ext4) holding a config.yaml.
-	ConfigDriveLabel = "KILN-CONFIG"
-	// ConfigDriveFile is the config's name on a config drive.
-	ConfigDriveFile = "config.yaml"
+	"kiln/init/boot/blkdev"
+	"kiln/init/boot/cmdline"
+	"kiln/init/boot/console"
 )
 
 // configLayer is one config document and where it came from.
@@ -40,7 +31,7 @@ type configLayer struct {
 // kiln.role= and kiln.hostname= from the kernel command line.
 type configStack struct {
 	layers    []configLayer
-	overrides []Param
+	overrides []cmdline.Param
 }
 
 // resolve stacks the layers over the defaults, then the overrides. Each
@@ -56,11 +47,11 @@ func (s *configStack) resolve() (node.Config, error) {
 	}
 	for _, p := range s.overrides {
 		switch p.Key {
-		case ParamRole:
+		case image.ParamRole:
 			cfg.Role = node.Role(p.Value)
-		case ParamHostname:
+		case image.ParamHostname:
 			cfg.Hostname = p.Value
-		case ParamStateDisk:
+		case image.ParamStateDisk:
 			cfg.Storage.StateDisk = p.Value
 		}
 		if err := cfg.Validate(); err != nil {
@@ -103,10 +94,10 @@ func (s *configStack) add(source string, data []byte) {
 
 // configInputs are where localConfig looks.
 type configInputs struct {
-	Embedded string                           // ConfigFile
+	Embedded string                           // image.ConfigFile
 	ReadFile func(string) ([]byte, error)     // os.ReadFile
 	Drive    func() (string, []byte, error)   // a config drive's source and config; "" when there is none
-	Cmdline  Cmdline                          //
+	Cmdline  cmdline.Cmdline                  // the kernel command line
 	Warn     func(format string, args ...any) // may be nil
 }
 
@@ -146,8 +137,8 @@ func localConfig(in configInputs) (*configStack, string, error) {
 		}
 	}
 	remote := ""
-	if v, ok := in.Cmdline.Get(ParamConfig); ok {
-		src := ParamConfig + "=" + v
+	if v, ok := in.Cmdline.Get(image.ParamConfig); ok {
+		src := image.Arg(image.ParamConfig, v)
 		switch {
 		case v == "":
 			return nil, "", fmt.Errorf("config %s: empty (want a path in the image or an http:// URL)", src)
@@ -162,7 +153,7 @@ func localConfig(in configInputs) (*configStack, string, error) {
 		}
 	}
 	for _, p := range in.Cmdline.Params {
-		if p.Key == ParamRole || p.Key == ParamHostname || p.Key == ParamStateDisk {
+		if p.Key == image.ParamRole || p.Key == image.ParamHostname || p.Key == image.ParamStateDisk {
 			s.overrides = append(s.overrides, p)
 		}
 	}
@@ -177,10 +168,10 @@ func unwrapPath(err error) error {
 	return err
 }
 
-// readConfigDrive looks for a block device labelled KILN-CONFIG, mounts it
-// read-only on mnt and reads its config.yaml.
-func readConfigDrive(devs []blockDevice, mnt string, warn func(string, ...any)) (string, []byte, error) {
-	found := findByLabel(devs, ConfigDriveLabel)
+// readConfigDrive looks for a block device labelled image.ConfigDriveLabel,
+// mounts it read-only on mnt and reads its image.ConfigDriveFile.
+func readConfigDrive(devs []blkdev.Device, mnt string, warn func(string, ...any)) (string, []byte, error) {
+	found := blkdev.FindByLabel(devs, image.ConfigDriveLabel)
 	if len(found) == 0 {
 		return "", nil, nil
 	}
@@ -193,7 +184,7 @@ func readConfigDrive(devs []blockDevice, mnt string, warn func(string, ...any)) 
 		warn("several config drives (%s): using %s", strings.Join(names, ", "), d.Path)
 	}
 	src := fmt.Sprintf("config drive %s", d.Path)
-	p, err := probeDevice(d.Path)
+	p, err := blkdev.ProbeDevice(d.Path)
 	if err != nil {
 		return "", nil, fmt.Errorf("config %s: %w", src, err)
 	}
@@ -204,21 +195,21 @@ func readConfigDrive(devs []blockDevice, mnt string, warn func(string, ...any)) 
 		return "", nil, err
 	}
 	if err := unix.Mount(d.Path, mnt, p.MountType(), unix.MS_RDONLY|all, ""); err != nil {
-		return "", nil, fmt.Errorf("config %s: mount %s: %w (is the %s module in %s?)", src, p.MountType(), err, p.MountType(), ModulesFile)
+		return "", nil, fmt.Errorf("config %s: mount %s: %w (is the %s module in %s?)", src, p.MountType(), err, p.MountType(), image.ModulesFile)
 	}
 	defer unix.Unmount(mnt, unix.MNT_DETACH)
-	data, err := os.ReadFile(filepath.Join(mnt, ConfigDriveFile))
+	data, err := os.ReadFile(filepath.Join(mnt, image.ConfigDriveFile))
 	if err != nil {
-		return "", nil, fmt.Errorf("config %s: no %s on it: %w", src, ConfigDriveFile, unwrapPath(err))
+		return "", nil, fmt.Errorf("config %s: no %s on it: %w", src, image.ConfigDriveFile, unwrapPath(err))
 	}
-	return src + "/" + ConfigDriveFile, data, nil
+	return src + "/" + image.ConfigDriveFile, data, nil
 }
 
 // fetchConfig gets a config over HTTP, retrying (1 s doubling to 30 s)
 // until it gets an answer or ctx ends: a PXE-booted node without its config
 // has nothing else to do, and the server may come up later. Each failure is
 // printed.
-func fetchConfig(ctx context.Context, url string, con *console) ([]byte, error) {
+func fetchConfig(ctx context.Context, url string, con *console.Console) ([]byte, error) {
 	client := &http.Client{
 		Timeout:   20 * time.Second,
 		Transport: &http.Transport{Proxy: nil, ResponseHeaderTimeout: 15 * time.Second},
@@ -232,7 +223,7 @@ func fetchConfig(ctx context.Context, url string, con *console) ([]byte, error) 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		con.warn("config %s=%s: attempt %d: %v; retrying in %s", ParamConfig, url, attempt, err, delay)
+		con.Warn("config %s=%s: attempt %d: %v; retrying in %s", image.ParamConfig, url, attempt, err, delay)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

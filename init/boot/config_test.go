@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
+	"kiln/init/boot/cmdline"
+	"kiln/init/boot/console"
 )
 
 // fakeRoot writes files under a temporary root and returns a ReadFile that
@@ -38,7 +41,7 @@ func drive(src, data string) func() (string, []byte, error) {
 
 func TestConfigPrecedence(t *testing.T) {
 	read := fakeRoot(t, map[string]string{
-		ConfigFile:          "role: master\nhostname: embedded\naddress: 10.0.0.1\nextraArgs:\n  kubelet:\n    v: \"1\"\n",
+		image.ConfigFile:    "role: master\nhostname: embedded\naddress: 10.0.0.1\nextraArgs:\n  kubelet:\n    v: \"1\"\n",
 		"/etc/kiln/x.yaml":  "hostname: from-path\nextraArgs:\n  kubelet:\n    max-pods: \"20\"\n",
 		"/etc/kiln/bad.yml": "role: worker\nrloe: master\n",
 	})
@@ -53,21 +56,21 @@ func TestConfigPrecedence(t *testing.T) {
 		addrSet   bool
 		wantError []string
 	}{
-		{name: "embedded only", role: node.RoleMaster, host: "embedded", sources: ConfigFile, addrSet: true},
+		{name: "embedded only", role: node.RoleMaster, host: "embedded", sources: image.ConfigFile, addrSet: true},
 		{name: "drive over embedded", drive: drive("config drive /dev/vdb/config.yaml", "role: worker\nhostname: drive\n"),
-			role: node.RoleWorker, host: "drive", sources: ConfigFile + ", config drive /dev/vdb/config.yaml", addrSet: true},
+			role: node.RoleWorker, host: "drive", sources: image.ConfigFile + ", config drive /dev/vdb/config.yaml", addrSet: true},
 		{name: "path over drive", cmdline: "kiln.config=/etc/kiln/x.yaml", drive: drive("drive", "hostname: drive\nrole: worker\n"),
-			role: node.RoleWorker, host: "from-path", sources: ConfigFile + ", drive, kiln.config=/etc/kiln/x.yaml", addrSet: true},
+			role: node.RoleWorker, host: "from-path", sources: image.ConfigFile + ", drive, kiln.config=/etc/kiln/x.yaml", addrSet: true},
 		{name: "overrides last", cmdline: "kiln.hostname=cmd kiln.config=/etc/kiln/x.yaml kiln.role=worker",
-			role: node.RoleWorker, host: "cmd", sources: ConfigFile + ", kiln.config=/etc/kiln/x.yaml, kiln.hostname=cmd, kiln.role=worker", addrSet: true},
+			role: node.RoleWorker, host: "cmd", sources: image.ConfigFile + ", kiln.config=/etc/kiln/x.yaml, kiln.hostname=cmd, kiln.role=worker", addrSet: true},
 		{name: "remote later", cmdline: "kiln.config=http://10.0.2.2:8080/node.yaml kiln.role=worker",
-			role: node.RoleWorker, host: "embedded", sources: ConfigFile + ", kiln.role=worker", remote: "http://10.0.2.2:8080/node.yaml", addrSet: true},
+			role: node.RoleWorker, host: "embedded", sources: image.ConfigFile + ", kiln.role=worker", remote: "http://10.0.2.2:8080/node.yaml", addrSet: true},
 		{name: "bad path", cmdline: "kiln.config=/etc/kiln/bad.yml",
 			wantError: []string{"config kiln.config=/etc/kiln/bad.yml: line 2", `unknown field "rloe"`}},
 		{name: "missing path", cmdline: "kiln.config=/etc/kiln/none.yaml",
 			wantError: []string{"config kiln.config=/etc/kiln/none.yaml", "no such file"}},
 		{name: "bad drive", drive: drive("config drive /dev/vdb/config.yaml", "role: boss\n"),
-			wantError: []string{"config config drive /dev/vdb/config.yaml: role:", `"boss"`, `"master"`}},
+			wantError: []string{"config config drive /dev/vdb/config.yaml: role:", `"boss"`, "master"}},
 		{name: "bad override", cmdline: "kiln.role=boss",
 			wantError: []string{"config kiln.role=boss: role:", `"boss"`}},
 		{name: "drive error", drive: func() (string, []byte, error) {
@@ -76,7 +79,7 @@ func TestConfigPrecedence(t *testing.T) {
 			wantError: []string{"/dev/sr0", "no config.yaml"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			stack, remote, err := localConfig(configInputs{Embedded: ConfigFile, ReadFile: read, Drive: tc.drive, Cmdline: ParseCmdline(tc.cmdline)})
+			stack, remote, err := localConfig(configInputs{Embedded: image.ConfigFile, ReadFile: read, Drive: tc.drive, Cmdline: cmdline.Parse(tc.cmdline)})
 			var cfg node.Config
 			if err == nil {
 				cfg, err = stack.resolve()
@@ -111,7 +114,7 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 
 	// Flags of one component merge across sources.
-	stack, _, err := localConfig(configInputs{Embedded: ConfigFile, ReadFile: read, Cmdline: ParseCmdline("kiln.config=/etc/kiln/x.yaml")})
+	stack, _, err := localConfig(configInputs{Embedded: image.ConfigFile, ReadFile: read, Cmdline: cmdline.Parse("kiln.config=/etc/kiln/x.yaml")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +129,7 @@ func TestConfigPrecedence(t *testing.T) {
 
 func TestConfigNoEmbedded(t *testing.T) {
 	read := fakeRoot(t, nil)
-	stack, _, err := localConfig(configInputs{Embedded: ConfigFile, ReadFile: read})
+	stack, _, err := localConfig(configInputs{Embedded: image.ConfigFile, ReadFile: read})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,18 +155,18 @@ func TestRemoteConfig(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	read := fakeRoot(t, map[string]string{ConfigFile: "role: master\nhostname: embedded\n"})
-	stack, remote, err := localConfig(configInputs{Embedded: ConfigFile, ReadFile: read, Cmdline: ParseCmdline("kiln.config=" + srv.URL + " kiln.hostname=cmd")})
+	read := fakeRoot(t, map[string]string{image.ConfigFile: "role: master\nhostname: embedded\n"})
+	stack, remote, err := localConfig(configInputs{Embedded: image.ConfigFile, ReadFile: read, Cmdline: cmdline.Parse("kiln.config=" + srv.URL + " kiln.hostname=cmd")})
 	if err != nil || remote != srv.URL {
 		t.Fatalf("%v %q", err, remote)
 	}
 	var out strings.Builder
-	con := newConsole(&out, time.Now())
+	con := console.New(&out, time.Now())
 	data, err := fetchConfig(context.Background(), remote, con)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stack.add(ParamConfig+"="+remote, data)
+	stack.add(image.Arg(image.ParamConfig, remote), data)
 	cfg, err := stack.resolve()
 	if err != nil {
 		t.Fatal(err)

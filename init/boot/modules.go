@@ -12,11 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ModulesFile lists the kernel modules PID 1 loads, one a line, in load
-// order (dependencies first: the image builder writes the closure), each
-// optionally followed by module parameters; '#' starts a comment.
-const ModulesFile = "/etc/kiln/modules"
-
 // moduleReport says what loadModules did.
 type moduleReport struct {
 	Loaded   []string // loaded now

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln/init/boot/console"
 )
 
 // powerRequest asks PID 1 to stop the node.
@@ -59,15 +61,14 @@ func disableCAD() error {
 }
 
 // watchSignals turns signals into power requests until stop is closed.
-func watchSignals(con *console, out chan<- powerRequest, stop <-chan struct{}) {
+func watchSignals(con *console.Console, out chan<- powerRequest, stop <-chan struct{}) {
 	ch := make(chan os.Signal, 8)
 	signal.Notify(ch, handledSignals...)
-	go func() {
-		defer recoverTo(con, "signals")
+	go guard(con, "signals", func() error {
 		for {
 			select {
 			case <-stop:
-				return
+				return nil
 			case sig := <-ch:
 				if r, ok := signalRequest(sig); ok {
 					send(out, r)
@@ -76,13 +77,13 @@ func watchSignals(con *console, out chan<- powerRequest, stop <-chan struct{}) {
 				if sig == unix.SIGQUIT {
 					buf := make([]byte, 1<<20)
 					buf = buf[:runtime.Stack(buf, true)]
-					con.raw("kiln: SIGQUIT: goroutines of PID 1:\n" + string(buf) + "\n")
+					con.Raw("kiln: SIGQUIT: goroutines of PID 1:\n" + string(buf) + "\n")
 					continue
 				}
-				con.stage("%s ignored", unix.SignalName(sig.(syscall.Signal)))
+				con.Stage("%s ignored", unix.SignalName(sig.(syscall.Signal)))
 			}
 		}
-	}()
+	})
 }
 
 // send delivers a request without ever blocking its sender.
@@ -135,7 +136,7 @@ func isPowerPress(ev []byte) bool {
 // watchPowerButton waits (a few seconds: the driver binds while modules
 // load) for the power button devices and turns each press into a power-off
 // request. Without one, only signals can stop the node: it says so.
-func watchPowerButton(ctx context.Context, con *console, out chan<- powerRequest) {
+func watchPowerButton(ctx context.Context, con *console.Console, out chan<- powerRequest) {
 	var devs []string
 	for i := 0; i < 50 && len(devs) == 0; i++ {
 		if devs = findPowerButtons("/sys/class/input", "/dev/input"); len(devs) == 0 {
@@ -145,24 +146,23 @@ func watchPowerButton(ctx context.Context, con *console, out chan<- powerRequest
 		}
 	}
 	if len(devs) == 0 {
-		con.warn("no ACPI power button (modules button and evdev): ACPI power-off will not work")
+		con.Warn("no ACPI power button (modules button and evdev): ACPI power-off will not work")
 		return
 	}
 	for _, d := range devs {
 		f, err := os.Open(d)
 		if err != nil {
-			con.warn("power button %s: %v", d, err)
+			con.Warn("power button %s: %v", d, err)
 			continue
 		}
-		go func() {
-			defer recoverTo(con, "power button")
+		go guard(con, "power button "+d, func() error {
 			defer f.Close()
 			buf := make([]byte, inputEventSize*16)
 			for {
 				n, err := io.ReadAtLeast(f, buf, inputEventSize)
 				if err != nil {
-					con.warn("power button %s: %v", d, err)
-					return
+					con.Warn("power button %s: %v", d, err)
+					return nil
 				}
 				for off := 0; off+inputEventSize <= n; off += inputEventSize {
 					if isPowerPress(buf[off : off+inputEventSize]) {
@@ -170,6 +170,6 @@ func watchPowerButton(ctx context.Context, con *console, out chan<- powerRequest
 					}
 				}
 			}
-		}()
+		})
 	}
 }

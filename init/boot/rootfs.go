@@ -4,17 +4,47 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"kiln/configs/image"
+	"kiln/init/boot/cmdline"
+	"kiln/init/boot/console"
+	"kiln/internal/fsutil"
 )
 
 // newRoot is where switchRoot builds the tmpfs root before moving it to /.
 const newRoot = "/.kiln-root"
+
+// earlyProc is what PID 1 reads from /proc before its early mounts.
+type earlyProc struct {
+	rootFSType string          // the file system at / ("rootfs": the initramfs); "" when unknown
+	cmdline    cmdline.Cmdline // the kernel command line
+}
+
+// readEarlyProc mounts /proc for the moment of reading the kernel command
+// line (PID 1's one read of it: the boot carries the result to every step
+// and to the role) and the root's file system type. /proc is unmounted
+// again because switchRoot moves every file under / and must not descend
+// into the kernel's files there.
+func readEarlyProc() (earlyProc, error) {
+	var e earlyProc
+	if err := os.MkdirAll("/proc", 0o555); err != nil {
+		return e, err
+	}
+	if err := unix.Mount("proc", "/proc", "proc", all, ""); err != nil {
+		return e, fmt.Errorf("mount /proc: %w", err)
+	}
+	defer unix.Unmount("/proc", 0)
+	fstype, ferr := rootFSType("/proc/self/mountinfo")
+	cl, cerr := cmdline.Read("/proc/cmdline")
+	e.rootFSType, e.cmdline = fstype, cl
+	return e, errors.Join(ferr, cerr)
+}
 
 // switchRoot moves the initramfs into a tmpfs and re-executes /init there.
 //
@@ -28,24 +58,16 @@ const newRoot = "/.kiln-root"
 // It returns nil without doing anything when / is not rootfs (this is the
 // re-executed PID 1, or the image was booted from a real root). On success
 // it does not return.
-func switchRoot(con *console) error {
-	if err := os.MkdirAll("/proc", 0o555); err != nil {
-		return err
-	}
-	if err := unix.Mount("proc", "/proc", "proc", all, ""); err != nil {
-		return fmt.Errorf("mount /proc: %w", err)
-	}
-	fstype, err := rootFSType("/proc/self/mountinfo")
-	cmdline, _ := os.ReadFile("/proc/cmdline")
-	_ = unix.Unmount("/proc", 0)
-	if err != nil {
-		return err
-	}
-	if fstype != "rootfs" {
+func switchRoot(con *console.Console, early earlyProc) error {
+	switch early.rootFSType {
+	case "":
+		return errors.New("the root's file system type is unknown")
+	case "rootfs":
+	default:
 		return nil
 	}
-	if v, _ := ParseCmdline(string(cmdline)).Get(ParamSwitchRoot); v == "off" || v == "0" || v == "false" {
-		con.stage("root stays on the initramfs (%s=%s): containers cannot pivot_root", ParamSwitchRoot, v)
+	if v, _ := early.cmdline.Get(image.ParamSwitchRoot); v == "off" || v == "0" || v == "false" {
+		con.Stage("root stays on the initramfs (%s=%s): containers cannot pivot_root", image.ParamSwitchRoot, v)
 		return nil
 	}
 
@@ -59,7 +81,7 @@ func switchRoot(con *console) error {
 	if err != nil {
 		// Some files are moved, some not, and there is no going back:
 		// the new root is still the better one (a tmpfs). Say so loudly.
-		con.warn("moving the root to tmpfs failed after %d files: %v", n, err)
+		con.Warn("moving the root to tmpfs failed after %d files: %v", n, err)
 	}
 	if err := os.Chdir(newRoot); err != nil {
 		return err
@@ -73,7 +95,7 @@ func switchRoot(con *console) error {
 	if err := os.Chdir("/"); err != nil {
 		return err
 	}
-	con.stage("root moved to tmpfs (%d files, %.1f MB); restarting /init", n, float64(size)/1e6)
+	con.Stage("root moved to tmpfs (%d files, %.1f MB); restarting /init", n, float64(size)/1e6)
 	argv := os.Args
 	if len(argv) == 0 {
 		argv = []string{"/init"}
@@ -199,7 +221,9 @@ func moveOne(s, d string, skip map[string]bool) (int, int64, error) {
 			return 0, 0, err
 		}
 	case unix.S_IFREG:
-		n, err := copyFile(s, d)
+		// 0600 until the chmod below gives the source's mode: it comes
+		// after the chown, which would clear set-id bits.
+		n, err := fsutil.CopyFile(d, s, 0o600)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -225,21 +249,4 @@ func moveOne(s, d string, skip map[string]bool) (int, int64, error) {
 	// directory that is a mount point (/proc) stays.
 	_ = os.Remove(s)
 	return files, size, nil
-}
-
-func copyFile(src, dst string) (int64, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return 0, err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return 0, err
-	}
-	n, err := io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return n, err
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln/init/boot/console"
 )
 
 // pfKthread is PF_KTHREAD in /proc/PID/stat's flags.
@@ -50,7 +52,7 @@ func userProcesses(proc string) []int {
 
 // killAll sends SIGTERM to every process left, waits up to timeout for
 // them to exit, then SIGKILLs the rest. kill(-1) reaches all but PID 1.
-func killAll(con *console, timeout time.Duration) {
+func killAll(con *console.Console, timeout time.Duration) {
 	if len(userProcesses("/proc")) == 0 {
 		return
 	}
@@ -64,7 +66,7 @@ func killAll(con *console, timeout time.Duration) {
 	}
 	left := userProcesses("/proc")
 	if len(left) > 0 {
-		con.stage("%d processes left after SIGTERM: SIGKILL", len(left))
+		con.Stage("%d processes left after SIGTERM: SIGKILL", len(left))
 		_ = unix.Kill(-1, unix.SIGKILL)
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -76,7 +78,7 @@ var keepMounted = map[string]bool{"/": true, "/proc": true, "/sys": true, "/dev"
 
 // unmountAll unmounts everything but keepMounted, deepest first. A busy
 // file system is remounted read-only (so its data is safe) and detached.
-func unmountAll(con *console) (n int) {
+func unmountAll(con *console.Console) (n int) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return 0
@@ -100,7 +102,7 @@ func unmountAll(con *console) (n int) {
 		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
 			// already gone with its parent
 		default:
-			con.warn("unmount %s: %v", t, err)
+			con.Warn("unmount %s: %v", t, err)
 		}
 	}
 	return n

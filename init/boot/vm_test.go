@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln/configs/image"
 	"kiln/images/initramfs"
 	"kiln/images/kernel"
 	"kiln/qemu"
@@ -78,8 +79,7 @@ func TestMain(m *testing.M) {
 func buildTestImage() (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	kernel.Logf = nil
-	k, err := kernel.Fetch(ctx, kernel.DefaultCacheDir(), kernel.Cloud)
+	k, err := kernel.FetchWith(ctx, kernel.Options{Flavour: kernel.Cloud}) // no Progress: silent
 	if err != nil {
 		return "", "", err
 	}
@@ -175,7 +175,7 @@ func expect(t *testing.T, ctx context.Context, vm *qemu.VM, timeout time.Duratio
 
 var stageLine = regexp.MustCompile(`kiln: \[\s*([0-9.]+)s\] (\S+) done`)
 
-// stageTimes returns the "<phase> done" lines' times, in console order.
+// stageTimes returns the "<step> done" lines' times, in console order.
 func stageTimes(out string) (names []string, times []float64) {
 	for _, m := range stageLine.FindAllStringSubmatch(out, -1) {
 		v, _ := strconv.ParseFloat(m[1], 64)
@@ -186,24 +186,28 @@ func stageTimes(out string) (names []string, times []float64) {
 }
 
 // TestVMBootDHCPAndPowerButton boots diskless with DHCP on QEMU's user
-// network, checks each phase and what up gets, then presses the ACPI power
+// network, checks each step and what up gets, then presses the ACPI power
 // button and expects a clean power-off.
 func TestVMBootDHCPAndPowerButton(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	vm := bootVM(t, ctx, qemu.WithUserNet())
+	vm := bootVM(t, ctx, qemu.WithUserNet(), qemu.WithAppend(image.Arg(image.ParamBoot, image.BootKernel)))
 	expect(t, ctx, vm, 90*time.Second,
 		"root moved to tmpfs",
+		"booted from kernel",
 		"cgroups: cpuset cpu io memory hugetlb pids for /sys/fs/cgroup/kiln",
 		"mounts done",
+		"reaper started",
 		"modules done",
+		"power button started",
 		"config: role worker from /etc/kiln/config.yaml",
 		"config done",
 		// QEMU's DHCP server sends no router and no DNS server with
 		// restrict=on.
 		"network: eth0 10.0.2.15/24 (dhcp from 10.0.2.2, lease 24h0m0s)",
 		"network done",
+		"dhcp started",
 		"hostname: kiln-123456 (from the first NIC's MAC address)",
 		"hostname done",
 		"storage: diskless",
@@ -229,11 +233,11 @@ func TestVMBootDHCPAndPowerButton(t *testing.T) {
 	names, times := stageTimes(vm.Console().Output())
 	want := []string{"mounts", "modules", "config", "network", "hostname", "storage"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
-		t.Errorf("phases in order %v, want %v", names, want)
+		t.Errorf("steps in order %v, want %v", names, want)
 	}
 	for i := 1; i < len(times); i++ {
 		if times[i] < times[i-1] {
-			t.Errorf("phase times go back: %v", times)
+			t.Errorf("step times go back: %v", times)
 		}
 	}
 
@@ -252,7 +256,7 @@ func TestVMBootDHCPAndPowerButton(t *testing.T) {
 			t.Errorf("console lacks %q", s)
 		}
 	}
-	t.Logf("up called %v after QEMU started; phases done at %v s (since kernel start); powered off %v after the button",
+	t.Logf("up called %v after QEMU started; steps done at %v s (since kernel start); powered off %v after the button",
 		upAt.Round(100*time.Millisecond), times, time.Since(downStart).Round(100*time.Millisecond))
 }
 
@@ -266,13 +270,13 @@ func TestVMStateDisk(t *testing.T) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", disk, "1G").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
-	cmdline := qemu.WithAppend(ParamConfig + "=/etc/kiln/disk.yaml")
+	cmdline := qemu.WithAppend(image.Arg(image.ParamConfig, "/etc/kiln/disk.yaml"))
 
 	// A config drive for the second boot: ext4 labelled KILN-CONFIG.
 	driveDir := t.TempDir()
 	os.WriteFile(filepath.Join(driveDir, "config.yaml"), []byte("hostname: from-drive\n"), 0o644)
 	configDrive := filepath.Join(t.TempDir(), "config.img")
-	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-L", ConfigDriveLabel, "-d", driveDir, configDrive, "4M").CombinedOutput(); err != nil {
+	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-L", image.ConfigDriveLabel, "-d", driveDir, configDrive, "4M").CombinedOutput(); err != nil {
 		t.Fatalf("mke2fs config drive: %v: %s", err, out)
 	}
 
@@ -299,8 +303,13 @@ func TestVMStateDisk(t *testing.T) {
 		"kiln-test: up called role=worker data=/var/lib/kiln host=from-drive",
 		"kiln-test: marker found: written at boot kiln",
 	)
-	if strings.Contains(vm.Console().Output(), "formatting") {
+	out := vm.Console().Output()
+	if strings.Contains(out, "formatting") {
 		t.Error("the second boot formatted the disk again")
+	}
+	// No kiln.boot= on this command line: nothing said about it.
+	if strings.Contains(out, "booted from") {
+		t.Error("a boot method reported without kiln.boot=")
 	}
 	t.Logf("first boot (format) to marker: %v; second boot to marker: %v",
 		first.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
@@ -313,7 +322,7 @@ func TestVMBadConfig(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	vm := bootVM(t, ctx, qemu.WithAppend(ParamConfig+"=/etc/kiln/bad.yaml"))
+	vm := bootVM(t, ctx, qemu.WithAppend(image.Arg(image.ParamConfig, "/etc/kiln/bad.yaml")))
 	want := `kiln: FATAL: config kiln.config=/etc/kiln/bad.yaml: line 2: unknown field "rloe"`
 	expect(t, ctx, vm, 90*time.Second, want)
 	fatalAt := time.Since(start)

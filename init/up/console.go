@@ -1,32 +1,23 @@
 package up
 
 import (
-	"fmt"
 	"io"
-	"sync"
 	"time"
+
+	bootconsole "kiln/init/boot/console"
 )
 
 // console prints the stage lines a person (or a test reading the serial
-// console) follows: "kiln: [  4.21s] etcd ready".
-type console struct {
-	mu      sync.Mutex
-	w       io.Writer
-	started time.Time
-}
+// console) follows: "kiln: [  4.21s] etcd ready". The format is the boot's
+// (init/boot/console), so that PID 1's lines and the bring-up's read as
+// one timeline.
+type console struct{ c *bootconsole.Console }
 
+// newConsole writes to w with times counted from started (now when zero).
+// Under PID 1, w is the boot's console itself: the lines come out whole
+// between the boot's.
 func newConsole(w io.Writer, started time.Time) *console {
-	if w == nil {
-		w = io.Discard
-	}
-	if started.IsZero() {
-		started = time.Now()
-	}
-	return &console{w: w, started: started}
+	return &console{c: bootconsole.New(w, started)}
 }
 
-func (c *console) stage(format string, args ...any) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	fmt.Fprintf(c.w, "kiln: [%7.2fs] %s\n", time.Since(c.started).Seconds(), fmt.Sprintf(format, args...))
-}
+func (c *console) stage(format string, args ...any) { c.c.Stage(format, args...) }

@@ -1,4 +1,9 @@
-package boot
+// Package blkdev tells what a block device holds from its first and last
+// bytes (file system type and label, partition table, blank), without
+// blkid, and lists the machine's block devices. PID 1 uses it to find a
+// config drive by label and to decide whether a state disk may be
+// formatted.
+package blkdev
 
 import (
 	"bytes"
@@ -154,8 +159,8 @@ func identify(h []byte) (Probe, bool) {
 	return Probe{}, false
 }
 
-// probeDevice probes a block device by path.
-func probeDevice(dev string) (Probe, error) {
+// ProbeDevice probes a block device by path.
+func ProbeDevice(dev string) (Probe, error) {
 	f, err := os.Open(dev)
 	if err != nil {
 		return Probe{}, err
@@ -171,21 +176,21 @@ func probeDevice(dev string) (Probe, error) {
 	return probe(f, size)
 }
 
-// blockDevice is a block device found in sysfs.
-type blockDevice struct {
+// Device is a block device found in sysfs.
+type Device struct {
 	Name string // vda, vda1, sr0
 	Path string // /dev/vda
 }
 
-// blockDevices lists the block devices under sysClassBlock (/sys/class/block)
+// List lists the block devices under sysClassBlock (/sys/class/block)
 // worth looking at for a config drive or a state disk label, sorted by name.
 // RAM disks, loop devices and zram are left out.
-func blockDevices(sysClassBlock, devDir string) []blockDevice {
+func List(sysClassBlock, devDir string) []Device {
 	ents, err := os.ReadDir(sysClassBlock)
 	if err != nil {
 		return nil
 	}
-	var out []blockDevice
+	var out []Device
 	for _, e := range ents {
 		n := e.Name()
 		if strings.HasPrefix(n, "loop") || strings.HasPrefix(n, "ram") || strings.HasPrefix(n, "zram") {
@@ -196,18 +201,18 @@ func blockDevices(sysClassBlock, devDir string) []blockDevice {
 				continue // an empty CD-ROM drive
 			}
 		}
-		out = append(out, blockDevice{Name: n, Path: filepath.Join(devDir, n)})
+		out = append(out, Device{Name: n, Path: filepath.Join(devDir, n)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// findByLabel returns the devices whose file system label is label (case
+// FindByLabel returns the devices whose file system label is label (case
 // does not matter: FAT labels are upper case).
-func findByLabel(devs []blockDevice, label string) []blockDevice {
-	var out []blockDevice
+func FindByLabel(devs []Device, label string) []Device {
+	var out []Device
 	for _, d := range devs {
-		p, err := probeDevice(d.Path)
+		p, err := ProbeDevice(d.Path)
 		if err == nil && p.Label != "" && strings.EqualFold(p.Label, label) {
 			out = append(out, d)
 		}

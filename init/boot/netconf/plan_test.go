@@ -1,4 +1,4 @@
-package boot
+package netconf
 
 import (
 	"net"
@@ -39,7 +39,7 @@ func TestLeasePlan(t *testing.T) {
 		dhcpv4.WithOption(dhcpv4.OptDomainSearch(&rfc1035label.Labels{Labels: []string{"corp.example", "example"}})),
 		dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionInterfaceMTU, Value: dhcpv4.OptionGeneric{Data: []byte{0x05, 0xdc}}}),
 	)
-	p, err := leasePlan("eth0", full, nil)
+	p, err := LeasePlan("eth0", full, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestLeasePlan(t *testing.T) {
 	}
 
 	// The config's dns replaces the server's.
-	p, err = leasePlan("eth0", full, []string{"9.9.9.9"})
+	p, err = LeasePlan("eth0", full, []string{"9.9.9.9"})
 	if err != nil || len(p.DNS) != 1 || p.DNS[0].String() != "9.9.9.9" {
 		t.Errorf("dns override: %v %v", err, p.DNS)
 	}
@@ -66,7 +66,7 @@ func TestLeasePlan(t *testing.T) {
 	// QEMU's DHCP server with restrict=on: no router, no DNS, no mask
 	// beyond the default; explicit T1.
 	bare := ack(t, dhcpv4.WithLeaseTime(86400), dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(600*time.Second)))
-	p, err = leasePlan("eth0", bare, nil)
+	p, err = LeasePlan("eth0", bare, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +79,11 @@ func TestLeasePlan(t *testing.T) {
 
 	// No address: an error.
 	noAddr, _ := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
-	if _, err := leasePlan("eth0", noAddr, nil); err == nil {
+	if _, err := LeasePlan("eth0", noAddr, nil); err == nil {
 		t.Error("an ACK without yiaddr was accepted")
 	}
 	// An infinite lease is never renewed.
-	inf, _ := leasePlan("eth0", ack(t, dhcpv4.WithLeaseTime(0xffffffff)), nil)
+	inf, _ := LeasePlan("eth0", ack(t, dhcpv4.WithLeaseTime(0xffffffff)), nil)
 	if inf.Lease != 0 {
 		t.Errorf("infinite lease %v", inf.Lease)
 	}
@@ -91,7 +91,7 @@ func TestLeasePlan(t *testing.T) {
 
 func TestRenewDelay(t *testing.T) {
 	got := time.Unix(1000, 0)
-	p := ifPlan{Lease: time.Hour, T1: 30 * time.Minute, T2: 52 * time.Minute}
+	p := Plan{Lease: time.Hour, T1: 30 * time.Minute, T2: 52 * time.Minute}
 	for _, tc := range []struct {
 		at      time.Duration
 		wait    time.Duration
@@ -109,14 +109,14 @@ func TestRenewDelay(t *testing.T) {
 			t.Errorf("at %v: %v %v, want %v %v", tc.at, wait, expired, tc.wait, tc.expired)
 		}
 	}
-	if w, e := renewDelay(ifPlan{}, got, got.Add(time.Hour)); w != 0 || e {
+	if w, e := renewDelay(Plan{}, got, got.Add(time.Hour)); w != 0 || e {
 		t.Errorf("infinite: %v %v", w, e)
 	}
 }
 
 func TestStaticPlan(t *testing.T) {
 	f := false
-	p, err := staticPlan("eth1", node.Network{DHCP: &f, Address: "192.168.1.10/24", Gateway: "192.168.1.1", DNS: []string{"192.168.1.1"}})
+	p, err := StaticPlan("eth1", node.Network{DHCP: &f, Address: "192.168.1.10/24", Gateway: "192.168.1.1", DNS: []string{"192.168.1.1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,14 +151,14 @@ func TestNICsAndHostname(t *testing.T) {
 		"eth0": {"1", "2", "52:54:00:12:34:56", "0"},
 		"br0":  {"1", "4", "52:54:00:00:00:01", "1"},
 	})
-	nics := listNICs(dir)
+	nics := ListNICs(dir)
 	if nicNames(nics) != "eth0, eth1" {
 		t.Fatalf("nics %s", nicNames(nics))
 	}
-	if h := defaultHostname(nics); h != "kiln-123456" {
+	if h := DefaultHostname(nics); h != "kiln-123456" {
 		t.Errorf("hostname %s", h)
 	}
-	if h := defaultHostname(nil); h != "kiln" {
+	if h := DefaultHostname(nil); h != "kiln" {
 		t.Errorf("hostname without NIC %s", h)
 	}
 	if c, ok := chooseNIC(nics, node.Network{}); !ok || c.Name != "eth1" {

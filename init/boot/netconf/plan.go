@@ -1,4 +1,4 @@
-package boot
+package netconf
 
 import (
 	"encoding/binary"
@@ -18,9 +18,9 @@ import (
 	"kiln/configs/node"
 )
 
-// ifPlan is what the network phase applies to an interface: from the
+// Plan is what the network step applies to an interface: from the
 // config (static) or from a DHCP lease.
-type ifPlan struct {
+type Plan struct {
 	Interface string
 	Addr      netip.Prefix
 	Gateway   netip.Addr // invalid: no default route
@@ -34,7 +34,7 @@ type ifPlan struct {
 	T1, T2 time.Duration
 }
 
-func (p ifPlan) String() string {
+func (p Plan) String() string {
 	s := fmt.Sprintf("%s %s", p.Interface, p.Addr)
 	if p.Gateway.IsValid() {
 		s += " via " + p.Gateway.String()
@@ -61,9 +61,9 @@ func (p ifPlan) String() string {
 	return s
 }
 
-// staticPlan turns the config's network section into a plan.
-func staticPlan(ifname string, n node.Network) (ifPlan, error) {
-	p := ifPlan{Interface: ifname}
+// StaticPlan turns the config's network section into a plan.
+func StaticPlan(ifname string, n node.Network) (Plan, error) {
+	p := Plan{Interface: ifname}
 	var err error
 	if p.Addr, err = netip.ParsePrefix(n.Address); err != nil {
 		return p, fmt.Errorf("network.address: %w", err)
@@ -91,10 +91,10 @@ func parseAddrs(ss []string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// leasePlan turns a DHCP ACK into a plan. dnsOverride (the config's
+// LeasePlan turns a DHCP ACK into a plan. dnsOverride (the config's
 // network.dns), when not empty, replaces the servers offered.
-func leasePlan(ifname string, ack *dhcpv4.DHCPv4, dnsOverride []string) (ifPlan, error) {
-	p := ifPlan{Interface: ifname, DHCP: true}
+func LeasePlan(ifname string, ack *dhcpv4.DHCPv4, dnsOverride []string) (Plan, error) {
+	p := Plan{Interface: ifname, DHCP: true}
 	if ack == nil {
 		return p, errors.New("no DHCP answer")
 	}
@@ -171,7 +171,7 @@ func leasePlan(ifname string, ack *dhcpv4.DHCPv4, dnsOverride []string) (ifPlan,
 // lease obtained at got, at time now: T1 for the first, then half the time
 // left before the lease expires (at least 10 s, as RFC 2131 4.4.5 suggests
 // 60 s and QEMU's tests want less). expired is true once the lease is over.
-func renewDelay(p ifPlan, got, now time.Time) (wait time.Duration, expired bool) {
+func renewDelay(p Plan, got, now time.Time) (wait time.Duration, expired bool) {
 	if p.Lease <= 0 {
 		return 0, false
 	}
@@ -190,7 +190,7 @@ func renewDelay(p ifPlan, got, now time.Time) (wait time.Duration, expired bool)
 }
 
 // resolvConf is /etc/resolv.conf for a plan.
-func (p ifPlan) resolvConf() []byte {
+func (p Plan) resolvConf() []byte {
 	var b strings.Builder
 	b.WriteString("# written by kiln's PID 1 (" + p.Interface + ")\n")
 	if len(p.Search) > 0 {
@@ -202,38 +202,38 @@ func (p ifPlan) resolvConf() []byte {
 	return []byte(b.String())
 }
 
-// nic is a network interface as sysfs shows it.
-type nic struct {
+// NIC is a network interface as sysfs shows it.
+type NIC struct {
 	Name    string
 	Index   int
 	MAC     net.HardwareAddr
 	Carrier bool
 }
 
-// listNICs returns the Ethernet interfaces backed by a device (not lo, not
+// ListNICs returns the Ethernet interfaces backed by a device (not lo, not
 // bridges or veths), sorted by interface index: the kernel numbers them in
 // the order their drivers found them.
-func listNICs(sysClassNet string) []nic {
-	ents, err := os.ReadDir(sysClassNet)
+func ListNICs(SysClassNet string) []NIC {
+	ents, err := os.ReadDir(SysClassNet)
 	if err != nil {
 		return nil
 	}
 	read := func(name, attr string) string {
-		b, _ := os.ReadFile(filepath.Join(sysClassNet, name, attr))
+		b, _ := os.ReadFile(filepath.Join(SysClassNet, name, attr))
 		return strings.TrimSpace(string(b))
 	}
-	var out []nic
+	var out []NIC
 	for _, e := range ents {
 		n := e.Name()
 		if read(n, "type") != "1" { // ARPHRD_ETHER
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(sysClassNet, n, "device")); err != nil {
+		if _, err := os.Stat(filepath.Join(SysClassNet, n, "device")); err != nil {
 			continue // virtual
 		}
 		idx, _ := strconv.Atoi(read(n, "ifindex"))
 		mac, _ := net.ParseMAC(read(n, "address"))
-		out = append(out, nic{Name: n, Index: idx, MAC: mac, Carrier: read(n, "carrier") == "1"})
+		out = append(out, NIC{Name: n, Index: idx, MAC: mac, Carrier: read(n, "carrier") == "1"})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
 	return out
@@ -241,18 +241,18 @@ func listNICs(sysClassNet string) []nic {
 
 // chooseNIC picks the interface the config names, or the first with a
 // carrier.
-func chooseNIC(nics []nic, n node.Network) (nic, bool) {
+func chooseNIC(nics []NIC, n node.Network) (NIC, bool) {
 	for _, c := range nics {
 		if n.AutoInterface() && c.Carrier || !n.AutoInterface() && c.Name == n.Interface {
 			return c, true
 		}
 	}
-	return nic{}, false
+	return NIC{}, false
 }
 
-// defaultHostname is the hostname of a node whose config names none:
+// DefaultHostname is the hostname of a node whose config names none:
 // kiln- and the last three bytes of its first NIC's MAC address.
-func defaultHostname(nics []nic) string {
+func DefaultHostname(nics []NIC) string {
 	for _, n := range nics {
 		if len(n.MAC) >= 3 {
 			m := n.MAC[len(n.MAC)-3:]

@@ -1,26 +1,11 @@
-package boot
+// Package cmdline parses the kernel command line the way the kernel does.
+// PID 1 reads /proc/cmdline once (init/boot) and hands the parsed result
+// to every step that needs a kiln.* key (configs/image names them).
+package cmdline
 
-import "strings"
-
-// Kernel command line keys PID 1 reads.
-const (
-	// ParamConfig is a node config to stack over the embedded one: a path
-	// in the image, or an http:// or https:// URL fetched once the network
-	// is up.
-	ParamConfig = "kiln.config"
-	// ParamRole overrides the config's role (master or worker).
-	ParamRole = "kiln.role"
-	// ParamHostname overrides the config's hostname.
-	ParamHostname = "kiln.hostname"
-	// ParamStateDisk overrides the config's storage.stateDisk (a qcow2
-	// image names its own state partition with it).
-	ParamStateDisk = "kiln.statedisk"
-	// ParamSwitchRoot=off keeps the initramfs root instead of moving it to
-	// a tmpfs (see switchRoot).
-	ParamSwitchRoot = "kiln.switchroot"
-	// ParamVerbose puts every component's output on the console as well as
-	// in its log file.
-	ParamVerbose = "kiln.verbose"
+import (
+	"os"
+	"strings"
 )
 
 // Param is one kernel command line parameter.
@@ -36,11 +21,20 @@ type Cmdline struct {
 	Params []Param
 }
 
-// ParseCmdline splits a kernel command line the way the kernel does: words
-// are separated by spaces outside double quotes; a quote may surround a
-// whole word ("key=a b") or a value (key="a b"), and the quotes are not
-// part of the key or value. The "--" separator is skipped.
-func ParseCmdline(s string) Cmdline {
+// Read reads and parses a command line file (/proc/cmdline).
+func Read(path string) (Cmdline, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Cmdline{}, err
+	}
+	return Parse(string(b)), nil
+}
+
+// Parse splits a kernel command line the way the kernel does: words are
+// separated by spaces outside double quotes; a quote may surround a whole
+// word ("key=a b") or a value (key="a b"), and the quotes are not part of
+// the key or value. The "--" separator is skipped.
+func Parse(s string) Cmdline {
 	var c Cmdline
 	for _, w := range splitQuoted(s) {
 		if w == "--" {
@@ -112,4 +106,11 @@ func (c Cmdline) Get(key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// Has reports whether key occurs at all, with or without a value (a flag
+// such as kiln.verbose).
+func (c Cmdline) Has(key string) bool {
+	_, ok := c.Get(key)
+	return ok
 }

@@ -1,0 +1,107 @@
+package boot
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"kiln/init/boot/console"
+)
+
+// A step is one named piece of the boot. The boot runs its steps one after
+// the other, in the order of sequence: each needs what the ones before it
+// made (the config drive needs the block and file system modules, the
+// remote config the network), so no two foreground steps run at once.
+//
+// A foreground step (run) is waited for; it prints "<name> done (1.23s)"
+// and its error ends the boot. A background step (loop) is started in a
+// goroutine of its own that lives as long as PID 1 needs it (the zombie
+// reaper, the power button, the DHCP lease): it prints "<name> started",
+// or "<name> not started: <why>" when skip says so. A panic in either is
+// reported and, for a background step, ends only that step.
+type step struct {
+	name string
+	run  func(ctx context.Context) error
+	loop func(ctx context.Context)
+	// skip, if set, says why a background step has nothing to do ("" to
+	// start it); it is asked when the step's turn comes.
+	skip func() string
+}
+
+// sequence is the boot, in order.
+func (m *machine) sequence() []step {
+	return []step{
+		{name: "mounts", run: m.mounts},
+		// The reaper scans /proc, mounted just before.
+		{name: "reaper", loop: m.reapZombies},
+		{name: "modules", run: m.modules},
+		// The power button is an input device of the modules just loaded
+		// (button, evdev).
+		{name: "power button", loop: m.powerButton},
+		{name: "config", run: m.localConfig},
+		// The network step also fetches kiln.config=http://... once the
+		// interface is up.
+		{name: "network", run: m.network},
+		{name: "dhcp", loop: m.keepLease, skip: m.noLease},
+		{name: "hostname", run: m.hostname},
+		{name: "storage", run: m.storage},
+	}
+}
+
+// boot runs the sequence; it reports to bootDone.
+func (m *machine) boot() {
+	m.bootDone <- guard(m.con, "the boot", func() error {
+		for _, s := range m.sequence() {
+			if err := m.runStep(s); err != nil {
+				return err
+			}
+			if err := m.ctx.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// runStep runs a foreground step, or starts a background one.
+func (m *machine) runStep(s step) error {
+	if s.loop != nil {
+		if s.skip != nil {
+			if why := s.skip(); why != "" {
+				m.con.Stage("%s not started: %s", s.name, why)
+				return nil
+			}
+		}
+		m.con.Stage("%s started", s.name)
+		go func() {
+			err := guard(m.con, s.name, func() error { s.loop(m.ctx); return nil })
+			if err != nil {
+				m.con.Warn("%s stopped: %v; the node stays up", s.name, err)
+			}
+		}()
+		return nil
+	}
+	start := time.Now()
+	// The error goes up as it is: the FATAL line names the source (a
+	// config file, a disk), not the step.
+	if err := guard(m.con, s.name, func() error { return s.run(m.ctx) }); err != nil {
+		return err
+	}
+	m.con.Stage("%s done (%.2fs)", s.name, time.Since(start).Seconds())
+	return nil
+}
+
+// guard runs f and turns a panic in it into an error, "<what> panicked:
+// <value>", after printing "kiln: PANIC in <what>: <value>" and the stack
+// to the console. Every goroutine PID 1 starts runs under it: a panic that
+// got out would end PID 1, and the kernel with it.
+func guard(con *console.Console, what string, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			con.Raw(fmt.Sprintf("kiln: PANIC in %s: %v\n%s\n", what, r, debug.Stack()))
+			err = fmt.Errorf("%s panicked: %v", what, r)
+		}
+	}()
+	return f()
+}
