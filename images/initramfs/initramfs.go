@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"kiln/configs/image"
 	"os"
 	"path"
 	"path/filepath"
@@ -211,11 +212,6 @@ func writeHeader(w *countWriter, ino uint32, mode uint32, nlink uint32, mtime in
 	return err
 }
 
-// CompleteMarker is an empty file at the root that every archive ends
-// with, after all other entries: PID 1 checks for it to know that the
-// kernel unpacked the whole initramfs.
-const CompleteMarker = ".kiln-initramfs-complete"
-
 // WriteTo writes the uncompressed newc archive, ending with the TRAILER!!!
 // entry, and returns the number of bytes written. Host files added with
 // FileFrom are opened and streamed now.
@@ -234,7 +230,7 @@ func (a *Archive) WriteTo(w io.Writer) (int64, error) {
 	// The marker goes last, out of name order: if the kernel ran out of
 	// memory unpacking (it says "Initramfs unpacking failed" and boots on
 	// with what it has), the marker is what is missing.
-	if err := writeHeader(cw, uint32(len(list)+1), modeFile|0o444, 1, a.ModTime, 0, 0, 0, CompleteMarker); err != nil {
+	if err := writeHeader(cw, uint32(len(list)+1), modeFile|0o444, 1, a.ModTime, 0, 0, 0, image.CompleteMarker); err != nil {
 		return cw.n, err
 	}
 	if err := writeHeader(cw, 0, 0, 1, 0, 0, 0, 0, "TRAILER!!!"); err != nil {

@@ -2,6 +2,7 @@ package initramfs
 
 import (
 	"bytes"
+	"kiln/configs/image"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,7 +127,7 @@ func TestCpioListAndExtract(t *testing.T) {
 		"etc", "etc/kiln", "etc/kiln/config.yaml",
 		"init", "lib", "root", "tmp",
 		"usr", "usr/lib", "usr/lib/empty", "usr/lib/host-mode.bin", "usr/lib/odd-size.bin",
-		CompleteMarker, // last, out of name order
+		image.CompleteMarker, // last, out of name order
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("cpio -t:\n got %q\nwant %q", got, want)
