@@ -41,7 +41,7 @@ build: bin/kiln bin/kiln-node bin/kubectl pods ## build bin/kiln (host CLI), bin
 .PHONY: bin/kiln bin/kiln-node bin/kubectl
 bin/kiln:
 	@echo "go build bin/kiln (host CLI)"
-	@$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/kiln
+	@$(GO) build -ldflags '$(LDFLAGS) -X main.kubernetesVersion=$(KUBE_VERSION)' -o $@ ./cmd/kiln
 bin/kiln-node:
 	@echo "go build bin/kiln-node (Kubernetes $(KUBE_VERSION); a cold build takes 15-20 minutes)"
 	@$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/kiln-node
@@ -68,8 +68,14 @@ bin/oci:
 	@echo "go build bin/oci/{pause,coredns,kiln-echo}"
 	@mkdir -p $@ && $(GO) build -ldflags '-s -w' -o $@/ ./images/oci/pause ./images/oci/coredns ./images/oci/kiln-echo
 
-vet: ## go vet every package
+# go.mod and go.sum must be tidy (a new import needs `go mod tidy`), and the
+# test packages behind build tags are vetted too.
+vet: ## check go.mod/go.sum are tidy, go vet every package, the tagged test packages (host, vm, bench) included
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
+	$(GO) vet -tags integration ./tests/host/
+	$(GO) vet -tags vm ./tests/vm/
+	$(GO) vet -tags bench ./tests/bench/
 
 test-unit: deps ## unit tests, including the short QEMU boots of images/ and qemu/
 	$(GO) test ./...

@@ -22,9 +22,9 @@ var _ Component = APIServer{}
 var _ Prober = APIServer{}
 var _ Listener = APIServer{}
 
-func (APIServer) Name() string        { return "kube-apiserver" }
+func (APIServer) Name() string        { return node.ComponentAPIServer }
 func (APIServer) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
-func (APIServer) DependsOn() []string { return []string{"etcd"} }
+func (APIServer) DependsOn() []string { return []string{node.ComponentEtcd} }
 func (APIServer) Listens(env *Env) []string {
 	return []string{hostPort(env.Config.Address, env.Config.Ports.APIServer)}
 }

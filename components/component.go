@@ -78,20 +78,23 @@ type ChildKeeper interface {
 	KeepChildren()
 }
 
-// All lists every component, in start order. A dependency on a component
-// the node does not run (join, on a master) is ignored.
-var All = []Component{
-	Etcd{},
-	APIServer{},
-	ControllerManager{},
-	Scheduler{},
-	Addons{},
-	Join{},
-	Containerd{},
-	ImportImages{},
-	Kubelet{},
-	PodNetwork{},
-	KubeProxy{},
+// All lists every component, in start order; the slice is the caller's. A
+// dependency on a component the node does not run (join, on a master) is
+// ignored.
+func All() []Component {
+	return []Component{
+		Etcd{},
+		APIServer{},
+		ControllerManager{},
+		Scheduler{},
+		Addons{},
+		Join{},
+		Containerd{},
+		ImportImages{},
+		Kubelet{},
+		PodNetwork{},
+		KubeProxy{},
+	}
 }
 
 // ForRole returns the components a role runs by default, in start order.
@@ -104,7 +107,7 @@ func ForRole(role node.Role) []Component {
 // For returns the components a node runs, in start order.
 func For(cfg *node.Config) []Component {
 	var out []Component
-	for _, c := range All {
+	for _, c := range All() {
 		if cond, ok := c.(Conditional); ok && !cond.Enabled(cfg) {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -143,5 +144,40 @@ func TestFirstIP(t *testing.T) {
 		if err != nil || ip.String() != want {
 			t.Errorf("firstIP(%s) = %v, %v; want %s", cidr, ip, err, want)
 		}
+	}
+}
+
+// TestNamesMatchConfig: every component has its own name, depends only on
+// components that exist, and the ones that serve (not the tasks) are
+// exactly those whose flags the node config's extraArgs may override.
+func TestNamesMatchConfig(t *testing.T) {
+	all := All()
+	names := map[string]bool{}
+	var serving []string
+	for _, c := range all {
+		if names[c.Name()] {
+			t.Errorf("two components named %q", c.Name())
+		}
+		names[c.Name()] = true
+		if _, task := c.(Task); !task {
+			serving = append(serving, c.Name())
+		}
+	}
+	for _, c := range all {
+		for _, d := range c.DependsOn() {
+			if !names[d] {
+				t.Errorf("%s depends on %q, which is not a component", c.Name(), d)
+			}
+		}
+	}
+	known := node.KnownComponents()
+	slices.Sort(serving)
+	slices.Sort(known)
+	if !slices.Equal(serving, known) {
+		t.Errorf("serving components %v, but the config's extraArgs accept %v (configs/node/components.go)", serving, known)
+	}
+	all[0] = nil
+	if All()[0] == nil {
+		t.Error("All returns a shared slice")
 	}
 }

@@ -36,7 +36,7 @@ var _ ChildKeeper = Containerd{}
 // pods keep running; the restarted containerd reconnects to them.
 func (Containerd) KeepChildren() {}
 
-func (Containerd) Name() string                  { return "containerd" }
+func (Containerd) Name() string                  { return node.ComponentContainerd }
 func (Containerd) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (Containerd) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
 func (Containerd) DependsOn() []string           { return nil }
@@ -134,10 +134,10 @@ var _ Component = ImportImages{}
 var _ Conditional = ImportImages{}
 var _ Task = ImportImages{}
 
-func (ImportImages) Name() string                  { return "import-images" }
+func (ImportImages) Name() string                  { return node.ComponentImportImages }
 func (ImportImages) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (ImportImages) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (ImportImages) DependsOn() []string           { return []string{"containerd"} }
+func (ImportImages) DependsOn() []string           { return []string{node.ComponentContainerd} }
 func (ImportImages) Prepare(*Env) error            { return nil }
 func (ImportImages) Task()                         {}
 func (ImportImages) Flags(env *Env) map[string]string {

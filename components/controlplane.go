@@ -18,9 +18,9 @@ var _ Component = ControllerManager{}
 var _ Prober = ControllerManager{}
 var _ Listener = ControllerManager{}
 
-func (ControllerManager) Name() string        { return "kube-controller-manager" }
+func (ControllerManager) Name() string        { return node.ComponentControllerManager }
 func (ControllerManager) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
-func (ControllerManager) DependsOn() []string { return []string{"kube-apiserver"} }
+func (ControllerManager) DependsOn() []string { return []string{node.ComponentAPIServer} }
 func (ControllerManager) Listens(env *Env) []string {
 	return []string{hostPort(env.Config.Address, env.Config.Ports.ControllerManager)}
 }
@@ -73,9 +73,9 @@ var _ Component = Scheduler{}
 var _ Prober = Scheduler{}
 var _ Listener = Scheduler{}
 
-func (Scheduler) Name() string        { return "kube-scheduler" }
+func (Scheduler) Name() string        { return node.ComponentScheduler }
 func (Scheduler) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
-func (Scheduler) DependsOn() []string { return []string{"kube-apiserver"} }
+func (Scheduler) DependsOn() []string { return []string{node.ComponentAPIServer} }
 func (Scheduler) Listens(env *Env) []string {
 	return []string{hostPort(env.Config.Address, env.Config.Ports.Scheduler)}
 }

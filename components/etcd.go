@@ -19,7 +19,7 @@ var _ Component = Etcd{}
 var _ Prober = Etcd{}
 var _ Listener = Etcd{}
 
-func (Etcd) Name() string        { return "etcd" }
+func (Etcd) Name() string        { return node.ComponentEtcd }
 func (Etcd) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
 func (Etcd) DependsOn() []string { return nil }
 func (Etcd) Listens(env *Env) []string {

@@ -15,7 +15,7 @@ type Join struct{}
 var _ Component = Join{}
 var _ Task = Join{}
 
-func (Join) Name() string        { return "join" }
+func (Join) Name() string        { return node.ComponentJoin }
 func (Join) Roles() []node.Role  { return []node.Role{node.RoleWorker} }
 func (Join) DependsOn() []string { return nil }
 func (Join) Task()               {}
@@ -46,9 +46,9 @@ var _ Task = Addons{}
 
 const addonsKubeconfig = "kubeconfig/kiln-addons.conf"
 
-func (Addons) Name() string        { return "addons" }
+func (Addons) Name() string        { return node.ComponentAddons }
 func (Addons) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
-func (Addons) DependsOn() []string { return []string{"kube-apiserver"} }
+func (Addons) DependsOn() []string { return []string{node.ComponentAPIServer} }
 func (Addons) Task()               {}
 func (Addons) Prepare(env *Env) error {
 	return writeKubeconfig(env, env.Path(addonsKubeconfig), "kiln:addons", []string{"system:masters"})

@@ -26,10 +26,10 @@ var _ Prober = Kubelet{}
 var _ Conditional = Kubelet{}
 var _ Listener = Kubelet{}
 
-func (Kubelet) Name() string                  { return "kubelet" }
+func (Kubelet) Name() string                  { return node.ComponentKubelet }
 func (Kubelet) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (Kubelet) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (Kubelet) DependsOn() []string           { return []string{"import-images", "join"} }
+func (Kubelet) DependsOn() []string           { return []string{node.ComponentImportImages, node.ComponentJoin} }
 func (Kubelet) Listens(env *Env) []string {
 	return []string{hostPort(env.Config.Address, KubeletPort), hostPort("127.0.0.1", kubeletHealthzPort)}
 }
@@ -191,10 +191,10 @@ const (
 	kubeProxyMetricsPort = 10249
 )
 
-func (KubeProxy) Name() string                  { return "kube-proxy" }
+func (KubeProxy) Name() string                  { return node.ComponentKubeProxy }
 func (KubeProxy) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (KubeProxy) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (KubeProxy) DependsOn() []string           { return []string{"kubelet"} }
+func (KubeProxy) DependsOn() []string           { return []string{node.ComponentKubelet} }
 func (KubeProxy) Listens(env *Env) []string {
 	return []string{hostPort("127.0.0.1", kubeProxyHealthzPort), hostPort("127.0.0.1", kubeProxyMetricsPort)}
 }
@@ -240,10 +240,10 @@ var _ Conditional = PodNetwork{}
 
 const podNetworkConfig = "config/flannel-net.json"
 
-func (PodNetwork) Name() string                  { return "flannel" }
+func (PodNetwork) Name() string                  { return node.ComponentFlannel }
 func (PodNetwork) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (PodNetwork) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (PodNetwork) DependsOn() []string           { return []string{"kubelet"} }
+func (PodNetwork) DependsOn() []string           { return []string{node.ComponentKubelet} }
 
 // CNIConfFile is the pod network's CNI configuration; the node is Ready
 // (NetworkReady) once it exists.

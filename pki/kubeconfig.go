@@ -1,6 +1,8 @@
 package pki
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -129,4 +131,49 @@ func ParseKubeconfig(data []byte) (Kubeconfig, error) {
 		KeyPEM:      u.User.ClientKeyData,
 		Token:       u.User.Token,
 	}, nil
+}
+
+// ClientCertificate returns the user's client certificate and key, for a
+// TLS client that authenticates with them.
+func (k Kubeconfig) ClientCertificate() (tls.Certificate, error) {
+	if len(k.CertPEM) == 0 || len(k.KeyPEM) == 0 {
+		return tls.Certificate{}, fmt.Errorf("kubeconfig: user %q has no client certificate and key", k.UserName)
+	}
+	cert, err := tls.X509KeyPair(k.CertPEM, k.KeyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("kubeconfig: user %q: %w", k.UserName, err)
+	}
+	return cert, nil
+}
+
+// TLSConfig returns the configuration of a mutual-TLS client of the
+// kubeconfig's server: it presents the user's client certificate and
+// trusts only the kubeconfig's CA. The server name is the host of the
+// URL the client dials (net/http fills it in).
+func (k Kubeconfig) TLSConfig() (*tls.Config, error) {
+	cert, err := k.ClientCertificate()
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(k.CAPEM) {
+		return nil, fmt.Errorf("kubeconfig: cluster %q: no CA certificate in certificate-authority-data", k.ClusterName)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      roots,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}
+
+// RewriteKubeconfigServer returns a kiln kubeconfig (see ParseKubeconfig)
+// with its server replaced, e.g. by the host end of a forwarded port
+// (https://127.0.0.1:PORT). Everything else is kept.
+func RewriteKubeconfigServer(data []byte, server string) ([]byte, error) {
+	kc, err := ParseKubeconfig(data)
+	if err != nil {
+		return nil, err
+	}
+	kc.Server = server
+	return kc.Marshal()
 }

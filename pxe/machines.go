@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"regexp"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -125,8 +124,6 @@ func LoadMachines(path string) (*Machines, error) {
 	return ParseMachines(path, data)
 }
 
-var hostnameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // machinesParser collects the errors of one file, each naming the file,
 // the line and the field.
 type machinesParser struct {
@@ -215,12 +212,12 @@ func (p *machinesParser) role(v *yaml.Node, field string) (node.Role, bool) {
 		p.errorf(v, field, "want master or worker")
 		return "", false
 	}
-	switch r := node.Role(v.Value); r {
-	case node.RoleMaster, node.RoleWorker:
-		return r, true
+	r, err := node.ParseRole(v.Value)
+	if err != nil {
+		p.errorf(v, field, "%v", err)
+		return "", false
 	}
-	p.errorf(v, field, "%q is not a role (want master or worker)", v.Value)
-	return "", false
+	return r, true
 }
 
 func (p *machinesParser) machines(v *yaml.Node, ms *Machines) {
@@ -290,8 +287,8 @@ func (p *machinesParser) machine(v *yaml.Node, field string, mac net.HardwareAdd
 		case "role":
 			m.Role, _ = p.role(val, f)
 		case "hostname":
-			if !hostnameRE.MatchString(val.Value) {
-				p.errorf(val, f, "%q is not a valid node name (lowercase letters, digits and '-', at most 63)", val.Value)
+			if err := node.CheckHostname(val.Value); err != nil {
+				p.errorf(val, f, "%v", err)
 			}
 			m.Hostname = val.Value
 		case "address":

@@ -2,13 +2,14 @@ package qemu
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"kiln/internal/fsutil"
 )
 
 var lookPath = exec.LookPath
@@ -99,7 +100,7 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 			return nil, fmt.Errorf("qemu: OVMF firmware not found (install the ovmf package)")
 		}
 		myVars := filepath.Join(dir, "OVMF_VARS.fd")
-		if err := copyFile(myVars, vars); err != nil {
+		if _, err := fsutil.CopyFile(myVars, vars, 0o600); err != nil {
 			return nil, fmt.Errorf("qemu: OVMF variables: %w", err)
 		}
 		a = append(a,
@@ -206,21 +207,4 @@ func checkExtraNet(extra []string) error {
 		}
 	}
 	return nil
-}
-
-func copyFile(dst, src string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }

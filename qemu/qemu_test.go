@@ -154,14 +154,20 @@ func needVM(t *testing.T) *kernel.Kernel {
 	kernelOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		kernel.Logf = t.Logf
-		testKernel, kernelErr = kernel.Fetch(ctx, kernel.DefaultCacheDir(), kernel.Cloud)
-		kernel.Logf = nil
+		testKernel, kernelErr = kernel.FetchWith(ctx, kernel.Options{Flavour: kernel.Cloud, Progress: testLog{t}})
 	})
 	if kernelErr != nil {
 		t.Fatalf("fetching the kernel: %v", kernelErr)
 	}
 	return testKernel
+}
+
+// testLog writes the kernel fetch's progress lines to the test's log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
 
 // tinyInit builds testdata/tinyinit as a static binary.

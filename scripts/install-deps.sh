@@ -12,12 +12,12 @@
 #   syslinux         `syslinux --offset` installs the boot loader on a FAT image via mtools
 #   mtools           FAT images without loop mounts (mformat, mcopy)
 #   grub-common, grub-efi-amd64-bin
-#                    grub-mkrescue for the UEFI-bootable ISO
+#                    grub-mkstandalone: GRUB's BOOTX64.EFI for UEFI boot of the
+#                    ISO and the disk images
 #   e2fsprogs        mke2fs (state disk images)
 #   zstd             initramfs compression checks
 #   cpio             initramfs listing/extraction in tests
 #   kmod             modinfo/depmod for module checks
-#   binutils         readelf/objdump for checking binaries copied into images
 #   nftables         nft, copied into images for kube-proxy and the pod network
 #   tftp-hpa         a real TFTP client for the PXE server's tests
 #   ipxe             undionly.kpxe and ipxe.efi, served by `kiln pxe serve`
@@ -42,7 +42,6 @@ PACKAGES=(
 	zstd
 	cpio
 	kmod
-	binutils
 	nftables
 	tftp-hpa
 	ipxe

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -170,22 +169,6 @@ func TestHelpAndVersion(t *testing.T) {
 	code, out, errOut := kiln(t, "version")
 	if code != 0 || errOut != "" || !strings.Contains(out, "kubernetes: "+kubernetesVersion+"\n") || !strings.Contains(out, "kiln: ") {
 		t.Errorf("version: exit %d, stdout %q, stderr %q", code, out, errOut)
-	}
-}
-
-// TestKubernetesVersion keeps the version kiln reports equal to the one
-// kiln-node links (go.mod).
-func TestKubernetesVersion(t *testing.T) {
-	data, err := os.ReadFile("../../go.mod")
-	if err != nil {
-		t.Skipf("go.mod: %v", err)
-	}
-	m := regexp.MustCompile(`(?m)^\s*k8s\.io/kubernetes (v\S+)`).FindSubmatch(data)
-	if m == nil {
-		t.Fatal("go.mod does not require k8s.io/kubernetes")
-	}
-	if string(m[1]) != kubernetesVersion {
-		t.Errorf("kubernetesVersion = %s, go.mod has k8s.io/kubernetes %s: update cmd/kiln/version.go", kubernetesVersion, m[1])
 	}
 }
 

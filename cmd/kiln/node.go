@@ -14,13 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"kiln/init/supervisor"
+	"kiln/configs/cluster"
+	"kiln/configs/nodeapi"
 	"kiln/pki"
 )
-
-// nodeStatusPort is kiln-node's status port (init/up.StatusPort; init/up
-// links Kubernetes code, so the number is repeated here).
-const nodeStatusPort = 10260
 
 func statusCommand() *cobra.Command {
 	var nodeAddr, clusterDir, output string
@@ -47,7 +44,7 @@ client, and the status holds no secret.)`,
 			if err != nil {
 				return err
 			}
-			if err := supervisor.WriteStatus(c.OutOrStdout(), body, output); err != nil {
+			if err := nodeapi.WriteStatus(c.OutOrStdout(), body, output); err != nil {
 				return fmt.Errorf("node %s: %w", nodeAddr, err)
 			}
 			return nil
@@ -62,9 +59,9 @@ client, and the status holds no secret.)`,
 // nodeGet fetches a path of a node's status server.
 func nodeGet(nodeAddr, clusterDir, path string) ([]byte, error) {
 	if _, _, err := net.SplitHostPort(nodeAddr); err != nil {
-		nodeAddr = net.JoinHostPort(nodeAddr, strconv.Itoa(nodeStatusPort))
+		nodeAddr = net.JoinHostPort(nodeAddr, strconv.Itoa(nodeapi.Port))
 	}
-	kcPath := filepath.Join(clusterDir, "admin.kubeconfig")
+	kcPath := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
 	data, err := os.ReadFile(kcPath)
 	if err != nil {
 		return nil, fmt.Errorf("admin credentials: %w (give the cluster directory with --cluster)", err)
@@ -73,13 +70,14 @@ func nodeGet(nodeAddr, clusterDir, path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", kcPath, err)
 	}
-	cert, err := tls.X509KeyPair(kc.CertPEM, kc.KeyPEM)
+	cert, err := kc.ClientCertificate()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", kcPath, err)
 	}
 	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		Certificates: []tls.Certificate{cert},
-		// The node's certificate is self-signed; see the command's help.
+		// The node's certificate is self-signed, not the cluster CA's
+		// (kc.TLSConfig would check that); see the command's help.
 		InsecureSkipVerify: true,
 	}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

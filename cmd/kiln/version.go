@@ -8,10 +8,11 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// kubernetesVersion is the upstream Kubernetes release kiln-node links (the
-// k8s.io/kubernetes version in go.mod; a test keeps them equal). kiln itself
-// links no Kubernetes code, so it cannot ask.
-const kubernetesVersion = "v1.37.2"
+// kubernetesVersion is the upstream Kubernetes release kiln-node links: the
+// Makefile stamps go.mod's k8s.io/kubernetes version with
+// -ldflags "-X main.kubernetesVersion=...". kiln itself links no Kubernetes
+// code, so it cannot ask its build info.
+var kubernetesVersion = "unknown (built without make)"
 
 // version is kiln's own version, set at link time with
 // -ldflags "-X main.version=..."; empty means the module's build info.

@@ -18,8 +18,6 @@ import (
 	"kiln/images/oci"
 )
 
-func init() { register("addons", runAddons) }
-
 // runAddons applies the cluster's own objects (components/addons), then
 // labels the master's node as the control plane once it has registered
 // (the kubelet may not set node-role labels on itself).

@@ -55,8 +55,6 @@ import (
 	_ "github.com/containerd/containerd/v2/plugins/transfer"
 )
 
-func init() { register("containerd", runContainerd) }
-
 // runContainerd runs upstream containerd's daemon command (the same
 // command.App() as containerd's own main) with the plugins above.
 func runContainerd(args []string) int {

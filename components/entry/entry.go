@@ -16,6 +16,8 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/component-base/cli"
 
+	"kiln/configs/node"
+
 	_ "k8s.io/component-base/logs/json/register"          // JSON log format, as upstream's mains do
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics, as upstream's mains do
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric, as upstream's mains do
@@ -26,9 +28,22 @@ import (
 // returns the process exit code.
 type Func func(args []string) int
 
-var entries = map[string]Func{}
-
-func register(name string, f Func) { entries[name] = f }
+// entries is every entry point by component name: the names are
+// configs/node's, the ones the supervisor starts (components.All; a test
+// checks the two lists are the same).
+var entries = map[string]Func{
+	node.ComponentEtcd:              runEtcd,
+	node.ComponentAPIServer:         runAPIServer,
+	node.ComponentControllerManager: runControllerManager,
+	node.ComponentScheduler:         runScheduler,
+	node.ComponentAddons:            runAddons,
+	node.ComponentJoin:              runJoin,
+	node.ComponentContainerd:        runContainerd,
+	node.ComponentImportImages:      runImportImages,
+	node.ComponentKubelet:           runKubelet,
+	node.ComponentFlannel:           runFlannel,
+	node.ComponentKubeProxy:         runKubeProxy,
+}
 
 // Lookup returns the entry point of a component by its name.
 func Lookup(name string) (Func, bool) {

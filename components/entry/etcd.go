@@ -16,8 +16,6 @@ import (
 // EtcdVersion is the version of the embedded etcd server.
 var EtcdVersion = version.Version
 
-func init() { register("etcd", runEtcd) }
-
 // runEtcd starts embedded etcd from an etcd configuration file (the same YAML
 // format as upstream etcd's --config-file) and serves until SIGTERM/SIGINT.
 func runEtcd(args []string) int {

@@ -20,8 +20,6 @@ import (
 	"github.com/flannel-io/flannel/pkg/subnet/kube"
 )
 
-func init() { register("flannel", runFlannel) }
-
 // runFlannel is the pod network: flannel's Kubernetes subnet manager (the
 // node's pod CIDR, allocated by kube-controller-manager, is its lease; peers
 // are learnt from Node annotations) and flannel's VXLAN backend (the

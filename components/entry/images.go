@@ -16,8 +16,6 @@ import (
 	"github.com/containerd/platforms"
 )
 
-func init() { register("import-images", runImportImages) }
-
 // criNamespace is the containerd namespace the CRI plugin (and so the
 // kubelet) uses.
 const criNamespace = "k8s.io"

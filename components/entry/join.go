@@ -19,8 +19,6 @@ import (
 	"kiln/pki"
 )
 
-func init() { register("join", runJoin) }
-
 // runJoin prepares a worker's kubelet for TLS bootstrap. It trusts nothing
 // it has not checked: the master's CA certificate must be in the chain the
 // API server presents and hash to the pinned value; only then is the

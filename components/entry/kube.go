@@ -10,20 +10,24 @@ import (
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-func init() {
-	register("kube-apiserver", func(args []string) int {
-		return runCobra(apiserver.NewAPIServerCommand(), args)
-	})
-	register("kube-controller-manager", func(args []string) int {
-		return runCobra(controllermanager.NewControllerManagerCommand(), args)
-	})
-	register("kube-scheduler", func(args []string) int {
-		return runCobra(scheduler.NewSchedulerCommand(), args)
-	})
-	register("kubelet", func(args []string) int {
-		return runCobra(kubelet.NewKubeletCommand(context.Background()), args)
-	})
-	register("kube-proxy", func(args []string) int {
-		return runCobra(proxy.NewProxyCommand(), args)
-	})
+// The Kubernetes components run upstream's own cobra commands.
+
+func runAPIServer(args []string) int {
+	return runCobra(apiserver.NewAPIServerCommand(), args)
+}
+
+func runControllerManager(args []string) int {
+	return runCobra(controllermanager.NewControllerManagerCommand(), args)
+}
+
+func runScheduler(args []string) int {
+	return runCobra(scheduler.NewSchedulerCommand(), args)
+}
+
+func runKubelet(args []string) int {
+	return runCobra(kubelet.NewKubeletCommand(context.Background()), args)
+}
+
+func runKubeProxy(args []string) int {
+	return runCobra(proxy.NewProxyCommand(), args)
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +36,17 @@ const (
 	RoleMaster Role = "master"
 	RoleWorker Role = "worker"
 )
+
+// ParseRole checks that s names a role. Every reader of a role (flags,
+// image manifests, machines files, the kernel command line, the config)
+// goes through it, so they all accept and refuse the same words.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleMaster, RoleWorker:
+		return r, nil
+	}
+	return "", fmt.Errorf("%q is not a role (want %s or %s)", s, RoleMaster, RoleWorker)
+}
 
 // Config is the node configuration. Field names are the YAML keys.
 type Config struct {
@@ -96,12 +108,6 @@ func Default() Config {
 			Scheduler:         10259,
 		},
 	}
-}
-
-// Components whose flags ExtraArgs may override.
-var KnownComponents = []string{
-	"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-	"kubelet", "kube-proxy", "containerd", "flannel",
 }
 
 // Load reads a config file over the defaults. The error names the file.
@@ -180,13 +186,13 @@ func (c *Config) Validate() error {
 	if c.Kind != Kind {
 		errs = append(errs, fmt.Errorf("kind: %q is not supported (want %q)", c.Kind, Kind))
 	}
-	switch c.Role {
-	case RoleMaster, RoleWorker:
-	default:
-		errs = append(errs, fmt.Errorf("role: %q is not a role (want %q or %q)", c.Role, RoleMaster, RoleWorker))
+	if _, err := ParseRole(string(c.Role)); err != nil {
+		errs = append(errs, fmt.Errorf("role: %w", err))
 	}
-	if c.Hostname != "" && !dnsLabel.MatchString(c.Hostname) {
-		errs = append(errs, fmt.Errorf("hostname: %q is not a valid node name (lowercase letters, digits and '-', at most 63)", c.Hostname))
+	if c.Hostname != "" {
+		if err := CheckHostname(c.Hostname); err != nil {
+			errs = append(errs, fmt.Errorf("hostname: %w", err))
+		}
 	}
 	if c.APIEndpoint != "" {
 		if err := validEndpoint(c.APIEndpoint); err != nil {
@@ -222,8 +228,8 @@ func (c *Config) Validate() error {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if !contains(KnownComponents, n) {
-			errs = append(errs, fmt.Errorf("extraArgs: %q is not a component (want one of %s)", n, strings.Join(KnownComponents, ", ")))
+		if !slices.Contains(knownComponents, n) {
+			errs = append(errs, fmt.Errorf("extraArgs: %q is not a component (want one of %s)", n, strings.Join(knownComponents, ", ")))
 			continue
 		}
 		for flag := range c.ExtraArgs[n] {
@@ -237,15 +243,19 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// dnsLabel is an RFC 1123 DNS label, what Kubernetes accepts as a node
+// name made of one label.
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
+// CheckHostname checks that s can be a node's hostname and Kubernetes
+// name: one DNS label (lowercase letters, digits and '-', at most 63
+// characters, starting and ending with a letter or digit). Every reader of
+// a hostname (the config, machines files) goes through it.
+func CheckHostname(s string) error {
+	if !dnsLabel.MatchString(s) {
+		return fmt.Errorf("%q is not a valid node name (lowercase letters, digits and '-', at most 63)", s)
 	}
-	return false
+	return nil
 }
 
 // validEndpoint checks an https://HOST:PORT URL.

@@ -40,7 +40,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"unknown field", "role: master\nrloe: worker\n", []string{"line 2", `unknown field "rloe"`}},
 		{"wrong type", "ports:\n  apiServer: lots\n", []string{"line 2", "lots"}},
-		{"bad role", "role: boss\n", []string{"role:", `"boss"`, `"master"`, `"worker"`}},
+		{"bad role", "role: boss\n", []string{"role:", `"boss" is not a role (want master or worker)`}},
 		{"bad address", "address: 10.0.0\n", []string{"address:", "not an IP"}},
 		{"bad port", "ports:\n  apiServer: 70000\n", []string{"ports.apiServer", "70000"}},
 		{"duplicate port", "ports:\n  scheduler: 6443\n", []string{"ports.scheduler", "6443", "ports.apiServer"}},
@@ -117,5 +117,39 @@ func TestAdditionalInterfaces(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want %q", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+func TestParseRole(t *testing.T) {
+	for in, want := range map[string]Role{"master": RoleMaster, "worker": RoleWorker} {
+		if got, err := ParseRole(in); err != nil || got != want {
+			t.Errorf("ParseRole(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "Master", "boss", " worker"} {
+		if got, err := ParseRole(in); err == nil || got != "" {
+			t.Errorf("ParseRole(%q) = %q, %v: want an error", in, got, err)
+		}
+	}
+}
+
+func TestCheckHostname(t *testing.T) {
+	for _, ok := range []string{"a", "master-0", "w1", "0", strings.Repeat("a", 63)} {
+		if err := CheckHostname(ok); err != nil {
+			t.Errorf("CheckHostname(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "Master", "-a", "a-", "a_b", "a.b", strings.Repeat("a", 64)} {
+		if err := CheckHostname(bad); err == nil || !strings.Contains(err.Error(), "not a valid node name") {
+			t.Errorf("CheckHostname(%q) = %v, want an error", bad, err)
+		}
+	}
+}
+
+func TestKnownComponentsIsACopy(t *testing.T) {
+	a := KnownComponents()
+	a[0] = "changed"
+	if KnownComponents()[0] == "changed" {
+		t.Fatal("KnownComponents returns the package's own slice")
 	}
 }

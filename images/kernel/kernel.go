@@ -20,21 +20,21 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"kiln/internal/fsutil"
 )
 
-// DefaultVersion is the pinned Debian kernel ABI version (the part of the
-// package name between "linux-image-" and the flavour suffix). It is the one
-// place to change when Debian ships a new 6.1 kernel; it can be overridden at
-// build time with -ldflags "-X kiln/images/kernel.Version=6.1.0-NN", and at
-// run time with the KILN_KERNEL_VERSION environment variable ("latest" picks
-// the newest 6.1 ABI in the host's apt lists).
-const DefaultVersion = "6.1.0-56"
+// Version is the pinned Debian kernel ABI version (the part of the package
+// name between "linux-image-" and the flavour suffix). It is the one place
+// to change when Debian ships a new 6.1 kernel. The one way to fetch
+// another without rebuilding kiln is the environment variable VersionEnv.
+const Version = "6.1.0-56"
 
-// Version is the kernel ABI version used by Fetch when KILN_KERNEL_VERSION is
-// not set. It is a variable so that it can be set with -ldflags -X.
-var Version = DefaultVersion
-
-// VersionEnv is the environment variable that overrides Version.
+// VersionEnv is the environment variable that replaces Version for every
+// Fetch: an ABI version such as 6.1.0-57, or "latest" for the newest 6.1
+// ABI in the host's apt lists. An environment variable, not an option,
+// because it reaches every fetch (kiln build and the tests of the image
+// builder, qemu and init/boot) with no flag plumbed through each of them.
 const VersionEnv = "KILN_KERNEL_VERSION"
 
 // Flavour selects the Debian kernel build.
@@ -105,48 +105,72 @@ type Kernel struct {
 	ConfigFile string  // absolute path of boot/config-<release>
 }
 
-// Logf prints the progress of Fetch. It defaults to one line per step on
-// standard error; set it to nil to silence it.
-var Logf = func(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "kernel: "+format+"\n", args...)
+// Options says which kernel FetchWith fetches, where it keeps it and where
+// it reports its progress. The zero value fetches the cloud kernel into
+// DefaultCacheDir silently.
+type Options struct {
+	// CacheDir holds the downloaded package and the extracted tree (under
+	// CacheDir/kernel); empty means DefaultCacheDir().
+	CacheDir string
+	// Flavour is the Debian kernel build; empty means Cloud.
+	Flavour Flavour
+	// Progress receives one line per step ("kernel: downloading ...");
+	// nil discards them. A fetch served from the cache writes nothing.
+	Progress io.Writer
 }
 
-func logf(format string, args ...any) {
-	if Logf != nil {
-		Logf(format, args...)
+// progress writes Options.Progress's lines.
+type progress struct{ w io.Writer }
+
+func (p progress) logf(format string, args ...any) {
+	if p.w != nil {
+		fmt.Fprintf(p.w, "kernel: "+format+"\n", args...)
 	}
 }
 
 // stamp marks an extraction as complete.
 const stamp = ".kiln-extracted"
 
-// Fetch returns the pinned kernel (Version, or KILN_KERNEL_VERSION) of the
-// given flavour, downloading and extracting it under cacheDir/kernel when it
-// is not there yet. A second call finds the extracted tree and does no apt
-// work at all. Concurrent callers (several test binaries) are serialized by a
-// lock file.
+// Fetch is FetchWith with progress on standard error.
+//
+// Deprecated: use FetchWith, which takes the progress writer explicitly.
 func Fetch(ctx context.Context, cacheDir string, flavour Flavour) (*Kernel, error) {
-	v := Version
-	if env := strings.TrimSpace(os.Getenv(VersionEnv)); env != "" {
-		v = env
+	return FetchWith(ctx, Options{CacheDir: cacheDir, Flavour: flavour, Progress: os.Stderr})
+}
+
+// FetchWith returns the pinned kernel (Version, or $KILN_KERNEL_VERSION) of
+// the options' flavour, downloading and extracting it under
+// CacheDir/kernel when it is not there yet. A second call finds the
+// extracted tree and does no apt work at all. Concurrent callers (several
+// test binaries) are serialized by a lock file.
+func FetchWith(ctx context.Context, opts Options) (*Kernel, error) {
+	if opts.Flavour == "" {
+		opts.Flavour = Cloud
 	}
+	v := wantedVersion()
 	if v == "latest" {
-		latest, err := LatestAvailable(ctx, flavour)
+		latest, err := LatestAvailable(ctx, opts.Flavour)
 		if err != nil {
 			return nil, err
 		}
 		v = latest
 	}
-	return FetchVersion(ctx, cacheDir, v, flavour)
+	return fetch(ctx, v, opts)
 }
 
-// FetchVersion is Fetch for an explicit ABI version.
-func FetchVersion(ctx context.Context, cacheDir, version string, flavour Flavour) (*Kernel, error) {
-	if flavour == "" {
-		flavour = Cloud
+// wantedVersion is $KILN_KERNEL_VERSION, or Version when it is not set.
+func wantedVersion() string {
+	if env := strings.TrimSpace(os.Getenv(VersionEnv)); env != "" {
+		return env
 	}
+	return Version
+}
+
+// fetch is FetchWith for an ABI version.
+func fetch(ctx context.Context, version string, opts Options) (*Kernel, error) {
+	flavour, cacheDir, p := opts.Flavour, opts.CacheDir, progress{opts.Progress}
 	if !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+$`).MatchString(version) {
-		return nil, fmt.Errorf("kernel: bad version %q (want an ABI version like %s)", version, DefaultVersion)
+		return nil, fmt.Errorf("kernel: bad version %q (want an ABI version like %s)", version, Version)
 	}
 	pkg, err := PackageName(version, flavour)
 	if err != nil {
@@ -170,7 +194,7 @@ func FetchVersion(ctx context.Context, cacheDir, version string, flavour Flavour
 		return k, nil
 	}
 
-	unlock, err := lockFile(ctx, filepath.Join(base, ".lock"))
+	unlock, err := lockFile(ctx, p, filepath.Join(base, ".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -190,18 +214,18 @@ func FetchVersion(ctx context.Context, cacheDir, version string, flavour Flavour
 	}
 
 	start := time.Now()
-	deb, err := download(ctx, base, pkg)
+	deb, err := download(ctx, p, base, pkg)
 	if err != nil {
 		return nil, err
 	}
-	if err := extract(ctx, deb, dest, release); err != nil {
+	if err := extract(ctx, p, deb, dest, release); err != nil {
 		return nil, err
 	}
 	k, err := load(dest, version, release, pkg, flavour)
 	if err != nil {
 		return nil, err
 	}
-	logf("%s ready in %s (%s)", pkg, time.Since(start).Round(100*time.Millisecond), k.Vmlinuz)
+	p.logf("%s ready in %s (%s)", pkg, time.Since(start).Round(100*time.Millisecond), k.Vmlinuz)
 	return k, nil
 }
 
@@ -232,13 +256,13 @@ func load(dest, version, release, pkg string, flavour Flavour) (*Kernel, error) 
 // download runs `apt-get download pkg` in base/debs and returns the .deb.
 // When apt does not know the package (no apt lists yet on a fresh machine),
 // it runs `apt-get update` once and tries again.
-func download(ctx context.Context, base, pkg string) (string, error) {
+func download(ctx context.Context, p progress, base, pkg string) (string, error) {
 	debs := filepath.Join(base, "debs")
 	if err := os.MkdirAll(debs, 0o755); err != nil {
 		return "", err
 	}
 	if deb, ok := findDeb(debs, pkg); ok {
-		logf("using cached %s", filepath.Base(deb))
+		p.logf("using cached %s", filepath.Base(deb))
 		return deb, nil
 	}
 	tmp, err := os.MkdirTemp(debs, ".download-")
@@ -251,10 +275,10 @@ func download(ctx context.Context, base, pkg string) (string, error) {
 	// download.
 	_ = os.Chmod(tmp, 0o777)
 
-	logf("downloading %s with apt-get download", pkg)
+	p.logf("downloading %s with apt-get download", pkg)
 	out, err := run(ctx, tmp, "apt-get", "download", pkg)
 	if err != nil && notFound(out) {
-		logf("apt does not know %s; running apt-get update", pkg)
+		p.logf("apt does not know %s; running apt-get update", pkg)
 		if uout, uerr := run(ctx, "", "apt-get", "update"); uerr != nil {
 			return "", fmt.Errorf("kernel: apt-get update: %v\n%s", uerr, uout)
 		}
@@ -264,7 +288,7 @@ func download(ctx context.Context, base, pkg string) (string, error) {
 		hint := ""
 		if notFound(out) {
 			if avail, aerr := Available(ctx); aerr == nil && len(avail) > 0 {
-				hint = fmt.Sprintf("\nversions in apt lists: %s (set %s or change kernel.DefaultVersion)", strings.Join(avail, " "), VersionEnv)
+				hint = fmt.Sprintf("\nversions in apt lists: %s (set %s or change kernel.Version)", strings.Join(avail, " "), VersionEnv)
 			}
 		}
 		return "", fmt.Errorf("kernel: apt-get download %s: %v\n%s%s", pkg, err, strings.TrimSpace(out), hint)
@@ -278,7 +302,7 @@ func download(ctx context.Context, base, pkg string) (string, error) {
 		return "", err
 	}
 	if fi, err := os.Stat(final); err == nil {
-		logf("downloaded %s (%.1f MB)", filepath.Base(final), float64(fi.Size())/1e6)
+		p.logf("downloaded %s (%.1f MB)", filepath.Base(final), float64(fi.Size())/1e6)
 	}
 	return final, nil
 }
@@ -302,8 +326,8 @@ func findDeb(dir, pkg string) (string, bool) {
 // either absent or complete. The package does not ship modules.dep and the
 // other depmod indexes (its postinst makes them), so extract runs depmod on
 // the extracted tree.
-func extract(ctx context.Context, deb, dest, release string) error {
-	logf("extracting %s", filepath.Base(deb))
+func extract(ctx context.Context, p progress, deb, dest, release string) error {
+	p.logf("extracting %s", filepath.Base(deb))
 	debVersion, err := run(ctx, "", "dpkg-deb", "-f", deb, "Version")
 	if err != nil {
 		return fmt.Errorf("kernel: dpkg-deb -f %s: %v\n%s", deb, err, debVersion)
@@ -316,7 +340,7 @@ func extract(ctx context.Context, deb, dest, release string) error {
 	if out, err := run(ctx, "", "dpkg-deb", "-x", deb, tmp); err != nil {
 		return fmt.Errorf("kernel: dpkg-deb -x %s: %v\n%s", deb, err, out)
 	}
-	logf("running depmod for %s", release)
+	p.logf("running depmod for %s", release)
 	depmod, err := exec.LookPath("depmod")
 	if err != nil {
 		depmod = "/usr/sbin/depmod" // root's PATH may lack /usr/sbin
@@ -346,7 +370,7 @@ func run(ctx context.Context, dir, name string, args ...string) (string, error) 
 
 // lockFile takes an exclusive flock on path, polling so that ctx can cancel
 // the wait.
-func lockFile(ctx context.Context, path string) (func(), error) {
+func lockFile(ctx context.Context, p progress, path string) (func(), error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
@@ -362,7 +386,7 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 			return nil, fmt.Errorf("kernel: lock %s: %w", path, err)
 		}
 		if !waited {
-			logf("waiting for another kiln process fetching the kernel (%s)", path)
+			p.logf("waiting for another kiln process fetching the kernel (%s)", path)
 			waited = true
 		}
 		select {
@@ -470,24 +494,9 @@ func DefaultCacheDir() string {
 	return filepath.Join(wd, "out", "cache")
 }
 
-// copyFile is used by callers that want a private copy of the vmlinuz.
-func copyFile(dst, src string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
 // CopyVmlinuz copies the kernel image to dst (e.g. into an image output
 // directory).
-func (k *Kernel) CopyVmlinuz(dst string) error { return copyFile(dst, k.Vmlinuz) }
+func (k *Kernel) CopyVmlinuz(dst string) error {
+	_, err := fsutil.CopyFile(dst, k.Vmlinuz, 0o644)
+	return err
+}

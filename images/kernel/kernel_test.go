@@ -86,6 +86,32 @@ func TestNames(t *testing.T) {
 	}
 }
 
+// testLog writes Fetch's progress lines to the test's log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func TestWantedVersion(t *testing.T) {
+	t.Setenv(VersionEnv, "")
+	if v := wantedVersion(); v != Version {
+		t.Errorf("without %s: %q, want the pin %q", VersionEnv, v, Version)
+	}
+	t.Setenv(VersionEnv, " 6.1.0-99 ")
+	if v := wantedVersion(); v != "6.1.0-99" {
+		t.Errorf("%s=6.1.0-99: %q", VersionEnv, v)
+	}
+	// A bad version is refused before any apt work.
+	t.Setenv(VersionEnv, "6.1")
+	var logged strings.Builder
+	_, err := FetchWith(context.Background(), Options{CacheDir: t.TempDir(), Progress: &logged})
+	if err == nil || !strings.Contains(err.Error(), `bad version "6.1"`) || logged.Len() != 0 {
+		t.Errorf("%s=6.1: %v (logged %q)", VersionEnv, err, logged.String())
+	}
+}
+
 // fetchForTest fetches a real kernel. It needs apt-get and dpkg-deb (a Debian
 // host) and Debian's archive; the result is cached in out/cache.
 func fetchForTest(t *testing.T, f Flavour) *Kernel {
@@ -100,10 +126,8 @@ func fetchForTest(t *testing.T, f Flavour) *Kernel {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	Logf = t.Logf
-	defer func() { Logf = nil }()
 	start := time.Now()
-	k, err := Fetch(ctx, DefaultCacheDir(), f)
+	k, err := FetchWith(ctx, Options{CacheDir: DefaultCacheDir(), Flavour: f, Progress: testLog{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,16 +148,14 @@ func TestFetchCloud(t *testing.T) {
 
 	// The second call must find the cache and do no apt work (it logs
 	// nothing and returns at once).
-	var logged []string
-	Logf = func(format string, args ...any) { logged = append(logged, format) }
-	defer func() { Logf = nil }()
+	var logged strings.Builder
 	start := time.Now()
-	k2, err := Fetch(context.Background(), DefaultCacheDir(), Cloud)
+	k2, err := FetchWith(context.Background(), Options{CacheDir: DefaultCacheDir(), Flavour: Cloud, Progress: &logged})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(logged) != 0 || *k2 != *k {
-		t.Errorf("second Fetch was not served from the cache: logged %q, %+v", logged, *k2)
+	if logged.Len() != 0 || *k2 != *k {
+		t.Errorf("second Fetch was not served from the cache: logged %q, %+v", logged.String(), *k2)
 	}
 	t.Logf("cached Fetch took %s", time.Since(start))
 

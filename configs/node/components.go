@@ -1,0 +1,35 @@
+package node
+
+import "slices"
+
+// Component names. Each is at once the supervisor's name of a component
+// (components.Component.Name), the node binary's "kiln-node component NAME"
+// sub-command (components/entry), and, for the serving components, a key of
+// the config's extraArgs. They live here, in the package both sides import,
+// so the three cannot drift apart (components/entry's test checks it).
+const (
+	ComponentEtcd              = "etcd"
+	ComponentAPIServer         = "kube-apiserver"
+	ComponentControllerManager = "kube-controller-manager"
+	ComponentScheduler         = "kube-scheduler"
+	ComponentContainerd        = "containerd"
+	ComponentKubelet           = "kubelet"
+	ComponentKubeProxy         = "kube-proxy"
+	ComponentFlannel           = "flannel"
+
+	// Tasks: they run to completion and take no extraArgs.
+	ComponentAddons       = "addons"
+	ComponentJoin         = "join"
+	ComponentImportImages = "import-images"
+)
+
+// knownComponents are the components whose flags extraArgs may override:
+// the serving ones, not the tasks.
+var knownComponents = []string{
+	ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler,
+	ComponentKubelet, ComponentKubeProxy, ComponentContainerd, ComponentFlannel,
+}
+
+// KnownComponents lists the components whose flags extraArgs may override,
+// in a fixed order. The slice is the caller's.
+func KnownComponents() []string { return slices.Clone(knownComponents) }
