@@ -6,20 +6,10 @@ import (
 	"net"
 	"os"
 
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/oci"
 	"kiln/pki"
-)
-
-// Paths of the worker stack's programs and data inside a kiln image.
-const (
-	// RuncPath is the OCI runtime containerd's runc shim runs.
-	RuncPath = "/usr/bin/runc"
-	// CNIBinDir holds the upstream CNI plugins (bridge, host-local, loopback).
-	CNIBinDir = "/usr/libexec/cni"
-	// ImagesDir holds the OCI image archives imported at boot: the
-	// sandbox, CoreDNS and test images kiln builds, and the user's own.
-	ImagesDir = "/usr/share/kiln/images"
 )
 
 // Containerd is upstream containerd v2 with its CRI plugin: the runtime the
@@ -110,7 +100,7 @@ state = %[2]q
     conf_dir = %[7]q
     max_conf_num = 1
 `, env.Path("containerd"), env.Path("run", "containerd"), ContainerdSocket(env),
-		oci.PauseRef, RuncPath, CNIBinDir, CNIConfDir(env))
+		oci.PauseRef, image.RuncPath, image.CNIBinDir, CNIConfDir(env))
 	return pki.WriteFile(env.Path(containerdConfig), []byte(conf), false)
 }
 
@@ -125,7 +115,7 @@ func (Containerd) Ready(ctx context.Context, env *Env) error {
 	return c.Close()
 }
 
-// ImportImages imports the image archives of ImagesDir into containerd once
+// ImportImages imports the image archives of image.ImagesDir into containerd once
 // it runs: the sandbox (pause) image, CoreDNS, the test workload and the
 // user's own. Nothing is pulled from a registry.
 type ImportImages struct{}
@@ -141,7 +131,7 @@ func (ImportImages) DependsOn() []string           { return []string{node.Compon
 func (ImportImages) Prepare(*Env) error            { return nil }
 func (ImportImages) Task()                         {}
 func (ImportImages) Flags(env *Env) map[string]string {
-	return map[string]string{"address": ContainerdSocket(env), "dir": ImagesDir}
+	return map[string]string{"address": ContainerdSocket(env), "dir": image.ImagesDir}
 }
 
 // mkdirs creates directories a component expects.

@@ -348,23 +348,12 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// configDoc is the node config served at /config/<mac>.yaml: PID 1 stacks
-// it over the image's own config (kiln.config=).
-type configDoc struct {
-	APIVersion string        `yaml:"apiVersion"`
-	Kind       string        `yaml:"kind"`
-	Role       node.Role     `yaml:"role"`
-	Hostname   string        `yaml:"hostname,omitempty"`
-	Address    string        `yaml:"address,omitempty"`
-	Network    *node.Network `yaml:"network,omitempty"`
-}
-
 // ConfigYAML is the node config of the machine: role and hostname and, for
 // a static address, the address and network settings. gateway is used when
 // the machine has none of its own (the DHCP router, if it is in the
 // machine's network); dns lists name servers for a static address.
 func (m Machine) ConfigYAML(gateway netip.Addr, dns []netip.Addr) []byte {
-	doc := configDoc{APIVersion: node.APIVersion, Kind: node.Kind, Role: m.Role, Hostname: m.Hostname}
+	doc := node.NewLayer(m.Role, m.Hostname)
 	if m.Address.IsValid() {
 		off := false
 		n := &node.Network{DHCP: &off, Address: m.Address.String()}
@@ -380,13 +369,9 @@ func (m Machine) ConfigYAML(gateway netip.Addr, dns []netip.Addr) []byte {
 		doc.Address = m.Address.Addr().String()
 		doc.Network = n
 	}
-	b, err := yaml.Marshal(doc)
-	if err != nil {
-		panic(err) // a fixed struct of strings
-	}
 	src := "listed in the machines file"
 	if m.Default {
 		src = "the machines file's default"
 	}
-	return append([]byte(fmt.Sprintf("# kiln pxe: node config of %s (%s)\n", m.MAC, src)), b...)
+	return doc.YAML(fmt.Sprintf("kiln pxe: node config of %s (%s)", m.MAC, src))
 }

@@ -154,7 +154,7 @@ func needVM(t *testing.T) *kernel.Kernel {
 	kernelOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		testKernel, kernelErr = kernel.FetchWith(ctx, kernel.Options{Flavour: kernel.Cloud, Progress: testLog{t}})
+		testKernel, kernelErr = kernel.Fetch(ctx, kernel.Options{Flavour: kernel.Cloud, Progress: testLog{t}})
 	})
 	if kernelErr != nil {
 		t.Fatalf("fetching the kernel: %v", kernelErr)

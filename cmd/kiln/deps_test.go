@@ -28,10 +28,7 @@ var forbidden = []struct{ path, why string }{
 	{"go.etcd.io/bbolt", "the etcd server"},
 	{"github.com/containerd/containerd", "containerd and its API"},
 	{"kiln/cmd/kiln-node", "the node binary"},
-	// kiln/components itself is allowed, for now: images/builder reads
-	// its paths (RuncPath, CNIBinDir, ImagesDir), and it links no upstream
-	// code. Its sub-packages (entry, addons) do.
-	{"kiln/components/", "the component entry points, which run upstream code"},
+	{"kiln/components", "the components, their entry points (which run upstream code) and add-ons"},
 	{"kiln/init", "PID 1 and the supervisor"},
 }
 

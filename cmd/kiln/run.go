@@ -261,16 +261,11 @@ func writeKubeconfig(m *builder.Manifest, image string, port int) (string, error
 	if err != nil {
 		return "", fmt.Errorf("admin kubeconfig of the image's cluster: %w", err)
 	}
-	kc, err := pki.ParseKubeconfig(data)
+	out, err := pki.RewriteKubeconfigServer(data, fmt.Sprintf("https://127.0.0.1:%d", port))
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", src, err)
 	}
-	kc.Server = fmt.Sprintf("https://127.0.0.1:%d", port)
-	out, err := kc.Marshal()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(image, "admin.kubeconfig")
+	p := filepath.Join(image, cluster.AdminKubeconfigFile)
 	if err := pki.WriteFile(p, out, true); err != nil {
 		return "", err
 	}

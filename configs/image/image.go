@@ -36,6 +36,20 @@ const (
 	CompleteMarker = ".kiln-initramfs-complete"
 )
 
+// Paths of the worker stack's programs and data inside the image: the
+// builder puts them there, the components run them.
+const (
+	// RuncPath is the OCI runtime containerd's runc shim runs.
+	RuncPath = "/usr/bin/runc"
+	// ShimPath is containerd's runc shim (containerd finds it in $PATH).
+	ShimPath = "/usr/bin/containerd-shim-runc-v2"
+	// CNIBinDir holds the upstream CNI plugins (bridge, host-local, loopback).
+	CNIBinDir = "/usr/libexec/cni"
+	// ImagesDir holds the OCI image archives imported at boot: the
+	// sandbox, CoreDNS and test images kiln builds, and the user's own.
+	ImagesDir = "/usr/share/kiln/images"
+)
+
 // Kernel command-line keys. The builder and kiln pxe serve write them;
 // PID 1 reads them (init/boot), later ones overriding earlier ones.
 const (

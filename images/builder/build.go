@@ -319,7 +319,7 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	total := time.Now()
 
 	if err := p.step("fetch", func() (string, error) {
-		k, err := kernel.Fetch(ctx, r.CacheDir, r.Kernel)
+		k, err := kernel.Fetch(ctx, kernel.Options{CacheDir: r.CacheDir, Flavour: r.Kernel, Progress: r.Progress})
 		if err != nil {
 			return "", err
 		}

@@ -96,7 +96,7 @@ func needKernel(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		start := time.Now()
-		_, kernelErr = kernel.Fetch(ctx, kernel.DefaultCacheDir(), kernel.Cloud)
+		_, kernelErr = kernel.Fetch(ctx, kernel.Options{CacheDir: kernel.DefaultCacheDir(), Flavour: kernel.Cloud})
 		t.Logf("kernel.Fetch: %v", time.Since(start).Round(time.Millisecond))
 	})
 	if kernelErr != nil {

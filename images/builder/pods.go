@@ -9,7 +9,7 @@ import (
 	"path"
 	"path/filepath"
 
-	"kiln/components"
+	"kiln/configs/image"
 	"kiln/images/initramfs"
 	"kiln/images/oci"
 )
@@ -24,11 +24,11 @@ type PodProgram struct {
 
 // PodPrograms are the worker stack's programs besides the node binary.
 var PodPrograms = []PodProgram{
-	{"runc", components.RuncPath, "bin/runc"},
-	{"containerd-shim-runc-v2", "/usr/bin/containerd-shim-runc-v2", "bin/containerd-shim-runc-v2"},
-	{"cni/bridge", components.CNIBinDir + "/bridge", "bin/cni/bridge"},
-	{"cni/host-local", components.CNIBinDir + "/host-local", "bin/cni/host-local"},
-	{"cni/loopback", components.CNIBinDir + "/loopback", "bin/cni/loopback"},
+	{"runc", image.RuncPath, "bin/runc"},
+	{"containerd-shim-runc-v2", image.ShimPath, "bin/containerd-shim-runc-v2"},
+	{"cni/bridge", image.CNIBinDir + "/bridge", "bin/cni/bridge"},
+	{"cni/host-local", image.CNIBinDir + "/host-local", "bin/cni/host-local"},
+	{"cni/loopback", image.CNIBinDir + "/loopback", "bin/cni/loopback"},
 }
 
 // podContent adds the worker stack to the archive: runc, containerd's shim,
@@ -51,7 +51,7 @@ func podContent(a *initramfs.Archive, r Request) ([]string, error) {
 		a.Dir(path.Dir(p.Path[1:]), 0o755)
 		a.FileFrom(p.Path[1:], host, 0o755)
 	}
-	imgDir := components.ImagesDir[1:]
+	imgDir := image.ImagesDir[1:]
 	a.Dir(imgDir, 0o755)
 	var refs []string
 	for _, im := range oci.Builtin {

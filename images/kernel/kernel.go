@@ -105,7 +105,7 @@ type Kernel struct {
 	ConfigFile string  // absolute path of boot/config-<release>
 }
 
-// Options says which kernel FetchWith fetches, where it keeps it and where
+// Options says which kernel Fetch fetches, where it keeps it and where
 // it reports its progress. The zero value fetches the cloud kernel into
 // DefaultCacheDir silently.
 type Options struct {
@@ -131,19 +131,12 @@ func (p progress) logf(format string, args ...any) {
 // stamp marks an extraction as complete.
 const stamp = ".kiln-extracted"
 
-// Fetch is FetchWith with progress on standard error.
-//
-// Deprecated: use FetchWith, which takes the progress writer explicitly.
-func Fetch(ctx context.Context, cacheDir string, flavour Flavour) (*Kernel, error) {
-	return FetchWith(ctx, Options{CacheDir: cacheDir, Flavour: flavour, Progress: os.Stderr})
-}
-
-// FetchWith returns the pinned kernel (Version, or $KILN_KERNEL_VERSION) of
+// Fetch returns the pinned kernel (Version, or $KILN_KERNEL_VERSION) of
 // the options' flavour, downloading and extracting it under
 // CacheDir/kernel when it is not there yet. A second call finds the
 // extracted tree and does no apt work at all. Concurrent callers (several
 // test binaries) are serialized by a lock file.
-func FetchWith(ctx context.Context, opts Options) (*Kernel, error) {
+func Fetch(ctx context.Context, opts Options) (*Kernel, error) {
 	if opts.Flavour == "" {
 		opts.Flavour = Cloud
 	}
@@ -166,7 +159,7 @@ func wantedVersion() string {
 	return Version
 }
 
-// fetch is FetchWith for an ABI version.
+// fetch is Fetch for an ABI version.
 func fetch(ctx context.Context, version string, opts Options) (*Kernel, error) {
 	flavour, cacheDir, p := opts.Flavour, opts.CacheDir, progress{opts.Progress}
 	if !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+$`).MatchString(version) {

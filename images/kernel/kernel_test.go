@@ -106,7 +106,7 @@ func TestWantedVersion(t *testing.T) {
 	// A bad version is refused before any apt work.
 	t.Setenv(VersionEnv, "6.1")
 	var logged strings.Builder
-	_, err := FetchWith(context.Background(), Options{CacheDir: t.TempDir(), Progress: &logged})
+	_, err := Fetch(context.Background(), Options{CacheDir: t.TempDir(), Progress: &logged})
 	if err == nil || !strings.Contains(err.Error(), `bad version "6.1"`) || logged.Len() != 0 {
 		t.Errorf("%s=6.1: %v (logged %q)", VersionEnv, err, logged.String())
 	}
@@ -127,7 +127,7 @@ func fetchForTest(t *testing.T, f Flavour) *Kernel {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
-	k, err := FetchWith(ctx, Options{CacheDir: DefaultCacheDir(), Flavour: f, Progress: testLog{t}})
+	k, err := Fetch(ctx, Options{CacheDir: DefaultCacheDir(), Flavour: f, Progress: testLog{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestFetchCloud(t *testing.T) {
 	// nothing and returns at once).
 	var logged strings.Builder
 	start := time.Now()
-	k2, err := FetchWith(context.Background(), Options{CacheDir: DefaultCacheDir(), Flavour: Cloud, Progress: &logged})
+	k2, err := Fetch(context.Background(), Options{CacheDir: DefaultCacheDir(), Flavour: Cloud, Progress: &logged})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 func buildTestImage() (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	k, err := kernel.FetchWith(ctx, kernel.Options{Flavour: kernel.Cloud}) // no Progress: silent
+	k, err := kernel.Fetch(ctx, kernel.Options{Flavour: kernel.Cloud}) // no Progress: silent
 	if err != nil {
 		return "", "", err
 	}

@@ -8,8 +8,6 @@ package vmcluster
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -206,7 +204,7 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 		// eth1 is QEMU's user network, only for the API forward: the API
 		// server listens there too.
 		l.Network.Additional = []node.Network{{Interface: "eth1", Address: userNetGuest}}
-		l.ExtraArgs = map[string]map[string]string{"kube-apiserver": {"bind-address": "0.0.0.0"}}
+		l.ExtraArgs = map[string]map[string]string{node.ComponentAPIServer: {"bind-address": "0.0.0.0"}}
 	} else {
 		l.APIEndpoint = fmt.Sprintf("https://%s%d:%d", subnetPrefix, masterHost, apiGuestPort)
 	}
@@ -291,16 +289,11 @@ func (c *Cluster) writeKubeconfig(cl *cluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	kc, err := pki.ParseKubeconfig(data)
+	out, err := pki.RewriteKubeconfigServer(data, fmt.Sprintf("https://127.0.0.1:%d", c.APIPort))
 	if err != nil {
 		return fmt.Errorf("%s: %w", cl.Paths().AdminKubeconfig, err)
 	}
-	kc.Server = fmt.Sprintf("https://127.0.0.1:%d", c.APIPort)
-	out, err := kc.Marshal()
-	if err != nil {
-		return err
-	}
-	c.Kubeconfig, _ = filepath.Abs(filepath.Join(c.opts.StateDir, "admin.kubeconfig"))
+	c.Kubeconfig, _ = filepath.Abs(filepath.Join(c.opts.StateDir, cluster.AdminKubeconfigFile))
 	if err := pki.WriteFile(c.Kubeconfig, out, true); err != nil {
 		return err
 	}
@@ -325,15 +318,11 @@ func NewClient(kubeconfig string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
 	}
-	cert, err := tls.X509KeyPair(kc.CertPEM, kc.KeyPEM)
+	cfg, err := kc.TLSConfig()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(kc.CAPEM)
-	return &Client{server: kc.Server, http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots},
-	}}}, nil
+	return &Client{server: kc.Server, http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
 }
 
 // NodeStatus is a node as the API reports it.
