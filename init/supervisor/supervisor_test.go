@@ -434,11 +434,4 @@ func TestReadMeminfo(t *testing.T) {
 	if readMeminfo(filepath.Join(t.TempDir(), "none")) != nil {
 		t.Error("a missing meminfo gave memory")
 	}
-	var b strings.Builder
-	nodeapi.Status{Started: time.Now(), Memory: m, Services: []nodeapi.ServiceStatus{{Name: "etcd", State: nodeapi.StateReady, MemoryBytes: 150 << 20}}}.WriteTable(&b)
-	for _, want := range []string{"MEMORY", "150 MiB", "memory: 502 MiB in use, 1464 MiB available of 1967 MiB"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("table lacks %q:\n%s", want, b.String())
-		}
-	}
 }

@@ -1,0 +1,49 @@
+package nodeapi
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWriteTable(t *testing.T) {
+	st := Status{
+		Started: time.Now().Add(-time.Minute),
+		Memory:  &MachineMemory{TotalBytes: 2014700 << 10, AvailableBytes: 1500000 << 10},
+		Services: []ServiceStatus{
+			{Name: "etcd", State: StateReady, PID: 42, MemoryBytes: 150 << 20},
+			{Name: "kube-scheduler", State: StateCrashLoop, Restarts: 3, LastExit: "exit status 1", LastExitAt: time.Now()},
+		},
+		Timeline: []Event{{At: 1500 * time.Millisecond, Service: "etcd", What: "ready"}},
+	}
+	var b strings.Builder
+	st.WriteTable(&b)
+	for _, want := range []string{"MEMORY", "150 MiB", "memory: 502 MiB in use, 1464 MiB available of 1967 MiB",
+		"kube-scheduler", "crash-loop", "exit status 1", "timeline:", "1.50s", "up 1m0s"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// WriteStatus prints what a node serves: JSON as it came, or the table.
+func TestWriteStatus(t *testing.T) {
+	body, err := json.Marshal(Status{Started: time.Now(), Services: []ServiceStatus{{Name: "etcd", State: StateReady}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var js, table strings.Builder
+	if err := WriteStatus(&js, body, "json"); err != nil || js.String() != string(body) {
+		t.Errorf("json: %v %q", err, js.String())
+	}
+	if err := WriteStatus(&table, body, "table"); err != nil || !strings.Contains(table.String(), "etcd") {
+		t.Errorf("table: %v %q", err, table.String())
+	}
+	if err := WriteStatus(&table, body, "yaml"); err == nil {
+		t.Error("yaml output accepted")
+	}
+	if err := WriteStatus(&table, []byte("{"), "table"); err == nil || !strings.Contains(err.Error(), "decoding status") {
+		t.Errorf("broken body: %v", err)
+	}
+}
