@@ -97,6 +97,7 @@ type Node struct {
 	Name, Address, MAC string
 	Role               node.Role
 	ConsoleLog         string
+	image              *builder.Dir // what it boots
 	mu                 sync.Mutex
 	vm                 *qemu.VM
 	opts               []qemu.Option
@@ -116,7 +117,6 @@ type Cluster struct {
 	Kubeconfig string // admin kubeconfig for the forwarded API
 	hub        *qemu.Hub
 	opts       Options
-	images     map[node.Role]*builder.Dir
 	api        *Client
 	started    time.Time
 	ctx        context.Context
@@ -126,23 +126,13 @@ type Cluster struct {
 // WaitReady). Close stops them.
 func Up(ctx context.Context, o Options) (*Cluster, error) {
 	o.defaults()
-	images := map[node.Role]*builder.Dir{}
-	for _, role := range []node.Role{node.RoleMaster, node.RoleWorker} {
-		dir := o.MasterImage
-		if role == node.RoleWorker {
-			dir = o.WorkerImage
-		}
-		d, err := builder.Open(dir)
-		if err == nil && d.Role != role {
-			err = fmt.Errorf("%s is a %s image, not a %s image", dir, d.Role, role)
-		}
-		if err == nil {
-			_, err = d.Kernel()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: build it with \"make image ROLE=%s FORMAT=kernel\"", err, role)
-		}
-		images[role] = d
+	master, err := openImage(o.MasterImage, node.RoleMaster)
+	if err != nil {
+		return nil, err
+	}
+	worker, err := openImage(o.WorkerImage, node.RoleWorker)
+	if err != nil {
+		return nil, err
 	}
 	if o.Workers < 0 || o.Workers > 200 {
 		return nil, fmt.Errorf("workers: %d is not between 0 and 200", o.Workers)
@@ -165,10 +155,10 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{hub: hub, opts: o, images: images, started: time.Now(), ctx: ctx}
-	nodes := []*Node{{Name: MasterName, Role: node.RoleMaster, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost)}}
+	c := &Cluster{hub: hub, opts: o, started: time.Now(), ctx: ctx}
+	nodes := []*Node{{Name: MasterName, Role: node.RoleMaster, image: master, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost)}}
 	for i := 1; i <= o.Workers; i++ {
-		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i)})
+		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, image: worker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i)})
 	}
 	for i, n := range nodes {
 		n.MAC = fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)
@@ -193,6 +183,22 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// openImage opens an image directory that must hold a kernel-format image
+// of role.
+func openImage(dir string, role node.Role) (*builder.Dir, error) {
+	d, err := builder.Open(dir)
+	if err == nil && d.Role != role {
+		err = fmt.Errorf("%s is a %s image, not a %s image", dir, d.Role, role)
+	}
+	if err == nil {
+		_, err = d.Kernel()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: build it with \"make image ROLE=%s FORMAT=kernel\"", err, role)
+	}
+	return d, nil
 }
 
 // nodeConfig is a node's config drive content: a layer over the image's
@@ -222,7 +228,7 @@ func (c *Cluster) prepare(n *Node) error {
 	if err := configDrive(drive, cfgPath); err != nil {
 		return err
 	}
-	img, mem := c.images[n.Role], c.opts.WorkerMemory
+	img, mem := n.image, c.opts.WorkerMemory
 	if n.Role == node.RoleMaster {
 		mem = c.opts.MasterMemory
 	}
@@ -507,11 +513,11 @@ func (c *Cluster) AddWorker(image string) (*Node, error) {
 	n := &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
 		MAC: fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)}
 	n.ConsoleLog = filepath.Join(c.opts.StateDir, n.Name+".console.log")
-	saved := c.opts.WorkerImage
-	c.opts.WorkerImage = image
-	err := c.prepare(n)
-	c.opts.WorkerImage = saved
-	if err != nil {
+	var err error
+	if n.image, err = openImage(image, node.RoleWorker); err != nil {
+		return nil, err
+	}
+	if err := c.prepare(n); err != nil {
 		return nil, err
 	}
 	if err := c.boot(n); err != nil {
