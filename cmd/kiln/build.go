@@ -86,7 +86,7 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 
 func formatHelp() string {
 	var b strings.Builder
-	for _, f := range builder.Formats {
+	for _, f := range builder.Formats() {
 		fmt.Fprintf(&b, "  %-7s %s\n", f.Name, f.Help)
 	}
 	return b.String()

@@ -2,7 +2,7 @@
 // the pinned Debian kernel, assembles a reproducible initramfs (the node
 // binary as /init, the node config, the cluster material the role needs,
 // kernel modules, a few userspace tools) and then runs the requested output
-// formats (Formats: kernel, iso, qcow2, pxe), each writing into one output
+// formats (registry: kernel, iso, qcow2, pxe), each writing into one output
 // directory.
 //
 // An image directory looks like this after a full build of a master:
@@ -58,7 +58,7 @@ type Request struct {
 	OutDir string
 	// Kernel is the Debian kernel flavour. Default kernel.Cloud.
 	Kernel kernel.Flavour
-	// Formats are the output formats to build (names from Formats).
+	// Formats are the output formats to build (names from FormatNames).
 	// Default: all of them.
 	Formats []string
 	// CacheDir holds the downloaded kernel. Default kernel.DefaultCacheDir().

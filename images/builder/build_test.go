@@ -290,10 +290,10 @@ func TestImageContents(t *testing.T) {
 				}
 			}
 			// Both roles run pods by default: the worker stack is there.
-			for _, p := range PodPrograms {
+			for _, p := range podPrograms {
 				get(p.Path[1:])
 			}
-			for _, im := range oci.Builtin {
+			for _, im := range oci.Builtin() {
 				get("usr/share/kiln/images/" + im.Archive)
 			}
 			if role == "worker" {
@@ -350,7 +350,7 @@ func TestMBR(t *testing.T) {
 
 func TestFormatsRegistry(t *testing.T) {
 	seen := map[string]bool{}
-	for _, f := range Formats {
+	for _, f := range registry {
 		if f.Name == "" || f.Build == nil || f.Help == "" || seen[f.Name] {
 			t.Errorf("bad registry entry %+v", f)
 		}

@@ -15,12 +15,12 @@ import (
 	"kiln/images/kernel"
 )
 
-// Modules are the kernel modules every image carries, in load order.
+// baseModules are the kernel modules every image carries, in load order.
 // /etc/kiln/modules lists their closure (dependencies first, each once, as
 // resolved from modules.dep), so PID 1 loads the file of each name in turn
 // and needs no dependency resolution of its own. Modules built into the
 // kernel are left out. A name unknown to the kernel is a build error.
-var Modules = []string{
+var baseModules = []string{
 	// virtio devices (QEMU, most clouds)
 	"virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi",
 	// ACPI power button and its input events: "kiln run" and QEMU's
@@ -42,10 +42,10 @@ var Modules = []string{
 	"ext4", "isofs", "sr_mod", "vfat", "nls_cp437", "nls_utf8",
 }
 
-// HardwareModules are loaded when the kernel has them (the generic flavour,
+// hardwareModules are loaded when the kernel has them (the generic flavour,
 // for physical servers): common disk controllers and NICs. Absent ones are
 // skipped silently.
-var HardwareModules = []string{
+var hardwareModules = []string{
 	"ahci", "sd_mod", "nvme", "megaraid_sas", "mpt3sas",
 	"e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "bnxt_en", "tg3", "bnx2", "r8169", "mlx5_core", "virtio_input",
 }
@@ -65,8 +65,8 @@ type Tool struct {
 	Why string
 }
 
-// Tools are the programs in the image besides /init: the one list to edit.
-var Tools = []Tool{
+// hostTools are the programs in the image besides /init: the one list to edit.
+var hostTools = []Tool{
 	{Path: "/usr/sbin/mke2fs", Host: []string{"/usr/sbin/mke2fs", "/sbin/mke2fs"}, Required: true, Package: "e2fsprogs",
 		Why: "formats a blank state disk"},
 	{Path: "/usr/sbin/e2fsck", Host: []string{"/usr/sbin/e2fsck", "/sbin/e2fsck"}, Required: true, Package: "e2fsprogs",
@@ -202,7 +202,7 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 	a.File(image.ModulesFile, lines(c.modules), 0o644)
 
 	// Userspace tools.
-	for _, t := range Tools {
+	for _, t := range hostTools {
 		host := firstExisting(t.Host)
 		if host == "" {
 			if t.Required {

@@ -60,9 +60,9 @@ type Format struct {
 	Build Builder
 }
 
-// Formats is the registry of output formats, in build order. Adding a
+// registry is the registry of output formats, in build order. Adding a
 // format is adding an entry.
-var Formats = []Format{
+var registry = []Format{
 	{
 		Name:  "kernel",
 		Help:  "vmlinuz + initramfs.img + cmdline, for direct boot (qemu -kernel, kexec)",
@@ -89,10 +89,14 @@ var Formats = []Format{
 	},
 }
 
+// Formats returns the registered formats, in build order (a copy: the
+// registry itself is fixed at compile time).
+func Formats() []Format { return append([]Format(nil), registry...) }
+
 // FormatNames lists the registered formats.
 func FormatNames() []string {
-	names := make([]string, len(Formats))
-	for i, f := range Formats {
+	names := make([]string, len(registry))
+	for i, f := range registry {
 		names[i] = f.Name
 	}
 	return names
@@ -102,7 +106,7 @@ func FormatNames() []string {
 // (nil or empty names: all).
 func lookupFormats(names []string) ([]Format, error) {
 	if len(names) == 0 {
-		return Formats, nil
+		return registry, nil
 	}
 	want := map[string]bool{}
 	for _, n := range names {
@@ -111,7 +115,7 @@ func lookupFormats(names []string) ([]Format, error) {
 			continue
 		}
 		found := false
-		for _, f := range Formats {
+		for _, f := range registry {
 			found = found || f.Name == n
 		}
 		if !found {
@@ -123,7 +127,7 @@ func lookupFormats(names []string) ([]Format, error) {
 		return nil, fmt.Errorf("no format given (want one or more of %s)", strings.Join(FormatNames(), ", "))
 	}
 	var out []Format
-	for _, f := range Formats {
+	for _, f := range registry {
 		if want[f.Name] {
 			out = append(out, f)
 		}

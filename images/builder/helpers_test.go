@@ -62,12 +62,12 @@ func fixtures(t *testing.T) (initBin, clusterDir string) {
 		// Stand-ins for the worker stack's programs where the builder looks
 		// by default (beside the node binary): these tests check what goes
 		// where; tests/vm boots the real ones.
-		for _, p := range PodPrograms {
+		for _, p := range podPrograms {
 			if shared.err = writeFake(filepath.Join(shared.dir, p.Bin), "fake "+p.Bin); shared.err != nil {
 				return
 			}
 		}
-		for _, im := range oci.Builtin {
+		for _, im := range oci.Builtin() {
 			if shared.err = writeFake(filepath.Join(shared.dir, "oci", im.Binary), "fake "+im.Binary); shared.err != nil {
 				return
 			}

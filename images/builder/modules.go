@@ -10,14 +10,14 @@ import (
 	"kiln/images/kernel"
 )
 
-// moduleFiles resolves Modules (and the HardwareModules the kernel has) to
+// moduleFiles resolves baseModules (and the hardwareModules the kernel has) to
 // .ko files in load order: modules.dep dependencies first (ModuleClosure),
 // and the modules named by soft dependencies (modules.softdep "pre:", e.g.
 // libcrc32c needs a crc32c implementation loaded before it, which the
 // generic kernel has as a module) before all of those.
 func moduleFiles(k *kernel.Kernel) ([]string, error) {
-	names := append([]string{}, Modules...)
-	for _, m := range HardwareModules {
+	names := append([]string{}, baseModules...)
+	for _, m := range hardwareModules {
 		if _, err := k.ModuleClosure(m); err == nil {
 			names = append(names, m)
 		}

@@ -22,8 +22,8 @@ type PodProgram struct {
 	Make string // the make target that builds it
 }
 
-// PodPrograms are the worker stack's programs besides the node binary.
-var PodPrograms = []PodProgram{
+// podPrograms are the worker stack's programs besides the node binary.
+var podPrograms = []PodProgram{
 	{"runc", image.RuncPath, "bin/runc"},
 	{"containerd-shim-runc-v2", image.ShimPath, "bin/containerd-shim-runc-v2"},
 	{"cni/bridge", image.CNIBinDir + "/bridge", "bin/cni/bridge"},
@@ -43,7 +43,7 @@ func podContent(a *initramfs.Archive, r Request) ([]string, error) {
 	missing := func(p, target string) error {
 		return fmt.Errorf("%s not found: the node runs pods and needs it (build it with \"make %s\", or \"make build\")", p, target)
 	}
-	for _, p := range PodPrograms {
+	for _, p := range podPrograms {
 		host := filepath.Join(binDir, filepath.FromSlash(p.Bin))
 		if _, err := os.Stat(host); errors.Is(err, fs.ErrNotExist) {
 			return nil, missing(host, p.Make)
@@ -54,7 +54,7 @@ func podContent(a *initramfs.Archive, r Request) ([]string, error) {
 	imgDir := image.ImagesDir[1:]
 	a.Dir(imgDir, 0o755)
 	var refs []string
-	for _, im := range oci.Builtin {
+	for _, im := range oci.Builtin() {
 		host := filepath.Join(binDir, "oci", im.Binary)
 		if _, err := os.Stat(host); errors.Is(err, fs.ErrNotExist) {
 			return nil, missing(host, "bin/oci/"+im.Binary)
@@ -67,7 +67,7 @@ func podContent(a *initramfs.Archive, r Request) ([]string, error) {
 		refs = append(refs, im.Ref)
 	}
 	seen := map[string]string{}
-	for _, im := range oci.Builtin {
+	for _, im := range oci.Builtin() {
 		seen[im.Archive] = "kiln's " + im.Ref
 	}
 	for _, archive := range r.Images {

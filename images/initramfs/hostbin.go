@@ -9,12 +9,12 @@ import (
 	"strings"
 )
 
-// LibraryDirs are searched, in order, for a shared library that an ELF file
+// libraryDirs are searched, in order, for a shared library that an ELF file
 // needs and that its RUNPATH/RPATH does not provide: Debian's multiarch
 // directories first, then the legacy ones. glibc's dynamic loader searches
 // the same multiarch directories by default, so libraries placed there work
 // without an ld.so.cache in the image.
-var LibraryDirs = []string{
+var libraryDirs = []string{
 	"/lib/x86_64-linux-gnu",
 	"/usr/lib/x86_64-linux-gnu",
 	"/lib64",
@@ -28,7 +28,7 @@ var LibraryDirs = []string{
 // archive together with everything it needs to run: its dynamic loader
 // (PT_INTERP, /lib64/ld-linux-x86-64.so.2 on amd64) and the transitive
 // closure of its DT_NEEDED libraries, resolved like ld.so does (RUNPATH or
-// RPATH with $ORIGIN, then LibraryDirs). Each library goes to the archive
+// RPATH with $ORIGIN, then libraryDirs). Each library goes to the archive
 // under its name in the host directory where it was found, with symlinked
 // directories resolved (/lib/x86_64-linux-gnu/libc.so.6 becomes
 // usr/lib/x86_64-linux-gnu/libc.so.6 on a merged-/usr host), as a regular
@@ -169,13 +169,13 @@ func dynInfo(p string) (needed, search []string, err error) {
 	return needed, search, nil
 }
 
-// findLib finds soname in search then LibraryDirs, skipping files of another
+// findLib finds soname in search then libraryDirs, skipping files of another
 // architecture (i386 libraries in /lib, for instance).
 func findLib(soname string, search []string, machine elf.Machine, class elf.Class) (string, error) {
 	if strings.Contains(soname, "/") {
 		return soname, nil
 	}
-	dirs := append(append([]string{}, search...), LibraryDirs...)
+	dirs := append(append([]string{}, search...), libraryDirs...)
 	for _, d := range dirs {
 		p := filepath.Join(d, soname)
 		f, err := elf.Open(p)

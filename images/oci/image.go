@@ -26,8 +26,10 @@ type Image struct {
 	Archive    string // file name under the image directory, e.g. pause.tar
 }
 
-// Builtin are the images every node that runs pods carries.
-var Builtin = []Image{
+// Builtin returns the images every node that runs pods carries.
+func Builtin() []Image { return append([]Image(nil), builtin...) }
+
+var builtin = []Image{
 	// The sandbox every pod starts with.
 	{Ref: PauseRef, Binary: "pause", Archive: "pause.tar"},
 	// The cluster DNS (the addons' Deployment runs it with -conf). It runs

@@ -64,7 +64,7 @@ func TestInspectRejectsOtherFiles(t *testing.T) {
 }
 
 func TestBuiltinRefsAreValid(t *testing.T) {
-	for _, im := range Builtin {
+	for _, im := range Builtin() {
 		if _, err := name.NewTag(im.Ref, name.StrictValidation); err != nil {
 			t.Errorf("%s: %v", im.Ref, err)
 		}

@@ -148,9 +148,9 @@ const (
 	CgroupInit = CgroupRoot + "/init"
 )
 
-// CgroupControllers are enabled for the children of the root and of
+// cgroupControllers are enabled for the children of the root and of
 // CgroupRoot, where the kernel has them.
-var CgroupControllers = []string{"cpuset", "cpu", "io", "memory", "hugetlb", "pids"}
+var cgroupControllers = []string{"cpuset", "cpu", "io", "memory", "hugetlb", "pids"}
 
 const (
 	nsd = unix.MS_NOSUID | unix.MS_NODEV
@@ -177,7 +177,7 @@ var earlyRoot = []Step{
 	Dir{Path: "/run/kiln", Mode: 0o755},
 	Dir{Path: "/var/log", Mode: 0o755},
 	Dir{Path: "/etc/kiln", Mode: 0o755},
-	&CgroupTree{Mount: CgroupMount, Root: CgroupRoot, Init: CgroupInit, Controllers: CgroupControllers},
+	&CgroupTree{Mount: CgroupMount, Root: CgroupRoot, Init: CgroupInit, Controllers: cgroupControllers},
 }
 
 // CgroupTree delegates cgroup v2 controllers to a tree for the supervisor:
