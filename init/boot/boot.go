@@ -277,16 +277,3 @@ func kernelStart() time.Time {
 	}
 	return time.Now().Add(-time.Duration(ts.Nano()))
 }
-
-// sleepCtx sleeps for d or until ctx ends (the waits for a device to
-// appear).
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}

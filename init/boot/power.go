@@ -1,6 +1,8 @@
 package boot
 
 import (
+	"kiln/internal/ctxutil"
+
 	"context"
 	"encoding/binary"
 	"io"
@@ -140,7 +142,7 @@ func watchPowerButton(ctx context.Context, con *console.Console, out chan<- powe
 	var devs []string
 	for i := 0; i < 50 && len(devs) == 0; i++ {
 		if devs = findPowerButtons("/sys/class/input", "/dev/input"); len(devs) == 0 {
-			if sleepCtx(ctx, 100*time.Millisecond) != nil {
+			if ctxutil.Sleep(ctx, 100*time.Millisecond) != nil {
 				return
 			}
 		}

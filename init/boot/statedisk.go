@@ -1,6 +1,8 @@
 package boot
 
 import (
+	"kiln/internal/ctxutil"
+
 	"context"
 	"errors"
 	"fmt"
@@ -76,7 +78,7 @@ func findStateDisk(ctx context.Context, s node.Storage) (string, error) {
 			}
 			return "", fmt.Errorf("storage.stateDisk %s: not found after %s (block devices: %s)", s.StateDisk, deviceWait, strings.Join(names, ", "))
 		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+		if err := ctxutil.Sleep(ctx, 200*time.Millisecond); err != nil {
 			return "", err
 		}
 	}

@@ -1,6 +1,8 @@
 package netconf
 
 import (
+	"kiln/internal/ctxutil"
+
 	"context"
 	"errors"
 	"time"
@@ -46,7 +48,7 @@ func (k *DHCP) acquire(ctx context.Context) error {
 			}
 		}
 		last = err
-		if err := sleepCtx(ctx, time.Second); err != nil {
+		if err := ctxutil.Sleep(ctx, time.Second); err != nil {
 			return last
 		}
 	}
@@ -94,7 +96,7 @@ func (k *DHCP) Keep(ctx context.Context) {
 			k.state.set(nil)
 			continue
 		}
-		if sleepCtx(ctx, wait) != nil {
+		if ctxutil.Sleep(ctx, wait) != nil {
 			return
 		}
 		if err := k.renew(ctx); err != nil && ctx.Err() == nil {

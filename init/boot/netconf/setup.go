@@ -6,6 +6,8 @@
 package netconf
 
 import (
+	"kiln/internal/ctxutil"
+
 	"context"
 	"fmt"
 	"net"
@@ -137,7 +139,7 @@ func pickLink(ctx context.Context, cfg node.Network) (netlink.Link, error) {
 			if time.Now().After(deadline) {
 				return nil, fmt.Errorf("network.interface %s: %w (interfaces: %s)", cfg.Interface, err, nicNames(ListNICs(SysClassNet)))
 			}
-			if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			if err := ctxutil.Sleep(ctx, 200*time.Millisecond); err != nil {
 				return nil, err
 			}
 		}
@@ -160,7 +162,7 @@ func pickLink(ctx context.Context, cfg node.Network) (netlink.Link, error) {
 		if time.Now().After(deadline) {
 			break // none has a carrier: take the first and let DHCP try
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+		if err := ctxutil.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -179,17 +181,6 @@ func nicNames(nics []NIC) string {
 		s += n.Name
 	}
 	return s
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // applyPlan configures an interface: MTU, address (replacing old's if it
