@@ -8,6 +8,8 @@ package vmcluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,10 +99,14 @@ type Node struct {
 	Name, Address, MAC string
 	Role               node.Role
 	ConsoleLog         string
-	image              *builder.Dir // what it boots
-	mu                 sync.Mutex
-	vm                 *qemu.VM
-	opts               []qemu.Option
+	// Hostname is the node name the machine asks for: its Name, unless it
+	// was booted to claim another's (AddWorker).
+	Hostname string
+	image    *builder.Dir // what it boots
+	secret   string       // its node secret (workers)
+	mu       sync.Mutex
+	vm       *qemu.VM
+	opts     []qemu.Option
 }
 
 // VM is the node's running QEMU (a new one after Restart).
@@ -204,8 +210,9 @@ func openImage(dir string, role node.Role) (*builder.Dir, error) {
 // nodeConfig is a node's config drive content: a layer over the image's
 // embedded config.
 func (c *Cluster) nodeConfig(n *Node) []byte {
-	l := node.NewLayer(n.Role, n.Name)
+	l := node.NewLayer(n.Role, n.hostname())
 	l.Network = &node.Network{Interface: "eth0", Address: n.Address + "/24"}
+	l.NodeSecret = n.secret
 	if n.Role == node.RoleMaster {
 		// eth1 is QEMU's user network, only for the API forward: the API
 		// server listens there too.
@@ -220,8 +227,12 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 // prepare writes the node's config drive and its QEMU options.
 func (c *Cluster) prepare(n *Node) error {
 	dir := c.opts.StateDir
+	if err := n.loadSecret(dir); err != nil {
+		return err
+	}
 	cfgPath := filepath.Join(dir, n.Name+".yaml")
-	if err := os.WriteFile(cfgPath, c.nodeConfig(n), 0o644); err != nil {
+	// The config holds the node's secret: 0600, as its config drive.
+	if err := os.WriteFile(cfgPath, c.nodeConfig(n), 0o600); err != nil {
 		return err
 	}
 	drive := filepath.Join(dir, n.Name+".config.iso")
@@ -402,7 +413,13 @@ func (c *Cluster) WaitReady(ctx context.Context, names ...string) error {
 	apiUp := false
 	seen := map[string]string{}
 	for {
-		for _, n := range c.Nodes {
+		// Only the awaited nodes' VMs count: a node that was powered off
+		// on purpose (a refused worker, say) does not fail the wait.
+		for _, name := range names {
+			n := c.Node(name)
+			if n == nil || n.VM() == nil {
+				continue
+			}
 			select {
 			case <-n.VM().Done():
 				return fmt.Errorf("%s: QEMU exited (%v); see %s", n.Name, n.VM().Wait(), n.ConsoleLog)
@@ -507,11 +524,13 @@ func (c *Cluster) Close() error {
 }
 
 // AddWorker boots one more worker from another image (e.g. built with a
-// different bootstrap token) on the cluster's L2.
-func (c *Cluster) AddWorker(image string) (*Node, error) {
+// different bootstrap token) on the cluster's L2. With a hostname, the
+// machine asks to join under that name (e.g. another node's), with a
+// secret of its own.
+func (c *Cluster) AddWorker(image, hostname string) (*Node, error) {
 	i := len(c.Nodes)
 	n := &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
-		MAC: fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)}
+		MAC: fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i), Hostname: hostname}
 	n.ConsoleLog = filepath.Join(c.opts.StateDir, n.Name+".console.log")
 	var err error
 	if n.image, err = openImage(image, node.RoleWorker); err != nil {
@@ -525,4 +544,32 @@ func (c *Cluster) AddWorker(image string) (*Node, error) {
 	}
 	c.Nodes = append(c.Nodes, n)
 	return n, nil
+}
+
+func (n *Node) hostname() string {
+	if n.Hostname != "" {
+		return n.Hostname
+	}
+	return n.Name
+}
+
+// loadSecret gives a worker its node secret (components/join): made once
+// and kept in the state directory, so the VM rejoins under its name after
+// every reboot and no other machine can take the name. A master's name
+// is the control plane's and needs none.
+func (n *Node) loadSecret(dir string) error {
+	if n.Role != node.RoleWorker || n.secret != "" {
+		return nil
+	}
+	path := filepath.Join(dir, n.Name+".secret")
+	if b, err := os.ReadFile(path); err == nil && len(b) >= 16 {
+		n.secret = string(b)
+		return nil
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	n.secret = hex.EncodeToString(b)
+	return os.WriteFile(path, []byte(n.secret), 0o600)
 }
