@@ -28,6 +28,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"kiln/internal/bounded"
 )
 
 const (
@@ -80,10 +82,17 @@ func (noSuchFile) Is(target error) bool { return target == fs.ErrNotExist }
 
 func fileErr(path string, err error) error { return &FileError{Path: path, Err: err} }
 
-// ReadFile reads a file, returning a *FileError: "PATH: no such file" when
-// it is missing, "PATH: <reason>" otherwise.
-func ReadFile(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
+// ReadFile reads a key, certificate, kubeconfig or token file of at most
+// bounded.MaxKeyFile (1 MiB), returning a *FileError: "PATH: no such
+// file" when it is missing, "PATH: larger than 1 MiB, the most kiln reads
+// from such a file" for a bigger one (or one that never ends, such as a
+// symlink to /dev/zero), "PATH: <reason>" otherwise.
+func ReadFile(path string) ([]byte, error) { return ReadFileMax(path, bounded.MaxKeyFile) }
+
+// ReadFileMax is ReadFile with another cap (cluster.yaml is a config:
+// bounded.MaxConfigFile).
+func ReadFileMax(path string, max int64) ([]byte, error) {
+	data, err := bounded.ReadFile(path, max)
 	if err == nil {
 		return data, nil
 	}

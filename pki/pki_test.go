@@ -465,3 +465,40 @@ func TestKubeconfig(t *testing.T) {
 		}
 	}
 }
+
+// Key and certificate files are read up to a cap: one that never ends (a
+// symlink to /dev/zero) is an error naming the file and the cap, not a
+// process that grows until the machine is out of memory.
+func TestReadFileCapped(t *testing.T) {
+	dir := t.TempDir()
+	zero := filepath.Join(dir, "ca.key")
+	if err := os.Symlink("/dev/zero", zero); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ReadFile(zero)
+	var fe *FileError
+	if !errors.As(err, &fe) || fe.Path != zero || err.Error() != zero+": larger than 1 MiB, the most kiln reads from such a file" {
+		t.Errorf("ReadFile(/dev/zero): %v", err)
+	}
+	ca, err := NewCA("kiln-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(certPath, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCA(certPath, zero); err == nil || !strings.Contains(err.Error(), zero+": larger than 1 MiB") {
+		t.Errorf("LoadCA with a key on /dev/zero: %v", err)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, make([]byte, 2<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadFileMax(big, 4<<20); err != nil {
+		t.Errorf("2 MiB under a 4 MiB cap: %v", err)
+	}
+	if _, err := ReadFile(big); err == nil || !strings.Contains(err.Error(), "larger than 1 MiB") {
+		t.Errorf("2 MiB key file: %v", err)
+	}
+}

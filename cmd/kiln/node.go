@@ -7,15 +7,19 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
+	"net/netip"
+	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"kiln/configs/cluster"
 	"kiln/configs/nodeapi"
+	"kiln/internal/bounded"
 	"kiln/pki"
 )
 
@@ -38,14 +42,18 @@ client, and the status holds no secret.)`,
 				return usageError{fmt.Errorf("--node is required (the node's address)")}
 			}
 			if output != "table" && output != "json" {
-				return usageError{fmt.Errorf("-o %q: want table or json", output)}
+				return usageError{fmt.Errorf("-o %s: want table or json", bounded.Quote(output))}
 			}
-			body, err := nodeGet(nodeAddr, clusterDir, "/status")
+			hostPort, err := nodeHostPort(nodeAddr)
+			if err != nil {
+				return usageError{err}
+			}
+			body, err := nodeGet(hostPort, clusterDir, "/status")
 			if err != nil {
 				return err
 			}
 			if err := nodeapi.WriteStatus(c.OutOrStdout(), body, output); err != nil {
-				return fmt.Errorf("node %s: %w", nodeAddr, err)
+				return fmt.Errorf("node %s: %w", hostPort, err)
 			}
 			return nil
 		},
@@ -56,13 +64,56 @@ client, and the status holds no secret.)`,
 	return c
 }
 
-// nodeGet fetches a path of a node's status server.
-func nodeGet(nodeAddr, clusterDir, path string) ([]byte, error) {
-	if _, _, err := net.SplitHostPort(nodeAddr); err != nil {
-		nodeAddr = net.JoinHostPort(nodeAddr, strconv.Itoa(nodeapi.Port))
+// dnsName is a host name: dot-separated labels of letters, digits and '-'.
+var dnsName = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?$`)
+
+// zoneName is an IPv6 zone kiln takes: none, or an interface name.
+var zoneName = regexp.MustCompile(`^[-A-Za-z0-9_.]{0,15}$`)
+
+// nodeHostPort checks --node, HOST or HOST:PORT (HOST an IP address,
+// "[IPv6]", or a DNS name), and returns HOST:PORT, with nodeapi.Port when
+// none is given.
+func nodeHostPort(addr string) (string, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("--node %s: %s; want HOST or HOST:PORT, HOST an IP address or a DNS name (e.g. 192.168.1.21, [fd00::21]:10260, node-1)", bounded.Quote(addr), why)
 	}
+	if strings.Contains(addr, "://") {
+		return "", bad("a URL, not an address")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		// No port: the whole is the host ("[::1]" and "::1" both).
+		host, port = addr, strconv.Itoa(nodeapi.Port)
+		if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+			host = host[1 : len(host)-1]
+		}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
+		return "", bad("the port is not a number from 1 to 65535")
+	}
+	switch ip, err := netip.ParseAddr(host); {
+	case host == "":
+		return "", bad("no host")
+	case err == nil && !zoneName.MatchString(ip.Zone()):
+		return "", bad("the IPv6 zone is not an interface name")
+	case err == nil:
+		host = ip.String()
+	case len(host) > 253 || !dnsName.MatchString(host):
+		return "", bad("the host is neither an IP address nor a DNS name")
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// maxStatusBytes caps a node's answer: a status (the capped timeline, every
+// component) is well under it, so more is a broken or hostile server, not
+// a status to read into memory whole.
+const maxStatusBytes = 8 << 20
+
+// nodeGet fetches a path of the status server at hostPort (checked by
+// nodeHostPort).
+func nodeGet(hostPort, clusterDir, path string) ([]byte, error) {
 	kcPath := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
-	data, err := os.ReadFile(kcPath)
+	data, err := pki.ReadFile(kcPath)
 	if err != nil {
 		return nil, fmt.Errorf("admin credentials: %w (give the cluster directory with --cluster)", err)
 	}
@@ -82,18 +133,27 @@ func nodeGet(nodeAddr, clusterDir, path string) ([]byte, error) {
 	}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+nodeAddr+path, nil)
+	// url.URL escapes what a host may hold that a URL may not (an IPv6
+	// zone's '%').
+	u := &url.URL{Scheme: "https", Host: hostPort, Path: path}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", hostPort, err)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("node %s: %v (is it up, and is %s the right cluster?)", nodeAddr, err, clusterDir)
+		return nil, fmt.Errorf("node %s: %v (is it up, and is %s the right cluster?)", hostPort, err, clusterDir)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes+1))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("node %s: reading the answer: %w", hostPort, err)
+	}
+	if len(body) > maxStatusBytes {
+		return nil, fmt.Errorf("node %s: the answer is larger than %s, more than a node's status can be (not read further)", hostPort, bounded.Size(maxStatusBytes))
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("node %s: %s: %s", nodeAddr, resp.Status, body)
+		return nil, fmt.Errorf("node %s: %s: %s", hostPort, resp.Status, bounded.Shorten(strings.TrimSpace(string(body)), 512))
 	}
 	return body, nil
 }

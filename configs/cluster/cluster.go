@@ -34,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"kiln/internal/bounded"
 	"kiln/pki"
 )
 
@@ -199,7 +200,7 @@ func (f *configFile) marshal() []byte {
 // complete.
 func (f *configFile) validate() error {
 	if f.APIVersion != APIVersion || f.Kind != Kind {
-		return fmt.Errorf("apiVersion %q, kind %q: want apiVersion %s, kind %s", f.APIVersion, f.Kind, APIVersion, Kind)
+		return fmt.Errorf("apiVersion %s, kind %s: want apiVersion %s, kind %s", bounded.Quote(f.APIVersion), bounded.Quote(f.Kind), APIVersion, Kind)
 	}
 	if err := ValidateName(f.Name); err != nil {
 		return err
@@ -209,7 +210,7 @@ func (f *configFile) validate() error {
 		return err
 	}
 	if ep != f.Endpoint {
-		return fmt.Errorf("endpoint %q: want the form https://HOST:PORT (%s)", f.Endpoint, ep)
+		return fmt.Errorf("endpoint %s: want the form https://HOST:PORT (%s)", bounded.Quote(f.Endpoint), ep)
 	}
 	svc, _, err := parseCIDRs(f.ServiceCIDR, f.PodCIDR)
 	if err != nil {
@@ -217,16 +218,16 @@ func (f *configFile) validate() error {
 	}
 	dns, err := netip.ParseAddr(f.ClusterDNS)
 	if err != nil || !svc.Contains(dns) {
-		return fmt.Errorf("clusterDNS %q: want an IP address inside serviceCIDR %s", f.ClusterDNS, svc)
+		return fmt.Errorf("clusterDNS %s: want an IP address inside serviceCIDR %s", bounded.Quote(f.ClusterDNS), svc)
 	}
 	if !domainRe.MatchString(f.ClusterDomain) || len(f.ClusterDomain) > 253 {
-		return fmt.Errorf("clusterDomain %q: want a DNS domain such as %s", f.ClusterDomain, DefaultClusterDomain)
+		return fmt.Errorf("clusterDomain %s: want a DNS domain such as %s", bounded.Quote(f.ClusterDomain), DefaultClusterDomain)
 	}
 	if !caHashRe.MatchString(f.CAHash) {
-		return fmt.Errorf("caHash %q: want sha256:<64 hex digits>", f.CAHash)
+		return fmt.Errorf("caHash %s: want sha256:<64 hex digits>", bounded.Quote(f.CAHash))
 	}
 	if _, err := time.Parse(time.RFC3339, f.Created); err != nil {
-		return fmt.Errorf("created %q: want an RFC 3339 time", f.Created)
+		return fmt.Errorf("created %s: want an RFC 3339 time", bounded.Quote(f.Created))
 	}
 	return nil
 }
@@ -253,7 +254,7 @@ func ValidateName(name string) error {
 		return errors.New("cluster name is empty: want a DNS label such as kiln or prod-1")
 	}
 	if len(name) > 63 || !nameRe.MatchString(name) {
-		return fmt.Errorf("cluster name %q: want a DNS label: at most 63 characters a-z, 0-9 and '-', starting and ending with a letter or digit (e.g. kiln, prod-1)", name)
+		return fmt.Errorf("cluster name %s: want a DNS label: at most 63 characters a-z, 0-9 and '-', starting and ending with a letter or digit (e.g. kiln, prod-1)", bounded.Quote(name))
 	}
 	return nil
 }
@@ -262,7 +263,7 @@ func ValidateName(name string) error {
 // address, "[IPv6]", or a DNS name) and returns "https://HOST:PORT".
 func NormalizeEndpoint(ep string) (string, error) {
 	bad := func(why string) error {
-		return fmt.Errorf("endpoint %q: %s; want HOST:PORT or https://HOST:PORT, e.g. 192.168.1.10:6443", ep, why)
+		return fmt.Errorf("endpoint %s: %s; want HOST:PORT or https://HOST:PORT, e.g. 192.168.1.10:6443", bounded.Quote(ep), why)
 	}
 	if ep == "" {
 		return "", bad("empty")
@@ -270,7 +271,7 @@ func NormalizeEndpoint(ep string) (string, error) {
 	hostPort := ep
 	if i := strings.Index(ep, "://"); i >= 0 {
 		if ep[:i] != "https" {
-			return "", bad(fmt.Sprintf("scheme %q (the API server speaks only https)", ep[:i]))
+			return "", bad(fmt.Sprintf("scheme %s (the API server speaks only https)", bounded.Quote(ep[:i])))
 		}
 		u, err := url.Parse(ep)
 		if err != nil {
@@ -286,7 +287,7 @@ func NormalizeEndpoint(ep string) (string, error) {
 		return "", bad("no port")
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
-		return "", bad(fmt.Sprintf("port %q is not a number from 1 to 65535", port))
+		return "", bad(fmt.Sprintf("port %s is not a number from 1 to 65535", bounded.Quote(port)))
 	}
 	if host == "" {
 		return "", bad("no host")
@@ -299,7 +300,7 @@ func NormalizeEndpoint(ep string) (string, error) {
 	} else {
 		host = strings.ToLower(host)
 		if len(host) > 253 || !domainRe.MatchString(host) {
-			return "", bad(fmt.Sprintf("host %q is neither an IP address nor a DNS name", host))
+			return "", bad(fmt.Sprintf("host %s is neither an IP address nor a DNS name", bounded.Quote(host)))
 		}
 	}
 	return "https://" + net.JoinHostPort(host, port), nil
@@ -311,11 +312,11 @@ func parseCIDRs(service, pod string) (svc, pods netip.Prefix, err error) {
 	parse := func(field, s string) (netip.Prefix, error) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return p, fmt.Errorf("%s %q: want a CIDR such as %s", field, s, map[string]string{
+			return p, fmt.Errorf("%s %s: want a CIDR such as %s", field, bounded.Quote(s), map[string]string{
 				"serviceCIDR": DefaultServiceCIDR, "podCIDR": DefaultPodCIDR}[field])
 		}
 		if p.Masked() != p {
-			return p, fmt.Errorf("%s %q: host bits set; did you mean %s?", field, s, p.Masked())
+			return p, fmt.Errorf("%s %s: host bits set; did you mean %s?", field, bounded.Quote(s), p.Masked())
 		}
 		return p, nil
 	}

@@ -306,6 +306,14 @@ func TestLoadErrors(t *testing.T) {
 	replaceWith := func(fromRel, toRel string) func(string) {
 		return func(dir string) { os.WriteFile(filepath.Join(dir, toRel), read(dir, fromRel), 0o644) }
 	}
+	zero := func(rel string) func(string) {
+		return func(dir string) {
+			os.Remove(filepath.Join(dir, rel))
+			if err := os.Symlink("/dev/zero", filepath.Join(dir, rel)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	restore := "restore it from a backup"
 	for _, tc := range []struct {
 		name   string
@@ -324,6 +332,11 @@ func TestLoadErrors(t *testing.T) {
 		{"cluster.yaml missing field", yamlWith(`clusterDomain: "cluster.local"`, ``), []string{"cluster.yaml: ", "clusterDomain"}},
 		{"cluster.yaml bad created", yamlWith(`created: "`, `created: "yesterday`), []string{"cluster.yaml: ", "created"}},
 		{"cluster.yaml other CA hash", copyFrom(other, ConfigFile), []string{"cluster.yaml: caHash", "does not match pki/ca.crt"}},
+		{"cluster.yaml on /dev/zero", zero(ConfigFile), []string{"cluster.yaml: larger than 4 MiB, the most kiln reads from such a file"}},
+		{"cluster.yaml two documents", yamlWith(`kind: "Cluster"`, "kind: \"Cluster\"\n---\nname: other"), []string{"cluster.yaml: a second YAML document at line ", "one document per file"}},
+		{"cluster.yaml huge name", yamlWith(`name: "test"`, `name: "`+strings.Repeat("x", 1<<20)+`"`), []string{"cluster.yaml: ", `cluster name "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"… (1048576 bytes)`}},
+		{"ca.key on /dev/zero", zero(CAKeyFile), []string{"pki/ca.key: larger than 1 MiB, the most kiln reads from such a file"}},
+		{"bootstrap-token on /dev/zero", zero(BootstrapTokenFile), []string{"secrets/bootstrap-token: larger than 1 MiB"}},
 		{"ca.crt missing", remove(CACertFile), []string{"pki/ca.crt: no such file", restore, "--force --out"}},
 		{"ca.crt garbage", write(CACertFile, "not a certificate\n"), []string{"pki/ca.crt: not a PEM certificate"}},
 		{"ca.crt is the etcd CA", replaceWith(EtcdCACertFile, CACertFile), []string{"pki/ca.key: key does not match certificate"}},
@@ -354,7 +367,10 @@ func TestLoadErrors(t *testing.T) {
 				t.Fatal("no error")
 			}
 			msg := err.Error()
-			t.Log(msg)
+			if len(msg) > 2000 {
+				t.Errorf("error of %d bytes: %.300s…", len(msg), msg)
+			}
+			t.Logf("%.500s", msg)
 			prefix := "cluster directory " + dir + ": "
 			if !strings.HasPrefix(msg, prefix) {
 				t.Errorf("error %q does not start with %q", msg, prefix)

@@ -11,6 +11,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"kiln/internal/bounded"
 	"kiln/pki"
 )
 
@@ -199,13 +200,16 @@ func newConfig(opts Options) (*configFile, error) {
 
 // existingName is the name in an existing cluster.yaml, for messages.
 func existingName(path string) string {
-	data, err := os.ReadFile(path)
+	data, err := bounded.ReadFile(path, bounded.MaxConfigFile)
 	if err != nil {
 		return "(unreadable " + ConfigFile + ")"
 	}
 	var f configFile
 	if err := yaml.Unmarshal(data, &f); err != nil || f.Name == "" {
 		return "(unreadable " + ConfigFile + ")"
+	}
+	if ValidateName(f.Name) != nil {
+		return bounded.Quote(f.Name)
 	}
 	return f.Name
 }

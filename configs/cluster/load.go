@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 
+	"kiln/internal/bounded"
 	"kiln/pki"
 )
 
@@ -51,8 +54,15 @@ func (l *loader) fail(rel string, err error) error {
 	return fmt.Errorf("cluster directory %s: %s: %s (%s)", l.dir, rel, msg, hint)
 }
 
+// read reads a file of the directory, capped: cluster.yaml at
+// bounded.MaxConfigFile, the keys, certificates and the token at
+// bounded.MaxKeyFile (pki.ReadFile).
 func (l *loader) read(rel string) ([]byte, error) {
-	data, err := pki.ReadFile(filepath.Join(l.p.Dir, filepath.FromSlash(rel)))
+	max := int64(bounded.MaxKeyFile)
+	if rel == ConfigFile {
+		max = bounded.MaxConfigFile
+	}
+	data, err := pki.ReadFileMax(filepath.Join(l.p.Dir, filepath.FromSlash(rel)), max)
 	if err != nil {
 		return nil, l.fail(rel, err)
 	}
@@ -77,6 +87,9 @@ func load(dir string, master bool) (*Cluster, error) {
 	data, err := l.read(ConfigFile)
 	if err != nil {
 		return nil, err
+	}
+	if err := oneDocument(data); err != nil {
+		return nil, l.fail(ConfigFile, err)
 	}
 	var f configFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
@@ -160,6 +173,24 @@ func load(dir string, master bool) (*Cluster, error) {
 		return nil, l.fail(EncryptionKeyFile, err)
 	}
 	return c, nil
+}
+
+// oneDocument refuses a file of several YAML documents: the parser would
+// read the first and silently ignore the others. Empty documents (a
+// trailing "---") do not count; errors inside a document are left to the
+// strict parse that follows.
+func oneDocument(data []byte) error {
+	dec := yamlv3.NewDecoder(bytes.NewReader(data))
+	for n := 0; ; n++ {
+		var doc yamlv3.Node
+		if err := dec.Decode(&doc); err != nil {
+			return nil // the end, or a syntax error the strict parse reports
+		}
+		empty := len(doc.Content) == 0 || (doc.Content[0].Kind == yamlv3.ScalarNode && doc.Content[0].ShortTag() == "!!null")
+		if n > 0 && !empty {
+			return fmt.Errorf("a second YAML document at line %d: one document per file", doc.Line)
+		}
+	}
 }
 
 // yamlError strips sigs.k8s.io/yaml's conversion layers from an error and

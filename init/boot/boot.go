@@ -68,6 +68,7 @@ func PID1(up func(ctx context.Context, n Node) error) {
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	con := console.New(os.Stderr, kernelStart())
+	setMemoryLimit(con)
 	m := newMachine(con, up)
 	// Signals first: from here on SIGTERM is a request, not the runtime
 	// exiting.

@@ -51,11 +51,22 @@ func TestBackgroundStep(t *testing.T) {
 	if !strings.Contains(out.String(), "] reaper started\n") {
 		t.Errorf("console:\n%s", out.String())
 	}
-	// A panic ends the step, not PID 1, and says so.
-	stopped := make(chan struct{})
-	m.runStep(step{name: "dhcp", loop: func(context.Context) { defer close(stopped); panic("bad lease") }})
-	<-stopped
-	waitFor(t, &out, "warning: dhcp stopped: dhcp panicked: bad lease; the node stays up")
+	// A panic stops the step, not PID 1, says so, and the step is
+	// started again after a pause.
+	defer func(d time.Duration) { loopRestartBase = d }(loopRestartBase)
+	loopRestartBase = 10 * time.Millisecond
+	again := make(chan struct{})
+	runs := 0
+	m.runStep(step{name: "dhcp", loop: func(ctx context.Context) {
+		if runs++; runs == 1 {
+			panic("bad lease")
+		}
+		close(again)
+		<-ctx.Done()
+	}})
+	<-again
+	waitFor(t, &out, "warning: dhcp stopped: dhcp panicked: bad lease; the node stays up, starting dhcp again in 10ms")
+	waitFor(t, &out, "] dhcp started again\n")
 	if !strings.Contains(out.String(), "kiln: PANIC in dhcp: bad lease") {
 		t.Errorf("console:\n%s", out.String())
 	}
@@ -120,5 +131,19 @@ func TestCheckInitramfsComplete(t *testing.T) {
 	os.WriteFile(filepath.Join(root, image.CompleteMarker), nil, 0o444)
 	if err := checkInitramfsComplete(root); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestPID1MemoryLimit(t *testing.T) {
+	for total, want := range map[uint64]int64{
+		0:         64 << 20,
+		512 << 20: 64 << 20,
+		2 << 30:   128 << 20,
+		3 << 30:   192 << 20,
+		64 << 30:  256 << 20,
+	} {
+		if got := pid1MemoryLimit(total); got != want {
+			t.Errorf("%d MiB: %d MiB, want %d MiB", total>>20, got>>20, want>>20)
+		}
 	}
 }

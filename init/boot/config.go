@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"kiln/init/boot/blkdev"
 	"kiln/init/boot/cmdline"
 	"kiln/init/boot/console"
+	"kiln/internal/bounded"
 )
 
 // configLayer is one config document and where it came from.
@@ -55,7 +57,7 @@ func (s *configStack) resolve() (node.Config, error) {
 			cfg.Storage.StateDisk = p.Value
 		}
 		if err := cfg.Validate(); err != nil {
-			return node.Config{}, fmt.Errorf("config %s=%s: %w", p.Key, p.Value, err)
+			return node.Config{}, fmt.Errorf("config %s=%s: %w", p.Key, bounded.Cut(p.Value), err)
 		}
 	}
 	return cfg, nil
@@ -95,15 +97,38 @@ func (s *configStack) add(source string, data []byte) {
 // configInputs are where localConfig looks.
 type configInputs struct {
 	Embedded string                           // image.ConfigFile
-	ReadFile func(string) ([]byte, error)     // os.ReadFile
+	ReadFile func(string) ([]byte, error)     // node.ReadFile (capped at node.MaxFileSize)
 	Drive    func() (string, []byte, error)   // a config drive's source and config; "" when there is none
 	Cmdline  cmdline.Cmdline                  // the kernel command line
 	Warn     func(format string, args ...any) // may be nil
 }
 
 // isRemote reports whether a kiln.config= value is fetched over HTTP.
-func isRemote(v string) bool {
-	return strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://")
+func isRemote(v string) bool { return hasScheme(v, "http") }
+
+func hasScheme(v, scheme string) bool {
+	return len(v) > len(scheme)+3 && strings.EqualFold(v[:len(scheme)+3], scheme+"://")
+}
+
+// checkRemote refuses a kiln.config= URL that can never be fetched, before
+// the boot waits for it: https (the initramfs has no CA bundle to check a
+// server's certificate against) and a URL that does not parse or names no
+// host.
+func checkRemote(v string) error {
+	if hasScheme(v, "https") {
+		return errors.New("https is not supported: the image has no CA certificates to check the server with; use http:// (kiln.config= gives no integrity either way: serve the config only on a network you trust)")
+	}
+	if !isRemote(v) {
+		return nil
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", errors.Unwrap(err))
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return errors.New("not a URL: no host (want http://HOST[:PORT]/PATH)")
+	}
+	return nil
 }
 
 // localConfig gathers the sources that need no network: the embedded
@@ -115,7 +140,7 @@ func localConfig(in configInputs) (*configStack, string, error) {
 	s := &configStack{}
 	read := in.ReadFile
 	if read == nil {
-		read = os.ReadFile
+		read = node.ReadFile
 	}
 	if in.Embedded != "" {
 		data, err := read(in.Embedded)
@@ -142,7 +167,10 @@ func localConfig(in configInputs) (*configStack, string, error) {
 		switch {
 		case v == "":
 			return nil, "", fmt.Errorf("config %s: empty (want a path in the image or an http:// URL)", src)
-		case isRemote(v):
+		case isRemote(v) || hasScheme(v, "https"):
+			if err := checkRemote(v); err != nil {
+				return nil, "", fmt.Errorf("config %s: %w", src, err)
+			}
 			remote = v
 		default:
 			data, err := read(v)
@@ -198,7 +226,7 @@ func readConfigDrive(devs []blkdev.Device, mnt string, warn func(string, ...any)
 		return "", nil, fmt.Errorf("config %s: mount %s: %w (is the %s module in %s?)", src, p.MountType(), err, p.MountType(), image.ModulesFile)
 	}
 	defer unix.Unmount(mnt, unix.MNT_DETACH)
-	data, err := os.ReadFile(filepath.Join(mnt, image.ConfigDriveFile))
+	data, err := node.ReadFile(filepath.Join(mnt, image.ConfigDriveFile))
 	if err != nil {
 		return "", nil, fmt.Errorf("config %s: no %s on it: %w", src, image.ConfigDriveFile, unwrapPath(err))
 	}
@@ -236,8 +264,8 @@ func fetchConfig(ctx context.Context, url string, con *console.Console) ([]byte,
 // fetchRetryBase is the first delay between attempts (tests shorten it).
 var fetchRetryBase = time.Second
 
-// maxConfigSize bounds a fetched config.
-const maxConfigSize = 1 << 20
+// maxConfigSize bounds a fetched config, as a config file.
+const maxConfigSize = node.MaxFileSize
 
 func fetchOnce(ctx context.Context, client *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -257,7 +285,7 @@ func fetchOnce(ctx context.Context, client *http.Client, url string) ([]byte, er
 		return nil, err
 	}
 	if len(data) > maxConfigSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
+		return nil, &bounded.TooLargeError{Max: maxConfigSize}
 	}
 	return data, nil
 }

@@ -185,3 +185,36 @@ func TestRemoteConfig(t *testing.T) {
 		t.Errorf("unreachable server: %v", err)
 	}
 }
+
+// kiln.config= values that can never work are refused before the boot
+// waits for the network.
+func TestConfigRemoteRefused(t *testing.T) {
+	for v, want := range map[string]string{
+		"https://10.0.2.2/node.yaml": "config kiln.config=https://10.0.2.2/node.yaml: https is not supported: the image has no CA certificates to check the server with; use http://",
+		"HTTPS://10.0.2.2/node.yaml": "https is not supported",
+		"http://[::1":                "config kiln.config=http://[::1: not a URL: missing ']' in host",
+		"http:///node.yaml":          "not a URL: no host",
+		"http://:80/node.yaml":       "not a URL: no host",
+	} {
+		_, _, err := localConfig(configInputs{ReadFile: fakeRoot(t, nil), Cmdline: cmdline.Parse("kiln.config=" + v)})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", v, err, want)
+		}
+	}
+	_, remote, err := localConfig(configInputs{ReadFile: fakeRoot(t, nil), Cmdline: cmdline.Parse("kiln.config=HTTP://10.0.2.2:8080/n.yaml")})
+	if err != nil || remote != "HTTP://10.0.2.2:8080/n.yaml" {
+		t.Errorf("upper-case http: %q %v", remote, err)
+	}
+}
+
+// A config file that never ends is refused at the cap, naming it.
+func TestConfigFileCapped(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.Symlink("/dev/zero", p); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := localConfig(configInputs{Cmdline: cmdline.Parse("kiln.config=" + p)})
+	if err == nil || err.Error() != "config kiln.config="+p+": read "+p+": larger than 4 MiB, the most kiln reads from such a file" {
+		t.Errorf("%v", err)
+	}
+}

@@ -66,7 +66,7 @@ func disableCAD() error {
 func watchSignals(con *console.Console, out chan<- powerRequest, stop <-chan struct{}) {
 	ch := make(chan os.Signal, 8)
 	signal.Notify(ch, handledSignals...)
-	go guard(con, "signals", func() error {
+	go guardLoop(context.Background(), con, "signals", func() error {
 		for {
 			select {
 			case <-stop:
@@ -152,12 +152,14 @@ func watchPowerButton(ctx context.Context, con *console.Console, out chan<- powe
 		return
 	}
 	for _, d := range devs {
-		f, err := os.Open(d)
-		if err != nil {
-			con.Warn("power button %s: %v", d, err)
-			continue
-		}
-		go guard(con, "power button "+d, func() error {
+		// Not ctx: the button stays wanted on the way down (a second
+		// press skips the wait).
+		go guardLoop(context.Background(), con, "power button "+d, func() error {
+			f, err := os.Open(d)
+			if err != nil {
+				con.Warn("power button %s: %v", d, err)
+				return nil
+			}
 			defer f.Close()
 			buf := make([]byte, inputEventSize*16)
 			for {

@@ -2,11 +2,12 @@ package boot
 
 import (
 	"context"
-	"fmt"
-	"runtime/debug"
+	"errors"
 	"time"
 
 	"kiln/init/boot/console"
+	"kiln/internal/ctxutil"
+	"kiln/internal/panics"
 )
 
 // A step is one named piece of the boot. The boot runs its steps one after
@@ -19,7 +20,8 @@ import (
 // goroutine of its own that lives as long as PID 1 needs it (the zombie
 // reaper, the power button, the DHCP lease): it prints "<name> started",
 // or "<name> not started: <why>" when skip says so. A panic in either is
-// reported and, for a background step, ends only that step.
+// reported; it fails a foreground step, and a background step is started
+// again after a pause (keepLooping).
 type step struct {
 	name string
 	run  func(ctx context.Context) error
@@ -74,12 +76,7 @@ func (m *machine) runStep(s step) error {
 			}
 		}
 		m.con.Stage("%s started", s.name)
-		go func() {
-			err := guard(m.con, s.name, func() error { s.loop(m.ctx); return nil })
-			if err != nil {
-				m.con.Warn("%s stopped: %v; the node stays up", s.name, err)
-			}
-		}()
+		go m.keepLooping(s)
 		return nil
 	}
 	start := time.Now()
@@ -92,16 +89,48 @@ func (m *machine) runStep(s step) error {
 	return nil
 }
 
+// loopRestartBase is the first pause before a background step that
+// panicked is started again; it doubles up to loopRestartMax (tests
+// shorten it).
+var loopRestartBase = time.Second
+
+const loopRestartMax = time.Minute
+
+// keepLooping runs a background step's loop for as long as PID 1 needs
+// it (guardLoop): the zombie reaper, the power button and the DHCP lease
+// are needed as long as the node runs, and a lease nobody renews takes the
+// node's address away. A loop that returns on its own (nothing left to
+// watch) or because the node is stopping ends the step.
+func (m *machine) keepLooping(s step) {
+	guardLoop(m.ctx, m.con, s.name, func() error { s.loop(m.ctx); return nil })
+}
+
+// guardLoop runs f under guard until it returns by itself or ctx ends. A
+// panic is reported, "<what> stopped: <panic>; the node stays up,
+// starting <what> again in <pause>", and f runs again after the pause (1
+// s, doubling to a minute).
+func guardLoop(ctx context.Context, con *console.Console, what string, f func() error) {
+	delay := loopRestartBase
+	for {
+		err := guard(con, what, f)
+		var pe *panics.Error
+		if !errors.As(err, &pe) || ctx.Err() != nil {
+			return
+		}
+		con.Warn("%s stopped: %v; the node stays up, starting %s again in %s", what, err, what, delay)
+		if ctxutil.Sleep(ctx, delay) != nil {
+			return
+		}
+		con.Stage("%s started again", what)
+		delay = min(2*delay, loopRestartMax)
+	}
+}
+
 // guard runs f and turns a panic in it into an error, "<what> panicked:
 // <value>", after printing "kiln: PANIC in <what>: <value>" and the stack
-// to the console. Every goroutine PID 1 starts runs under it: a panic that
-// got out would end PID 1, and the kernel with it.
-func guard(con *console.Console, what string, f func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			con.Raw(fmt.Sprintf("kiln: PANIC in %s: %v\n%s\n", what, r, debug.Stack()))
-			err = fmt.Errorf("%s panicked: %v", what, r)
-		}
-	}()
-	return f()
+// to the console (internal/panics, which the supervisor and the bring-up
+// use too). Every goroutine PID 1 starts runs under it: a panic that got
+// out would end PID 1, and the kernel with it.
+func guard(con *console.Console, what string, f func() error) error {
+	return panics.Guard(con.Raw, what, f)
 }

@@ -68,8 +68,21 @@ func newSink(name string, out *prefixWriter) *sink {
 }
 
 func (k *sink) write(line []byte) {
+	report := k.keep(line)
+	if k.out != nil {
+		k.out.line(k.name, line)
+		if report != nil {
+			k.out.line(supervisorPrefix, []byte(k.name+": log file: "+report.Error()))
+		}
+	}
+}
+
+// keep writes line to the log file and the ring. The lock is released by
+// a defer, so that a panic on the way (reported by the reader) leaves the
+// sink usable for the next line.
+func (k *sink) keep(line []byte) (report error) {
 	k.mu.Lock()
-	var report error
+	defer k.mu.Unlock()
 	if k.file != nil {
 		if err := k.file.writeLine(line); err != nil && !k.fileErr {
 			k.fileErr, report = true, err // say it once, not once a line
@@ -86,14 +99,7 @@ func (k *sink) write(line []byte) {
 	k.ring[k.next] = s
 	k.next = (k.next + 1) % ringLines
 	k.n = min(k.n+1, ringLines)
-	k.mu.Unlock()
-
-	if k.out != nil {
-		k.out.line(k.name, line)
-		if report != nil {
-			k.out.line(supervisorPrefix, []byte(k.name+": log file: "+report.Error()))
-		}
-	}
+	return report
 }
 
 // lines returns the ring's lines, oldest first.

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"kiln/internal/panics"
 )
 
 // drainTimeout bounds how long output is still read after a process has
@@ -20,9 +23,13 @@ const drainTimeout = 2 * time.Second
 
 // process is one running child.
 type process struct {
-	pid       int
-	proc      *os.Process
-	exited    chan error // receives cmd.Wait's result, once
+	pid  int
+	proc *os.Process
+	// exited is closed once cmd.Wait has returned; waitErr is its result.
+	// Any number of waits may watch it (a run that panicked is cleaned up
+	// by another).
+	exited    chan struct{}
+	waitErr   error
 	pipes     []*os.File // read ends of stdout and stderr
 	readers   sync.WaitGroup
 	cgroupDir string
@@ -55,7 +62,7 @@ func (s *Supervisor) start(sv *service) (*process, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	err = s.spawner.start(cmd)
+	err = s.spawner.start(cmd, s.reportPanic)
 	outW.Close() // the child has its copies; EOF comes when the last holder exits
 	errW.Close()
 	if err != nil {
@@ -66,7 +73,7 @@ func (s *Supervisor) start(sv *service) (*process, error) {
 	p := &process{
 		pid:          cmd.Process.Pid,
 		proc:         cmd.Process,
-		exited:       make(chan error, 1),
+		exited:       make(chan struct{}),
 		pipes:        []*os.File{outR, errR},
 		cgroupDir:    sv.cgroupDir,
 		keepChildren: sv.spec.KeepChildren,
@@ -74,11 +81,37 @@ func (s *Supervisor) start(sv *service) (*process, error) {
 	for _, r := range p.pipes {
 		p.readers.Go(func() {
 			defer r.Close()
-			splitLines(r, sv.logs.write)
+			s.readOutput(sv, r)
 		})
 	}
-	go func() { p.exited <- cmd.Wait() }()
+	go func() {
+		defer close(p.exited)
+		// A Wait that panicked counts as an exit: cleanup then kills
+		// whatever is left of the process group.
+		p.waitErr = panics.Guard(s.reportPanic, "the wait for "+sv.spec.Name, cmd.Wait)
+	}()
 	return p, nil
+}
+
+// readOutput reads one of a process's pipes to the end into the service's
+// sink. A panic while handling a line costs that line (it is reported);
+// a panic in the reading itself starts the reading again. Either way the
+// pipe is drained: a child whose output nobody reads blocks on its next
+// write.
+func (s *Supervisor) readOutput(sv *service, r io.Reader) {
+	what := "the output reader of " + sv.spec.Name
+	emit := func(line []byte) {
+		_ = panics.Do(s.reportPanic, what, func() {
+			callHook(hookLine, sv.spec.Name)
+			sv.logs.write(line)
+		})
+	}
+	for {
+		if panics.Do(s.reportPanic, what, func() { splitLines(r, emit) }) == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // no busy loop on a reader that panics at once
+	}
 }
 
 // terminate asks the process group to stop with SIGTERM and escalates to
@@ -88,12 +121,23 @@ func (p *process) terminate(timeout time.Duration) (error, bool) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case err := <-p.exited:
-		return err, false
+	case <-p.exited:
+		return p.waitErr, false
 	case <-t.C:
 	}
 	p.signal(syscall.SIGKILL)
-	return <-p.exited, true
+	<-p.exited
+	return p.waitErr, true
+}
+
+// hasExited reports whether cmd.Wait has returned.
+func (p *process) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // cleanup runs after the process has exited and been reaped. Anything it
@@ -121,8 +165,8 @@ func (p *process) cleanup() {
 func (p *process) drain() {
 	drained := make(chan struct{})
 	go func() {
-		p.readers.Wait()
-		close(drained)
+		defer close(drained)
+		p.readers.Wait() // cannot panic; the close is deferred all the same
 	}()
 	select {
 	case <-drained:
@@ -155,8 +199,9 @@ type spawner struct {
 }
 
 type spawnReq struct {
-	cmd *exec.Cmd
-	res chan error
+	cmd    *exec.Cmd
+	res    chan error
+	report func(string)
 }
 
 func newSpawner() *spawner {
@@ -165,15 +210,19 @@ func newSpawner() *spawner {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		for r := range sp.reqs {
-			r.res <- r.cmd.Start()
+			// A start that panicked is a failed start; the thread
+			// stays, and so do the children it forked.
+			r.res <- panics.Guard(r.report, "the start of "+r.cmd.Path, r.cmd.Start)
 		}
 	}()
 	return sp
 }
 
-func (sp *spawner) start(cmd *exec.Cmd) error {
+// start starts cmd on the spawner's thread; a panic is reported through
+// report and returned as the start's error.
+func (sp *spawner) start(cmd *exec.Cmd, report func(string)) error {
 	res := make(chan error, 1)
-	sp.reqs <- spawnReq{cmd: cmd, res: res}
+	sp.reqs <- spawnReq{cmd: cmd, res: res, report: report}
 	return <-res
 }
 

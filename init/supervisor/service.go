@@ -7,7 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"sync/atomic"
 	"time"
+
+	"kiln/internal/ctxutil"
+	"kiln/internal/panics"
 )
 
 // service is one Spec plus its live state.
@@ -48,9 +52,9 @@ func newService(sp Spec, opts Options, out *prefixWriter) *service {
 // runService is the life of one service: wait for the dependencies, then
 // run, and restart after every exit until the supervisor stops. Stopping is
 // noticed at every wait, so a service that is waiting is simply not started
-// again.
+// again. A panic in a run is an exit (runOnce); one while recording an
+// exit still leads to a restart, after the longest backoff.
 func (s *Supervisor) runService(ctx context.Context, sv *service) {
-	defer close(sv.done)
 	if !s.waitDeps(ctx, sv) {
 		return
 	}
@@ -60,59 +64,17 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 		if !ok {
 			return
 		}
-		now := time.Now()
-		what := "exited: " + r.exit
-		if r.startErr {
-			what = "start failed: " + r.exit
-		}
-		if r.stopped || s.stopping.Load() {
-			s.update(sv, func(st *nodeapi.ServiceStatus) []event {
-				st.State = nodeapi.StateStopping
-				st.PID = 0
-				st.StartedAt = time.Time{}
-				st.LastExit = r.exit
-				st.LastExitAt = now
-				if r.stopped {
-					return nil // "stopped" follows, with the exit as detail
-				}
-				return []event{{what: what}}
-			})
-			return
-		}
-
-		if sv.spec.Oneshot && !r.startErr && r.exit == describeExit(nil) {
-			s.update(sv, func(st *nodeapi.ServiceStatus) []event {
-				st.State = nodeapi.StateDone
-				st.PID = 0
-				st.StartedAt = time.Time{}
-				st.LastExit = r.exit
-				st.LastExitAt = now
-				if st.ReadyAt.IsZero() {
-					st.ReadyAt = now
-				}
-				return []event{{what: "done", detail: "after " + r.ran.Round(time.Millisecond).String()}}
-			})
-			return
-		}
-		shortRuns = nextShortRuns(shortRuns, r.ran, s.opts.StableAfter)
-		delay := backoffDelay(s.opts.BackoffBase, s.opts.BackoffMax, shortRuns)
-		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
-			st.State = nodeapi.StateBackoff
-			st.PID = 0
-			st.StartedAt = time.Time{}
-			st.LastExit = r.exit
-			st.LastExitAt = now
-			st.NextStart = now.Add(delay)
-			st.Backoff = delay
-			evs := []event{{what: what, detail: "after " + r.ran.Round(time.Millisecond).String()}}
-			if shortRuns >= s.opts.CrashLoopAfter {
-				st.State = nodeapi.StateCrashLoop
-				if shortRuns == s.opts.CrashLoopAfter {
-					evs = append(evs, event{what: "crash-loop", detail: fmt.Sprintf("%d short runs in a row", shortRuns)})
-				}
-			}
-			return append(evs, event{what: "restarting in " + delay.String()})
+		var delay time.Duration
+		again := false
+		err := panics.Do(s.reportPanic, "the supervision of "+sv.spec.Name, func() {
+			delay, again = s.ended(sv, r, &shortRuns)
 		})
+		if err != nil {
+			delay, again = s.opts.BackoffMax, !r.stopped && !s.stopping.Load()
+		}
+		if !again {
+			return
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -121,6 +83,66 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 			return
 		}
 	}
+}
+
+// ended records how a run ended and says whether to start the service
+// again, and after what delay.
+func (s *Supervisor) ended(sv *service, r runResult, shortRuns *int) (time.Duration, bool) {
+	now := time.Now()
+	what := "exited: " + r.exit
+	if r.startErr {
+		what = "start failed: " + r.exit
+	}
+	if r.stopped || s.stopping.Load() {
+		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+			st.State = nodeapi.StateStopping
+			st.PID = 0
+			st.StartedAt = time.Time{}
+			st.LastExit = r.exit
+			st.LastExitAt = now
+			if r.stopped {
+				return nil // "stopped" follows, with the exit as detail
+			}
+			return []event{{what: what}}
+		})
+		return 0, false
+	}
+
+	if sv.spec.Oneshot && !r.startErr && r.exit == describeExit(nil) {
+		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+			st.State = nodeapi.StateDone
+			st.PID = 0
+			st.StartedAt = time.Time{}
+			st.LastExit = r.exit
+			st.LastExitAt = now
+			if st.ReadyAt.IsZero() {
+				st.ReadyAt = now
+			}
+			return []event{{what: "done", detail: "after " + r.ran.Round(time.Millisecond).String()}}
+		})
+		return 0, false
+	}
+	*shortRuns = nextShortRuns(*shortRuns, r.ran, s.opts.StableAfter)
+	delay := backoffDelay(s.opts.BackoffBase, s.opts.BackoffMax, *shortRuns)
+	n := *shortRuns
+	s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+		st.State = nodeapi.StateBackoff
+		st.PID = 0
+		st.StartedAt = time.Time{}
+		st.LastExit = r.exit
+		st.LastExitAt = now
+		st.NextStart = now.Add(delay)
+		st.Backoff = delay
+		evs := []event{{what: what, detail: "after " + r.ran.Round(time.Millisecond).String()}}
+		if n >= s.opts.CrashLoopAfter {
+			st.State = nodeapi.StateCrashLoop
+			if n == s.opts.CrashLoopAfter {
+				evs = append(evs, event{what: "crash-loop", detail: fmt.Sprintf("%d short runs in a row", n)})
+			}
+		}
+		return append(evs, event{what: "restarting in " + delay.String()})
+	})
+	return delay, true
 }
 
 // waitDeps blocks until every dependency is ready at the same moment; false
@@ -156,14 +178,76 @@ type runResult struct {
 // runOnce starts the service's process once and waits for it to end, or
 // stops it when the service's turn to stop comes. It reports false, having
 // done nothing, if the supervisor is already stopping.
+//
+// A panic while supervising the run (a bug in kiln, not in the component)
+// is reported and treated as an exit: the process, if it runs, is stopped
+// (SIGTERM, SIGKILL after the stop timeout) and cleaned up, and the run
+// ends as "exited: the supervision of NAME panicked: VALUE", restarted
+// with backoff like any other exit.
 func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (runResult, bool) {
+	var rn run
+	var res runResult
+	ok := false
+	err := panics.Do(s.reportPanic, "the supervision of "+sv.spec.Name, func() {
+		res, ok = s.runProcess(ctx, sv, restart, &rn)
+	})
+	if err == nil {
+		return res, ok
+	}
+	_ = panics.Do(s.reportPanic, "the clean-up after "+sv.spec.Name, func() { rn.abandon(sv.stopTimeout) })
+	res = runResult{exit: err.Error(), stopped: rn.stopped}
+	if !rn.startedAt.IsZero() {
+		res.ran = time.Since(rn.startedAt)
+	}
+	return res, true
+}
+
+// run is what a run that panicked must not leave behind: its process and
+// its readiness probing.
+type run struct {
+	p         *process // nil once cleaned up
+	startedAt time.Time
+	stopProbe context.CancelFunc
+	probeDone chan struct{}
+	stopped   bool // the service's turn to stop had come
+}
+
+// abandon stops the probing and the process of a run that panicked.
+func (rn *run) abandon(stopTimeout time.Duration) {
+	if rn.stopProbe != nil {
+		rn.stopProbe()
+		<-rn.probeDone
+	}
+	p := rn.p
+	if p == nil {
+		return
+	}
+	rn.p = nil
+	if !p.hasExited() {
+		p.terminate(stopTimeout)
+	}
+	p.cleanup()
+}
+
+// startGated starts the service's process unless the supervisor is
+// stopping (false). The gate is released by a defer, so a panic cannot
+// leave Run waiting for it.
+func (s *Supervisor) startGated(ctx context.Context, sv *service) (*process, error, bool) {
 	s.gate.RLock()
+	defer s.gate.RUnlock()
 	if s.stopping.Load() || ctx.Err() != nil {
-		s.gate.RUnlock()
-		return runResult{}, false
+		return nil, nil, false
 	}
 	p, err := s.start(sv)
-	s.gate.RUnlock()
+	return p, err, true
+}
+
+// runProcess is runOnce's work; rn tracks what it has started.
+func (s *Supervisor) runProcess(ctx context.Context, sv *service, restart bool, rn *run) (runResult, bool) {
+	p, err, ok := s.startGated(ctx, sv)
+	if !ok {
+		return runResult{}, false
+	}
 	startedAt := time.Now()
 	if err != nil {
 		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
@@ -174,6 +258,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 		})
 		return runResult{exit: err.Error(), startErr: true}, true
 	}
+	rn.p, rn.startedAt = p, startedAt
 	s.update(sv, func(st *nodeapi.ServiceStatus) []event {
 		if restart {
 			st.Restarts++
@@ -192,19 +277,22 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	probeDone := make(chan struct{})
+	rn.stopProbe, rn.probeDone = stopProbe, probeDone
 	go func() {
 		defer close(probeDone)
 		if sv.spec.Ready != nil && !sv.spec.Oneshot {
-			s.probe(probeCtx, sv)
+			s.probeLoop(probeCtx, sv)
 		}
 	}()
+	callHook(hookRun, sv.spec.Name)
 
 	var waitErr error
 	stopped := false
 	select {
-	case waitErr = <-p.exited:
+	case <-p.exited:
+		waitErr = p.waitErr
 	case <-sv.stopCh:
-		stopped = true
+		stopped, rn.stopped = true, true
 		// Stop probing first, so no probe result turns "stopping" back.
 		stopProbe()
 		<-probeDone
@@ -223,6 +311,7 @@ func (s *Supervisor) runOnce(ctx context.Context, sv *service, restart bool) (ru
 	ran := time.Since(startedAt)
 	stopProbe()
 	<-probeDone
+	rn.p = nil // cleaned up here, once, even if the clean-up panics
 	p.cleanup()
 	return runResult{exit: describeExit(waitErr), ran: ran, stopped: stopped}, true
 }
@@ -257,6 +346,18 @@ func becomeReady(st *nodeapi.ServiceStatus, now time.Time) []event {
 // apiserver should not flap the state.
 const probeFailuresToUnready = 3
 
+// probeLoop runs probe until ctx is done. A probe loop that panicked is
+// reported and started again after five probe intervals: a bug in kiln's
+// probing is no reason to restart a running component.
+func (s *Supervisor) probeLoop(ctx context.Context, sv *service) {
+	for {
+		err := panics.Do(s.reportPanic, "the readiness probing of "+sv.spec.Name, func() { s.probe(ctx, sv) })
+		if err == nil || ctxutil.Sleep(ctx, 5*s.opts.ProbeInterval) != nil {
+			return
+		}
+	}
+}
+
 // probe polls the readiness probe while the process runs: every
 // ProbeInterval until it first passes, then five times slower, dropping back
 // to starting (and the fast pace) after probeFailuresToUnready failures in a
@@ -274,7 +375,8 @@ func (s *Supervisor) probe(ctx context.Context, sv *service) {
 			return
 		case <-t.C:
 		}
-		err := callProbe(ctx, sv.spec.Ready, timeout)
+		callHook(hookProbe, sv.spec.Name)
+		err := callProbe(ctx, sv.spec.Ready, timeout, s.reportPanic, "the readiness probe of "+sv.spec.Name)
 		if ctx.Err() != nil {
 			return
 		}
@@ -309,24 +411,36 @@ func (s *Supervisor) probe(ctx context.Context, sv *service) {
 
 // callProbe runs one probe with a deadline. The probe runs in its own
 // goroutine so that one ignoring its context costs a goroutine until it
-// returns, never a stuck supervisor; a panicking probe is a failed probe,
-// not a dead node.
-func callProbe(ctx context.Context, probe func(context.Context) error, timeout time.Duration) error {
+// returns, never a stuck supervisor; a panicking probe is reported and is
+// a failed probe, not a dead node.
+func callProbe(ctx context.Context, probe func(context.Context) error, timeout time.Duration, report func(string), what string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res := make(chan error, 1)
 	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				res <- fmt.Errorf("probe panicked: %v", r)
-			}
-		}()
-		res <- probe(ctx)
+		res <- panics.Guard(report, what, func() error { return probe(ctx) })
 	}()
 	select {
 	case err := <-res:
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("probe: %w", ctx.Err())
+	}
+}
+
+// Points at which testHook is called.
+const (
+	hookRun   = "run"   // a run, once its process has started
+	hookProbe = "probe" // each pass of the probe loop, before the probe
+	hookLine  = "line"  // each output line, before it is kept
+)
+
+// testHook, when a test sets it, is called at points where a panic must be
+// survived, with the point and the service's name. Nil outside tests.
+var testHook atomic.Pointer[func(point, service string)]
+
+func callHook(point, service string) {
+	if h := testHook.Load(); h != nil {
+		(*h)(point, service)
 	}
 }

@@ -24,6 +24,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"kiln/internal/ctxutil"
+	"kiln/internal/panics"
 )
 
 // Spec describes one supervised service.
@@ -137,7 +140,11 @@ type Supervisor struct {
 	ran      bool
 	started  time.Time
 	timeline []nodeapi.Event
+	recorded uint64        // events ever added to the timeline, dropped ones included
 	changed  chan struct{} // closed and replaced on every change: a broadcast for WaitReady and dependency waits
+
+	panicMu sync.Mutex
+	panics  map[string]int // times each panic (its first line) was reported
 }
 
 // New checks the specs and returns a supervisor for them. Names must be
@@ -204,7 +211,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	for _, sv := range s.services {
-		wg.Go(func() { s.runService(ctx, sv) })
+		wg.Go(func() {
+			defer close(sv.done)
+			// runService survives a panic in a run (runOnce); this is
+			// for one anywhere else in it: supervise the service again.
+			for {
+				err := panics.Do(s.reportPanic, "the supervision of "+sv.spec.Name, func() { s.runService(ctx, sv) })
+				if err == nil || ctxutil.Sleep(ctx, s.opts.BackoffMax) != nil {
+					return
+				}
+			}
+		})
 	}
 
 	<-ctx.Done()
@@ -218,24 +235,28 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// has stopped: a chain stops strictly in reverse, siblings in parallel.
 	for _, sv := range s.services {
 		wg.Go(func() {
+			// Its dependencies stop after it even if recording the
+			// stop panics.
+			defer close(sv.stopped)
 			for _, d := range sv.dependents {
 				<-d.stopped
 			}
 			close(sv.stopCh)
 			<-sv.done
-			s.update(sv, func(st *nodeapi.ServiceStatus) []event {
-				detail := ""
-				if st.State == nodeapi.StateStopping {
-					detail = st.LastExit
-				}
-				st.State = nodeapi.StateStopped
-				st.PID = 0
-				st.StartedAt = time.Time{}
-				st.NextStart = time.Time{}
-				st.Backoff = 0
-				return []event{{what: "stopped", detail: detail}}
+			_ = panics.Do(s.reportPanic, "the stop of "+sv.spec.Name, func() {
+				s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+					detail := ""
+					if st.State == nodeapi.StateStopping {
+						detail = st.LastExit
+					}
+					st.State = nodeapi.StateStopped
+					st.PID = 0
+					st.StartedAt = time.Time{}
+					st.NextStart = time.Time{}
+					st.Backoff = 0
+					return []event{{what: "stopped", detail: detail}}
+				})
 			})
-			close(sv.stopped)
 		})
 	}
 	wg.Wait()
@@ -349,6 +370,33 @@ func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
 	}
 }
 
+// EventsSince returns the timeline's events from the n-th on, counting
+// every event the supervisor has recorded from 0 (the ones the capped
+// timeline has dropped included), and the count to pass next time. Events
+// dropped from the timeline before they were asked for are skipped. A
+// caller that follows the timeline (init/up prints every exit) passes 0
+// first, then what it got back.
+func (s *Supervisor) EventsSince(n uint64) ([]nodeapi.Event, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	total := s.recorded
+	if n >= total {
+		return nil, total
+	}
+	// The timeline holds events 0..keepFirstEvents-1 and the last
+	// len(timeline)-keepFirstEvents; the ones between were dropped.
+	dropped := total - uint64(len(s.timeline))
+	pos := n
+	switch {
+	case n < keepFirstEvents || dropped == 0:
+	case n < keepFirstEvents+dropped:
+		pos = keepFirstEvents
+	default:
+		pos = n - dropped
+	}
+	return append([]nodeapi.Event(nil), s.timeline[pos:]...), total
+}
+
 // Logs returns the most recent lines of a service's output, oldest first,
 // and false if there is no such service.
 func (s *Supervisor) Logs(name string) ([]string, bool) {
@@ -368,24 +416,68 @@ type event struct {
 // the change amounts to. Waiters are woken, and the events are written to
 // Output after the lock is released so a slow console never stalls Status.
 func (s *Supervisor) update(sv *service, f func(st *nodeapi.ServiceStatus) []event) {
-	s.mu.Lock()
-	evs := f(&sv.st)
-	now := time.Since(s.started)
-	for _, e := range evs {
-		s.timeline = append(s.timeline, nodeapi.Event{At: now, Service: sv.spec.Name, What: e.what})
-	}
-	if n := len(s.timeline); n > maxEvents {
-		s.timeline = append(s.timeline[:keepFirstEvents], s.timeline[keepFirstEvents+n-maxEvents:]...)
-	}
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
+	evs := s.record(sv, f)
 	for _, e := range evs {
 		msg := sv.spec.Name + ": " + e.what
 		if e.detail != "" {
 			msg += " (" + e.detail + ")"
 		}
 		s.say(msg)
+	}
+}
+
+// record is update's part under the lock, released by a defer: a panic
+// in f (reported by whoever guards the caller) must not leave the
+// supervisor locked.
+func (s *Supervisor) record(sv *service, f func(st *nodeapi.ServiceStatus) []event) []event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	evs := f(&sv.st)
+	now := time.Since(s.started)
+	for _, e := range evs {
+		s.timeline = append(s.timeline, nodeapi.Event{At: now, Service: sv.spec.Name, What: e.what})
+		s.recorded++
+	}
+	if n := len(s.timeline); n > maxEvents {
+		s.timeline = append(s.timeline[:keepFirstEvents], s.timeline[keepFirstEvents+n-maxEvents:]...)
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return evs
+}
+
+// maxPanicKinds bounds the panics reportPanic counts.
+const maxPanicKinds = 256
+
+// reportPanic reports a panic caught in one of the supervisor's
+// goroutines (internal/panics: "kiln: PANIC in <what>: <value>" and the
+// stack) as supervisor lines on Output, or on standard error without an
+// Output (under PID 1, the console). The first of each kind (its first
+// line) is reported whole; repeats, such as a reader panicking on every
+// line, as one line at the 2nd, 4th, 8th, ... time, so a panic in a loop
+// cannot flood the console.
+func (s *Supervisor) reportPanic(msg string) {
+	first, _, _ := strings.Cut(msg, "\n")
+	s.panicMu.Lock()
+	if s.panics == nil || len(s.panics) >= maxPanicKinds {
+		s.panics = map[string]int{}
+	}
+	s.panics[first]++
+	n := s.panics[first]
+	s.panicMu.Unlock()
+	switch {
+	case n == 1:
+	case n&(n-1) == 0:
+		msg = fmt.Sprintf("%s (%d times so far; stack as the first time)\n", first, n)
+	default:
+		return
+	}
+	if s.out == nil {
+		_, _ = io.WriteString(os.Stderr, msg)
+		return
+	}
+	for _, l := range strings.Split(strings.TrimRight(msg, "\n"), "\n") {
+		s.out.line(supervisorPrefix, []byte(l))
 	}
 }
 

@@ -21,3 +21,7 @@ func newConsole(w io.Writer, started time.Time) *console {
 }
 
 func (c *console) stage(format string, args ...any) { c.c.Stage(format, args...) }
+
+// panic reports a panic caught in one of the bring-up's goroutines
+// (internal/panics) as it is, stack and all.
+func (c *console) panic(msg string) { c.c.Raw(msg) }

@@ -10,10 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"slices"
 	"time"
+
+	"kiln/internal/bounded"
 )
 
 // adminGroup is the group whose client certificates may read a node's
@@ -26,7 +29,7 @@ const adminGroup = "system:masters"
 // The node's own certificate is self-signed, made at start: the client
 // authenticates the node by nothing, but the node serves nothing to a
 // client it has not authenticated.
-func serveRemoteStatus(addr, caPath string, h http.Handler) (func(), error) {
+func serveRemoteStatus(addr, caPath string, h http.Handler, report func(string)) (func(), error) {
 	cert, err := selfSigned()
 	if err != nil {
 		return nil, err
@@ -39,19 +42,26 @@ func serveRemoteStatus(addr, caPath string, h http.Handler) (func(), error) {
 			return verifyAdmin(raw, caPath)
 		},
 	}
-	ln, err := tls.Listen("tcp", addr, cfg)
+	listen := func() (net.Listener, error) {
+		ln, err := tls.Listen("tcp", addr, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("node status on %s: %w", addr, err)
+		}
+		return ln, nil
+	}
+	ln, err := listen()
 	if err != nil {
-		return nil, fmt.Errorf("node status on %s: %w", addr, err)
+		return nil, err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
+	go serve(srv, ln, listen, "the node status server on "+addr, report)
 	return func() { srv.Close() }, nil
 }
 
 // verifyAdmin checks a client chain against the cluster CA and the admin
 // group.
 func verifyAdmin(raw [][]byte, caPath string) error {
-	data, err := os.ReadFile(caPath)
+	data, err := bounded.ReadFile(caPath, bounded.MaxKeyFile)
 	if err != nil {
 		return errors.New("this node does not know the cluster CA yet (it has not joined)")
 	}

@@ -21,7 +21,7 @@ func TestRemoteStatusOnlyForAdmins(t *testing.T) {
 	caPath := filepath.Join(t.TempDir(), "ca.crt")
 	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "status") })
 	addr := freeAddr(t)
-	stop, err := serveRemoteStatus(addr, caPath, h)
+	stop, err := serveRemoteStatus(addr, caPath, h, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

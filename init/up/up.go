@@ -26,6 +26,7 @@ import (
 	"kiln/configs/cluster"
 	"kiln/configs/node"
 	"kiln/init/supervisor"
+	"kiln/internal/panics"
 )
 
 // Options are what `kiln-node up` is told.
@@ -143,24 +144,30 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	stopStatus, err := serveStatus(SocketPath(dataDir), sup.Handler())
+	stopStatus, err := serveStatus(SocketPath(dataDir), sup.Handler(), con.panic)
 	if err != nil {
 		return err
 	}
 	defer stopStatus()
 	// The same status, over TLS to the cluster's admins (kiln status --node).
-	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), sup.Handler())
+	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), sup.Handler(), con.panic)
 	if err != nil {
 		return err
 	}
 	defer stopRemote()
 
+	// Every goroutine here runs under panics.Guard: under PID 1 a panic
+	// that got out would end PID 1 and reboot the node. The supervisor
+	// guards its own goroutines; a panic in Run's own would end the
+	// bring-up with an error, which PID 1 reports as fatal.
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- sup.Run(runCtx) }()
-	go reportReady(runCtx, con, sup, specs, env)
-	go reportExits(runCtx, con, sup)
+	go func() {
+		done <- panics.Guard(con.panic, "the supervisor", func() error { return sup.Run(runCtx) })
+	}()
+	go panics.Do(con.panic, "the ready report", func() { reportReady(runCtx, con, sup, specs, env) })
+	go reportExits(runCtx, con, sup, time.Second)
 
 	err = <-done
 	con.stage("all components stopped, in order: %s", strings.Join(stopOrder(sup.Status()), ", "))
@@ -232,12 +239,22 @@ func presentDeps(deps []string, comps []components.Component) []string {
 	return out
 }
 
+// exitSource is what reportExits reads: the supervisor.
+type exitSource interface {
+	EventsSince(n uint64) ([]nodeapi.Event, uint64)
+	Logs(name string) ([]string, bool)
+}
+
 // reportExits puts every component exit on the console with the last line
 // the component wrote, so a crash or a failed join (wrong CA, refused
-// token) is visible where a person looks, not only in the log files.
-func reportExits(ctx context.Context, con *console, sup *supervisor.Supervisor) {
-	seen := 0
-	t := time.NewTicker(time.Second)
+// token) is visible where a person looks, not only in the log files. It
+// follows the supervisor's events by count (EventsSince), not by position
+// in the timeline, which is capped: a node that has crash-looped past the
+// cap still reports every exit. A panic in one pass is reported and the
+// next pass goes on.
+func reportExits(ctx context.Context, con *console, sup exitSource, every time.Duration) {
+	var seen uint64
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -245,21 +262,20 @@ func reportExits(ctx context.Context, con *console, sup *supervisor.Supervisor) 
 			return
 		case <-t.C:
 		}
-		tl := sup.Status().Timeline
-		if seen > len(tl) { // the timeline dropped old events
-			seen = len(tl)
-		}
-		for _, e := range tl[seen:] {
-			if !strings.HasPrefix(e.What, "exited") && !strings.HasPrefix(e.What, "start failed") {
-				continue
+		_ = panics.Do(con.panic, "the exit report", func() {
+			var evs []nodeapi.Event
+			evs, seen = sup.EventsSince(seen)
+			for _, e := range evs {
+				if !strings.HasPrefix(e.What, "exited") && !strings.HasPrefix(e.What, "start failed") {
+					continue
+				}
+				last := ""
+				if lines, ok := sup.Logs(e.Service); ok && len(lines) > 0 {
+					last = ": " + strings.TrimSpace(lines[len(lines)-1])
+				}
+				con.stage("%s %s%s", e.Service, e.What, last)
 			}
-			last := ""
-			if lines, ok := sup.Logs(e.Service); ok && len(lines) > 0 {
-				last = ": " + strings.TrimSpace(lines[len(lines)-1])
-			}
-			con.stage("%s %s%s", e.Service, e.What, last)
-		}
-		seen = len(tl)
+		})
 	}
 }
 
@@ -295,20 +311,51 @@ func unwrapSyscall(err error) error {
 
 // serveStatus serves the supervisor's status and logs on a unix socket only
 // root (the data dir's owner) can open.
-func serveStatus(path string, h http.Handler) (func(), error) {
-	_ = os.Remove(path) // a stale socket from a killed run; the lock says no one else owns it
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("status socket: %w", err)
+func serveStatus(path string, h http.Handler, report func(string)) (func(), error) {
+	listen := func() (net.Listener, error) {
+		_ = os.Remove(path) // a stale socket from a killed run; the lock says no one else owns it
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("status socket: %w", err)
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return ln, nil
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
+	ln, err := listen()
+	if err != nil {
 		return nil, err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
+	go serve(srv, ln, listen, "the status socket's server", report)
 	return func() {
 		srv.Close()
 		os.Remove(path)
 	}, nil
+}
+
+// serveRestartBase is the pause before a server that panicked serves
+// again (tests shorten it).
+var serveRestartBase = time.Second
+
+// serve runs srv on ln until srv is closed. net/http already survives a
+// panic in a handler or a TLS handshake (it logs it and drops that
+// connection); a panic in Serve itself is reported here and, since Serve
+// closes its listener on the way out, serving starts again on a new one
+// from listen after a pause, so the status stays reachable.
+func serve(srv *http.Server, ln net.Listener, listen func() (net.Listener, error), what string, report func(string)) {
+	for {
+		err := panics.Guard(report, what, func() error { return srv.Serve(ln) })
+		var pe *panics.Error
+		if !errors.As(err, &pe) {
+			return // closed, or the listener failed
+		}
+		time.Sleep(serveRestartBase)
+		if ln, err = listen(); err != nil {
+			report(fmt.Sprintf("kiln: %s not started again: %v\n", what, err))
+			return
+		}
+	}
 }
