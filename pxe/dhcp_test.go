@@ -106,7 +106,7 @@ func helperServer(path string) int {
 	}
 	cfg := Config{
 		Interface: "veth-a", DHCP: hc.DHCP, LeaseTime: hc.LeaseTime, IPXEDir: hc.IPXEDir,
-		HTTPPort: DefaultHTTPPort, TFTPPort: DefaultTFTPPort,
+		HTTPPort: DefaultHTTPPort, TFTPPort: DefaultTFTPPort, AllowMasterImage: true, SecretsKey: fixedSecretsKey(),
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	parse := func(s string) netip.Addr {
@@ -337,6 +337,19 @@ func TestProxyDHCP(t *testing.T) {
 		t.Errorf("kernel: %d", code)
 	}
 	logs.waitLog(t, "msg=http", "client=10.77.0.50", "mac=52:54:00:00:00:02", "path=/images/worker/vmlinuz", "bytes=100000")
+	// ... and nothing of the master's, over HTTP or TFTP.
+	if code, _ := netnsHTTP(t, tn)("http://10.77.0.1:8080/images/master/initramfs.img"); code != 403 {
+		t.Errorf("the master's initramfs to a worker: %d", code)
+	}
+	logs.waitLog(t, "level=WARN", "msg=http", "client=10.77.0.50", "mac=52:54:00:00:00:02", "path=/images/master/initramfs.img", "status=403", "refused")
+	if tftp, err := exec.LookPath("tftp"); err == nil {
+		out := filepath.Join(t.TempDir(), "initramfs.img")
+		b, _ := tn.b.Command(tftp, "-m", "binary", "10.77.0.1", "-c", "get", "images/master/initramfs.img", out).CombinedOutput()
+		if !strings.Contains(strings.ToLower(string(b)), "access violation") {
+			t.Errorf("tftp the master's initramfs to a worker: %s", b)
+		}
+		logs.waitLog(t, "level=WARN", "msg=tftp", "client=10.77.0.50", "mac=52:54:00:00:00:02", "file=images/master/initramfs.img", "refused")
+	}
 	testMalformed(t, tn, logs)
 	// Still answering.
 	offer, err = discover(t, master, pxeBIOS...)

@@ -98,6 +98,16 @@ func (l *logBuffer) waitLog(t *testing.T, parts ...string) string {
 	}
 }
 
+// fixedSecretsKey is a secrets key for tests: the same in every process
+// (the DHCP tests' helper runs as a child).
+func fixedSecretsKey() *SecretsKey {
+	k, err := NewSecretsKey([]byte("kiln pxe tests: not a secret key, 32 bytes or more"))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
 func mustMachines(t *testing.T, text string) *Machines {
 	t.Helper()
 	ms, err := ParseMachines("machines.yaml", []byte(text))

@@ -18,11 +18,15 @@ import (
 //	/boot.ipxe?mac=M    the iPXE script of machine M (without mac: a
 //	                    script that asks again with ${netX/mac})
 //	/ipxe/M             the same script
-//	/images/ROLE/FILE   vmlinuz and initramfs.img of the ROLE image
-//	/config/M.yaml      machine M's node config (kiln.config=)
+//	/images/ROLE/FILE   vmlinuz and initramfs.img of the ROLE image, to
+//	                    machines of that role only
+//	/config/M.yaml      machine M's node config (kiln.config=), with its
+//	                    nodeSecret, to M only
 //
 // M is a MAC address (52:54:00:12:34:56 or 52-54-00-12-34-56). Every
-// request is logged with the machine's MAC address when known.
+// request is logged with the machine's MAC address when known. An image
+// file or a config the client may not have (see the package doc, "Who gets
+// what") is answered 403 and logged as a warning with the reason.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /boot.ipxe", s.serveBootIPXE)
@@ -74,7 +78,7 @@ func (s *Server) logHTTP(next http.Handler) http.Handler {
 		client := remoteIP(r)
 		defer func() {
 			if rec.mac == "" {
-				rec.mac = s.macOf(client)
+				rec.mac = s.macString(client)
 			}
 			attrs := []any{"client", client.String(), "mac", rec.mac, "method", r.Method, "path", r.URL.RequestURI(),
 				"status", rec.status, "bytes", rec.bytes, "duration", time.Since(start).Round(time.Millisecond)}
@@ -186,11 +190,21 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request, macText str
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	s.noteClient(remoteIP(r), m.MAC)
-	record(w).note = m.Hostname + " " + string(m.Role)
+	rec := record(w)
+	rec.note = m.Hostname + " " + string(m.Role)
+	if other := s.claimClient(remoteIP(r), m.MAC); other != nil {
+		rec.note += fmt.Sprintf("; %s stays %s's (from DHCP): its image files go to that machine only", remoteIP(r), other)
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	fmt.Fprint(w, script)
+}
+
+// forbid answers 403 to a request for a file the client may not have; the
+// reason goes to the log only.
+func forbid(w http.ResponseWriter, reason string) {
+	record(w).note = "refused: " + reason
+	http.Error(w, "forbidden: not served to this machine (the server's log says why)", http.StatusForbidden)
 }
 
 func (s *Server) serveImageFile(w http.ResponseWriter, r *http.Request) {
@@ -202,6 +216,10 @@ func (s *Server) serveImageFile(w http.ResponseWriter, r *http.Request) {
 	p := img.file(r.PathValue("file"))
 	if p == "" {
 		http.Error(w, "no such file (an image serves "+kernelFile+" and "+initramfsFile+")", http.StatusNotFound)
+		return
+	}
+	if ok, reason := s.allowImage(remoteIP(r), img.Role); !ok {
+		forbid(w, reason)
 		return
 	}
 	f, err := os.Open(p)
@@ -226,12 +244,29 @@ func (s *Server) serveConfig(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want /config/<mac>.yaml", http.StatusNotFound)
 		return
 	}
-	m, ok := s.lookupHTTP(w, r, name)
-	if !ok {
+	mac, err := ParseMAC(name)
+	if err != nil {
+		record(w).note = "bad MAC address"
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	s.noteClient(remoteIP(r), m.MAC)
+	m, ok := s.machines.Lookup(mac)
+	if !ok {
+		forbid(w, s.refusedReason(mac))
+		return
+	}
+	// A node asks for its config from the address it got at boot, which
+	// DHCP may not have shown this server: the request ties the address
+	// to the machine unless DHCP tied it to another.
+	s.claimClient(remoteIP(r), m.MAC)
+	if ok, reason := s.allowConfig(remoteIP(r), m); !ok {
+		forbid(w, reason)
+		return
+	}
 	w.Header().Set("Content-Type", "application/yaml")
 	w.Header().Set("Cache-Control", "no-store")
+	// The document holds the machine's nodeSecret: it goes to the
+	// machine only, never to the log.
+	m.NodeSecret = Secret(s.NodeSecret(m))
 	w.Write(m.ConfigYAML(s.cfg.Router, s.cfg.DNS))
 }

@@ -28,6 +28,9 @@ func httpServer(t *testing.T, machines string) (*Server, *httptest.Server, *logB
 		Router:   netip.MustParseAddr("10.0.0.1"),
 		IPXEDir:  fakeIPXEDir(t),
 		Log:      logs.logger(),
+		// The tests' master image holds nothing secret.
+		AllowMasterImage: true,
+		SecretsKey:       fixedSecretsKey(),
 	}
 	if machines != "" {
 		cfg.Machines = mustMachines(t, machines)
@@ -125,13 +128,14 @@ func TestScriptRefused(t *testing.T) {
 			t.Errorf("%s: %d, want 400", p, code)
 		}
 	}
-	if code, _, _ := get(t, ts.URL+"/config/02-00-00-00-00-99.yaml"); code != 404 {
+	if code, _, _ := get(t, ts.URL+"/config/02-00-00-00-00-99.yaml"); code != 403 {
 		t.Errorf("config of an unknown machine: %d", code)
 	}
+	logs.waitLog(t, "level=WARN", "client=127.0.0.1", "path=/config/02-00-00-00-00-99.yaml", "status=403", "refused: 02:00:00:00:00:99 is not in machines.yaml")
 }
 
 func TestDefaultMachine(t *testing.T) {
-	_, ts, _, _ := httpServer(t, "default: {role: worker}\n")
+	_, ts, _, _ := httpServer(t, "machines:\n  52:54:00:12:34:56: {role: master}\ndefault: {role: worker}\n")
 	_, body, _ := get(t, ts.URL+"/ipxe/02:00:00:00:00:99")
 	if !strings.Contains(body, "booting worker-020000000099 (worker image") {
 		t.Errorf("script:\n%s", body)
@@ -141,8 +145,20 @@ func TestDefaultMachine(t *testing.T) {
 	if code != 200 || err != nil || cfg.Hostname != "worker-020000000099" || cfg.Role != node.RoleWorker {
 		t.Errorf("config %d %v:\n%s", code, err, body)
 	}
+	// A default worker gets the worker's files, never the master's.
+	if code, _, _ := get(t, ts.URL+"/images/worker/vmlinuz"); code != 200 {
+		t.Errorf("worker kernel to a default worker: %d", code)
+	}
+	if code, _, _ := get(t, ts.URL+"/images/master/initramfs.img"); code != 403 {
+		t.Errorf("master initramfs to a default worker: %d", code)
+	}
 	// No machines file: every machine is a worker.
-	_, ts, _, _ = httpServer(t, "")
+	s, err := New(Config{ServerIP: netip.MustParseAddr("127.0.0.1"), DHCP: DHCPOff, Images: []*Image{fakeImage(t, node.RoleWorker)}, SecretsKey: fixedSecretsKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts = httptest.NewServer(s.Handler())
+	defer ts.Close()
 	if _, body, _ := get(t, ts.URL+"/ipxe/02:00:00:00:00:98"); !strings.Contains(body, "/images/worker/vmlinuz") {
 		t.Errorf("script:\n%s", body)
 	}
@@ -150,7 +166,10 @@ func TestDefaultMachine(t *testing.T) {
 
 func TestImageFiles(t *testing.T) {
 	s, ts, logs, imgs := httpServer(t, testMachines)
+	macs := map[node.Role]string{node.RoleMaster: "52:54:00:12:34:56", node.RoleWorker: "52:54:00:00:00:02"}
 	for role, img := range imgs {
+		// DHCP saw 127.0.0.1 with a machine of the role.
+		s.noteClient(netip.MustParseAddr("127.0.0.1"), mac(t, macs[role]))
 		for name, path := range map[string]string{kernelFile: img.Kernel, initramfsFile: img.Initramfs} {
 			want, _ := os.ReadFile(path)
 			code, body, hdr := get(t, ts.URL+"/images/"+string(role)+"/"+name)
@@ -215,7 +234,7 @@ func TestConfigEndpoint(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	w := fakeImage(t, node.RoleWorker)
+	w, m := fakeImage(t, node.RoleWorker), fakeImage(t, node.RoleMaster)
 	ip := netip.MustParseAddr("127.0.0.1")
 	for _, tc := range []struct {
 		name string
@@ -231,6 +250,16 @@ func TestNewErrors(t *testing.T) {
 		{"bad mode", Config{ServerIP: ip, DHCP: "maybe", Images: []*Image{w}}, `DHCP mode "maybe"`},
 		{"range without full", Config{ServerIP: ip, DHCP: DHCPOff, Images: []*Image{w}, RangeStart: ip, RangeEnd: ip}, "it needs full"},
 		{"missing interface", Config{Interface: "kiln-no-such0", Images: []*Image{w}}, "interface kiln-no-such0"},
+		{"master image without the flag", Config{ServerIP: ip, DHCP: DHCPOff, Images: []*Image{w, m}, Machines: mustMachines(t, testMachines)},
+			"is a master image: it holds every key of the cluster"},
+		{"master image without the flag, flag named", Config{ServerIP: ip, DHCP: DHCPOff, Images: []*Image{m}, Machines: mustMachines(t, testMachines)},
+			"with --allow-master-image"},
+		{"only a master image, no machines file", Config{ServerIP: ip, DHCP: DHCPOff, Images: []*Image{m}, AllowMasterImage: true},
+			"no machines file: every machine would boot the master image"},
+		{"master by default", Config{ServerIP: ip, DHCP: DHCPOff, Images: []*Image{m}, AllowMasterImage: true, Machines: DefaultMachines(node.RoleMaster)},
+			"the default is master: unknown machines never get the master image"},
+		{"master image, no master listed", Config{ServerIP: ip, DHCP: DHCPOff, Images: []*Image{w, m}, AllowMasterImage: true,
+			Machines: mustMachines(t, "machines:\n  52:54:00:00:00:02: {role: worker}\ndefault: {role: worker}\n")}, "lists no master, so the master image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.cfg)
@@ -270,7 +299,8 @@ func TestServeLoopback(t *testing.T) {
 	logs := &logBuffer{}
 	ipxeDir := fakeIPXEDir(t)
 	img := fakeImage(t, node.RoleWorker)
-	s, err := New(Config{ServerIP: netip.MustParseAddr("127.0.0.1"), DHCP: DHCPOff, Images: []*Image{img}, IPXEDir: ipxeDir, Log: logs.logger()})
+	s, err := New(Config{ServerIP: netip.MustParseAddr("127.0.0.1"), DHCP: DHCPOff, Images: []*Image{img}, IPXEDir: ipxeDir, Log: logs.logger(),
+		SecretsKey: fixedSecretsKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,6 +311,12 @@ func TestServeLoopback(t *testing.T) {
 	curl, err := exec.LookPath("curl")
 	if err != nil {
 		t.Skip("no curl")
+	}
+	// The boot files go to machines the server knows: this request ties
+	// 127.0.0.1 to a MAC address (a default worker).
+	code, body, _ := get(t, s.BaseURL()+"/ipxe/52:54:00:00:00:07")
+	if code != 200 || !strings.Contains(body, s.BaseURL()+"/images/worker/vmlinuz") {
+		t.Errorf("http: %d\n%s", code, body)
 	}
 	for name, path := range map[string]string{
 		BIOSBootFile:                   ipxeDir + "/" + BIOSBootFile,
@@ -298,10 +334,6 @@ func TestServeLoopback(t *testing.T) {
 		t.Errorf("tftp serves a file outside the list: %s", out)
 	}
 	logs.waitLog(t, "msg=tftp", "file="+UEFIBootFile, "bytes=70000", "blksize=1468", "client=127.0.0.1")
-	code, body, _ := get(t, s.BaseURL()+"/ipxe/52:54:00:00:00:07")
-	if code != 200 || !strings.Contains(body, s.BaseURL()+"/images/worker/vmlinuz") {
-		t.Errorf("http: %d\n%s", code, body)
-	}
 	// The script request tied 127.0.0.1 to the MAC address: later
 	// downloads are logged with it.
 	exec.Command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("tftp://%s/%s", s.TFTPAddr(), BIOSBootFile)).Run()

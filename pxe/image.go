@@ -61,6 +61,25 @@ func LoadImage(dir string) (*Image, error) {
 	return img, nil
 }
 
+// AllowMasterImageFlag is the flag of "kiln pxe serve" that lets it serve
+// a master image.
+const AllowMasterImageFlag = "--allow-master-image"
+
+// CheckMasterImage refuses a master image among images unless allow is
+// set: a master image holds every key of the cluster, so whoever fetches
+// it can act as the cluster's CA, its etcd, and its administrator.
+func CheckMasterImage(images []*Image, allow bool) error {
+	for _, img := range images {
+		if img.Role == node.RoleMaster && !allow {
+			return fmt.Errorf("%s is a master image: it holds every key of the cluster (CA, etcd CA, front-proxy CA, service-account and encryption keys, "+
+				"an admin kubeconfig), and whoever downloads it owns the cluster. Serve it only on a provisioning network you trust, with %s "+
+				"(it then goes only to machines the machines file lists as masters), or boot the master from its own disk (ISO or qcow2)",
+				img.Dir, AllowMasterImageFlag)
+		}
+	}
+	return nil
+}
+
 // file returns the path of a file served under /images/<role>/, or "".
 // Only the boot files are served: an image directory may also hold an
 // admin kubeconfig ("kiln run" writes one beside a master).

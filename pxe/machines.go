@@ -30,6 +30,9 @@ type Machine struct {
 	// Default is true for a machine the file does not list, booted by
 	// its default entry.
 	Default bool
+	// NodeSecret is the machine's own nodeSecret from the file (16 to
+	// 256 characters); empty: the server derives one (Server.NodeSecret).
+	NodeSecret Secret
 }
 
 // Machines is a parsed machines file: MAC → machine, and what unknown
@@ -41,9 +44,18 @@ type Machine struct {
 //	    hostname: master-1
 //	    address: 10.0.0.10/24    # optional: static address (CIDR)
 //	    gateway: 10.0.0.1        # optional, with address
+//	    nodeSecret: …            # optional: 16-256 characters, else derived
 //	  52:54:00:12:34:57: {role: worker, hostname: worker-1}
 //	default:
 //	  role: worker               # or: default: refuse
+//
+// A machine gets the boot files of its role's image and its own node
+// config, nothing else (see the package doc). The default's role is never
+// master: the master image goes only to machines listed as masters. MAC
+// addresses are a NIC's own (unicast): a multicast or broadcast address is
+// an error. A machine's nodeSecret (its name's key, see Server.NodeSecret)
+// is its own: two machines with the same one are an error, and no error
+// shows its value.
 type Machines struct {
 	// Source names the file in messages.
 	Source string
@@ -66,7 +78,7 @@ func (ms *Machines) Lookup(mac net.HardwareAddr) (Machine, bool) {
 	if i, ok := ms.byMAC[mac.String()]; ok {
 		return ms.List[i], true
 	}
-	if ms.DefaultRole == "" || len(mac) != 6 {
+	if ms.DefaultRole == "" || ms.DefaultRole == node.RoleMaster || checkUnicast(mac) != nil {
 		return Machine{}, false
 	}
 	return Machine{MAC: mac, Role: ms.DefaultRole, Hostname: defaultHostname(ms.DefaultRole, mac), Default: true}, true
@@ -108,6 +120,23 @@ func ParseMAC(s string) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("%q is not an Ethernet MAC address (e.g. 52:54:00:12:34:56)", s)
 	}
 	return mac, nil
+}
+
+// checkUnicast refuses what cannot be a network card's own address: the
+// wrong length, a multicast or the broadcast address (the lowest bit of the
+// first byte set), all zeros.
+func checkUnicast(mac net.HardwareAddr) error {
+	switch {
+	case len(mac) != 6:
+		return fmt.Errorf("%s is not an Ethernet MAC address", mac)
+	case mac.String() == "ff:ff:ff:ff:ff:ff":
+		return fmt.Errorf("%s is the broadcast address, not a network card's", mac)
+	case mac[0]&1 != 0:
+		return fmt.Errorf("%s is a multicast address (the lowest bit of its first byte is set), not a network card's", mac)
+	case mac.String() == "00:00:00:00:00:00":
+		return fmt.Errorf("%s is not a network card's address", mac)
+	}
+	return nil
 }
 
 // macPath is a MAC address as it appears in URLs: 52-54-00-12-34-56.
@@ -192,7 +221,13 @@ func (p *machinesParser) defaultEntry(v *yaml.Node, ms *Machines) {
 			k, val := v.Content[i], v.Content[i+1]
 			switch k.Value {
 			case "role":
-				if r, ok := p.role(val, "default.role"); ok {
+				r, ok := p.role(val, "default.role")
+				if ok && r == node.RoleMaster {
+					p.errorf(val, "default.role", "master: unknown machines never get the master image (it holds every key of the cluster); "+
+						"list each master by its MAC address, and give the default worker or refuse")
+					r = node.RoleWorker // reported; do not also report it missing
+				}
+				if ok {
 					ms.DefaultRole = r
 				}
 			default:
@@ -230,12 +265,17 @@ func (p *machinesParser) machines(v *yaml.Node, ms *Machines) {
 	}
 	hostnames := map[string]string{}
 	addresses := map[netip.Addr]string{}
+	secrets := map[Secret]string{}
 	for i := 0; i+1 < len(v.Content); i += 2 {
 		k, val := v.Content[i], v.Content[i+1]
 		field := fmt.Sprintf("machines[%s]", k.Value)
 		mac, err := ParseMAC(k.Value)
 		if err != nil {
 			p.errorf(k, field, "%v", err)
+			continue
+		}
+		if err := checkUnicast(mac); err != nil {
+			p.errorf(k, field, "%v: give the MAC address of the machine's boot NIC (on its label, in its firmware setup, or in \"ip link\" on it)", err)
 			continue
 		}
 		if j, dup := ms.byMAC[mac.String()]; dup {
@@ -257,6 +297,13 @@ func (p *machinesParser) machines(v *yaml.Node, ms *Machines) {
 				continue
 			}
 			addresses[m.Address.Addr()] = mac.String()
+		}
+		if m.NodeSecret != "" {
+			if other, dup := secrets[m.NodeSecret]; dup {
+				p.errorf(val, field+".nodeSecret", "the same as the nodeSecret of %s: each machine needs its own", other)
+				continue
+			}
+			secrets[m.NodeSecret] = mac.String()
 		}
 		ms.byMAC[mac.String()] = len(ms.List)
 		ms.List = append(ms.List, m)
@@ -310,8 +357,15 @@ func (p *machinesParser) machine(v *yaml.Node, field string, mac net.HardwareAdd
 			} else {
 				m.Gateway = gw
 			}
+		case "nodeSecret":
+			// The value is a secret: never echoed.
+			if n := len(val.Value); n < 16 || n > 256 {
+				p.errorf(val, f, "%d characters; want 16 to 256 (e.g. the output of: head -c 32 /dev/urandom | base64), or leave it out for one derived from the MAC address", n)
+			} else {
+				m.NodeSecret = Secret(val.Value)
+			}
 		default:
-			p.errorf(k, f, "unknown field (want role, hostname, address or gateway)")
+			p.errorf(k, f, "unknown field (want role, hostname, address, gateway or nodeSecret)")
 		}
 	}
 	if !seen["role"] {
@@ -348,10 +402,12 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// ConfigYAML is the node config of the machine: role and hostname and, for
-// a static address, the address and network settings. gateway is used when
-// the machine has none of its own (the DHCP router, if it is in the
-// machine's network); dns lists name servers for a static address.
+// ConfigYAML is the node config of the machine: role and hostname, its
+// NodeSecret if set and, for a static address, the address and network
+// settings. gateway is used when the machine has none of its own (the DHCP
+// router, if it is in the machine's network); dns lists name servers for a
+// static address. A document with a secret is never logged, and written to
+// a file only with mode 0600.
 func (m Machine) ConfigYAML(gateway netip.Addr, dns []netip.Addr) []byte {
 	doc := node.NewLayer(m.Role, m.Hostname)
 	if m.Address.IsValid() {
@@ -369,6 +425,7 @@ func (m Machine) ConfigYAML(gateway netip.Addr, dns []netip.Addr) []byte {
 		doc.Address = m.Address.Addr().String()
 		doc.Network = n
 	}
+	doc.NodeSecret = string(m.NodeSecret)
 	src := "listed in the machines file"
 	if m.Default {
 		src = "the machines file's default"

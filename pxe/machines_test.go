@@ -60,8 +60,19 @@ func TestParseMachines(t *testing.T) {
 	if _, ok := mustMachines(t, "machines:\n  52:54:00:12:34:56: {role: worker}\n").Lookup(mac(t, "52:54:00:12:34:57")); ok {
 		t.Error("no default: an unknown machine is not refused")
 	}
-	if m, ok := mustMachines(t, "default: {role: master}\n").Lookup(mac(t, "02:00:00:00:00:01")); !ok || m.Role != node.RoleMaster {
+	if m, ok := mustMachines(t, "default: {role: worker}\n").Lookup(mac(t, "02:00:00:00:00:01")); !ok || m.Role != node.RoleWorker {
 		t.Errorf("default only: %+v", m)
+	}
+	// No network card has a multicast or broadcast address: the default
+	// does not apply to one.
+	for _, m := range []string{"01:00:5e:00:00:01", "33:33:00:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00"} {
+		if got, ok := ms.Lookup(mac(t, m)); ok {
+			t.Errorf("%s: booted by default as %+v", m, got)
+		}
+	}
+	// A master is never a default: one built by hand refuses too.
+	if m, ok := DefaultMachines(node.RoleMaster).Lookup(mac(t, "02:00:00:00:00:01")); ok {
+		t.Errorf("a master by default: %+v", m)
 	}
 }
 
@@ -103,7 +114,7 @@ func TestParseMachinesErrors(t *testing.T) {
 		{"null entry", "machines:\n  52:54:00:12:34:56:\n",
 			[]string{"machines[52:54:00:12:34:56]: want a mapping"}},
 		{"unknown field", "machines:\n  52:54:00:12:34:56: {role: worker, ip: 10.0.0.1}\n",
-			[]string{"machines[52:54:00:12:34:56].ip: unknown field (want role, hostname, address or gateway)"}},
+			[]string{"machines[52:54:00:12:34:56].ip: unknown field (want role, hostname, address, gateway or nodeSecret)"}},
 		{"bad hostname", "machines:\n  52:54:00:12:34:56: {role: worker, hostname: Worker_1}\n",
 			[]string{`machines[52:54:00:12:34:56].hostname: "Worker_1" is not a valid node name`}},
 		{"duplicate hostname", "machines:\n  52:54:00:12:34:56: {role: worker, hostname: w}\n  52:54:00:12:34:57: {role: worker, hostname: w}\n",
@@ -128,6 +139,16 @@ func TestParseMachinesErrors(t *testing.T) {
 			[]string{`machines.yaml:1: default.role: "boss" is not a role`}},
 		{"default hostname", "default: {role: worker, hostname: w}\n",
 			[]string{`default.hostname: unknown field`}},
+		{"default master", "machines:\n  52:54:00:12:34:56: {role: master}\ndefault:\n  role: master\n",
+			[]string{"machines.yaml:4: default.role: master: unknown machines never get the master image", "list each master by its MAC address"}},
+		{"multicast MAC", "machines:\n  52:54:00:12:34:56: {role: master}\n  01:00:5e:00:00:01: {role: worker}\n",
+			[]string{"machines.yaml:3: machines[01:00:5e:00:00:01]: 01:00:5e:00:00:01 is a multicast address", "give the MAC address of the machine's boot NIC"}},
+		{"IPv6 multicast MAC", "machines:\n  33-33-00-00-00-01: {role: worker}\n",
+			[]string{"machines.yaml:2: machines[33-33-00-00-00-01]: 33:33:00:00:00:01 is a multicast address"}},
+		{"broadcast MAC", "machines:\n  ff:ff:ff:ff:ff:ff: {role: worker}\n",
+			[]string{"machines.yaml:2: machines[ff:ff:ff:ff:ff:ff]: ff:ff:ff:ff:ff:ff is the broadcast address"}},
+		{"zero MAC", "machines:\n  '000000000000': {role: worker}\n",
+			[]string{"machines.yaml:2: machines[000000000000]: 00:00:00:00:00:00 is not a network card's address"}},
 		{"two errors", "machines:\n  52:54:00:12:34:56: {role: x}\n  bad: {role: worker}\n",
 			[]string{"machines.yaml:2: ", "machines.yaml:3: "}},
 	} {

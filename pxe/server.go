@@ -15,9 +15,37 @@
 // machines file (see Machines). DHCP only ever runs on the one interface
 // it is given (SO_BINDTODEVICE); TFTP and HTTP listen on that interface's
 // address.
+//
+// # Who gets what
+//
+// An image's kernel and initramfs (over HTTP and TFTP) go only to the
+// machines the machines file gives that image's role, and a machine's node
+// config only to that machine; every other request gets HTTP 403 or a TFTP
+// access violation, and one warning in the log naming the client's address,
+// its MAC address when known, and the file. A machine the file does not
+// list gets the default's role; the default is never master, and the
+// master image is served only to machines listed as masters, and only when
+// the server is started with Config.AllowMasterImage (kiln pxe serve
+// --allow-master-image): it holds every key of the cluster. The iPXE
+// binaries and the per-machine scripts hold nothing secret and go to
+// anyone. A node config holds the machine's nodeSecret, the same at every
+// boot (Server.NodeSecret): the one the machines file gives it, or one
+// derived from its MAC address and Config.SecretsKey. It is never logged.
+//
+// TFTP and HTTP requests carry no MAC address: the server attributes a
+// request to the MAC address it last saw with the request's source IP
+// address, learnt from DHCP (the address it leased, or the one a client
+// asked the network's DHCP server for, in proxy mode) or, for an address
+// DHCP has not tied to another MAC, from the machine's request for its own
+// script (/ipxe/<mac>) or config. That is as strong as the network: it
+// keeps images from machines that are not meant to get them, not from
+// someone on the segment who forges MAC or IP addresses or asks for
+// another machine's script from an address DHCP has not seen. Serve on a
+// provisioning network you trust.
 package pxe
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,7 +56,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,8 +105,12 @@ type Config struct {
 	ServerIP netip.Addr
 	// Images are the images served, at most one per role.
 	Images []*Image
+	// AllowMasterImage must be set to serve a master image: it holds
+	// every key of the cluster (see CheckMasterImage).
+	AllowMasterImage bool
 	// Machines maps MAC addresses to machines; nil boots every machine
-	// as a worker (or with the only image's role).
+	// as a worker (New fails without a worker image then: the master
+	// image goes only to machines listed as masters).
 	Machines *Machines
 	DHCP     DHCPMode
 	// RangeStart and RangeEnd are the addresses of DHCPFull, in the
@@ -91,6 +125,9 @@ type Config struct {
 	HTTPPort, TFTPPort int
 	// IPXEDir holds undionly.kpxe and ipxe.efi (default /usr/lib/ipxe).
 	IPXEDir string
+	// SecretsKey derives each machine's nodeSecret (see NodeSecret), the
+	// same at every boot: required (LoadSecretsKey).
+	SecretsKey *SecretsKey
 	// Log receives one record per request (default: discard).
 	Log *slog.Logger
 }
@@ -101,6 +138,7 @@ type Server struct {
 	log      *slog.Logger
 	images   map[node.Role]*Image
 	machines *Machines
+	secrets  *SecretsKey
 	subnet   netip.Prefix // of ServerIP on the interface; invalid without one
 	leases   *leaseTable
 	tftpFS   fs.FS
@@ -116,7 +154,15 @@ type Server struct {
 	wg       sync.WaitGroup
 
 	mu      sync.Mutex
-	clients map[netip.Addr]net.HardwareAddr // learnt from DHCP and HTTP, for logs
+	clients map[netip.Addr]client // learnt from DHCP and HTTP: who may get what, and the logs
+}
+
+// client is the MAC address the server attributes an IP address to.
+type client struct {
+	mac net.HardwareAddr
+	// dhcp: learnt from DHCP; else claimed by an HTTP request naming
+	// the MAC address (its script or config).
+	dhcp bool
 }
 
 // New checks the configuration and prepares a server; Start runs it.
@@ -134,7 +180,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, images: map[node.Role]*Image{}, clients: map[netip.Addr]net.HardwareAddr{}}
+	s := &Server{cfg: cfg, log: log, images: map[node.Role]*Image{}, clients: map[netip.Addr]client{}}
 
 	switch cfg.DHCP {
 	case DHCPProxy, DHCPFull, DHCPOff:
@@ -156,6 +202,9 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.Images) == 0 {
 		return nil, errors.New("no image to serve (build one with \"kiln build\", then give --image out/<role>)")
 	}
+	if err := CheckMasterImage(cfg.Images, cfg.AllowMasterImage); err != nil {
+		return nil, err
+	}
 	for _, img := range cfg.Images {
 		if other, dup := s.images[img.Role]; dup {
 			return nil, fmt.Errorf("two %s images: %s and %s (one per role)", img.Role, other.Dir, img.Dir)
@@ -164,16 +213,24 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.machines = cfg.Machines
 	if s.machines == nil {
-		role := node.RoleWorker
-		if _, ok := s.images[role]; !ok {
-			role = cfg.Images[0].Role
+		if _, ok := s.images[node.RoleWorker]; !ok {
+			return nil, fmt.Errorf("no machines file: every machine would boot the master image (%s), which goes only to machines listed as masters; "+
+				"give --machines with the master's MAC address (role: master)", s.images[node.RoleMaster].Dir)
 		}
-		s.machines = DefaultMachines(role)
+		s.machines = DefaultMachines(node.RoleWorker)
+	}
+	if s.machines.DefaultRole == node.RoleMaster {
+		return nil, fmt.Errorf("%s: the default is master: unknown machines never get the master image (it holds every key of the cluster); "+
+			"list each master by its MAC address, and give the default worker or refuse", s.machines.Source)
 	}
 	for _, r := range s.machines.Roles() {
 		if _, ok := s.images[r]; !ok {
 			return nil, fmt.Errorf("%s boots %s machines, but no %s image is given (--image out/%s)", s.machines.Source, r, r, r)
 		}
+	}
+	if img, ok := s.images[node.RoleMaster]; ok && !slices.Contains(s.machines.Roles(), node.RoleMaster) {
+		return nil, fmt.Errorf("%s lists no master, so the master image %s would go to no machine: list the master's MAC address with role: master, or leave that image out",
+			s.machines.Source, img.Dir)
 	}
 
 	if cfg.DHCP == DHCPFull {
@@ -191,6 +248,11 @@ func New(cfg Config) (*Server, error) {
 	} else if cfg.RangeStart.IsValid() || cfg.RangeEnd.IsValid() {
 		return nil, fmt.Errorf("a DHCP range is given with DHCP mode %s (it needs full)", cfg.DHCP)
 	}
+
+	if cfg.SecretsKey == nil {
+		return nil, errors.New("no secrets key: each machine's nodeSecret is derived from it (LoadSecretsKey)")
+	}
+	s.secrets = cfg.SecretsKey
 
 	files := mapFS{}
 	for _, name := range []string{BIOSBootFile, UEFIBootFile, "snponly.efi"} {
@@ -353,7 +415,7 @@ func (s *Server) Start() error {
 		return fail(fmt.Errorf("TFTP: %w", err))
 	}
 	s.tftpPort = tl.LocalAddr().(*net.UDPAddr).Port
-	s.tftpSrv = &tftp.Server{FS: s.tftpFS, Log: s.logTFTP}
+	s.tftpSrv = &tftp.Server{FS: s.tftpFS, Allow: s.allowTFTP, Log: s.logTFTP}
 	s.closers = append(s.closers, s.tftpSrv.Close)
 	s.serve("tftp", func() error {
 		if err := s.tftpSrv.Serve(tl); !errors.Is(err, tftp.ErrServerClosed) {
@@ -405,40 +467,128 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// noteClient remembers which MAC address an IP address belongs to, for
-// the logs of TFTP and HTTP.
+// noteClient remembers the MAC address DHCP saw with an IP address: TFTP
+// and HTTP requests from that address are attributed to it.
 func (s *Server) noteClient(ip netip.Addr, mac net.HardwareAddr) {
+	s.setClient(ip, mac, true)
+}
+
+// claimClient ties an IP address to the MAC address an HTTP request from
+// it names (its script or its config), unless DHCP tied the address to
+// another MAC address. It returns that other address when it does not.
+func (s *Server) claimClient(ip netip.Addr, mac net.HardwareAddr) (dhcpMAC net.HardwareAddr) {
+	return s.setClient(ip, mac, false)
+}
+
+func (s *Server) setClient(ip netip.Addr, mac net.HardwareAddr, dhcp bool) net.HardwareAddr {
 	if !ip.IsValid() || ip.IsUnspecified() || len(mac) == 0 {
-		return
+		return nil
 	}
+	ip = ip.Unmap()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if c, ok := s.clients[ip]; ok && !dhcp && c.dhcp {
+		if bytes.Equal(c.mac, mac) {
+			return nil // already known, from DHCP: stays so
+		}
+		return c.mac
+	}
 	if len(s.clients) > 4096 {
 		clear(s.clients)
 	}
-	s.clients[ip.Unmap()] = mac
+	s.clients[ip] = client{mac: mac, dhcp: dhcp}
+	return nil
 }
 
-// macOf returns the MAC address last seen with ip, or "".
-func (s *Server) macOf(ip netip.Addr) string {
+// macOf returns the MAC address a request from ip is attributed to, or
+// nil.
+func (s *Server) macOf(ip netip.Addr) net.HardwareAddr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if mac, ok := s.clients[ip.Unmap()]; ok {
+	return s.clients[ip.Unmap()].mac
+}
+
+// macString is macOf as text ("" if unknown), for the logs.
+func (s *Server) macString(ip netip.Addr) string {
+	if mac := s.macOf(ip); mac != nil {
 		return mac.String()
 	}
 	return ""
 }
 
+// allowImage says whether the client at ip may have the boot files of the
+// role's image: its MAC address (attributed as noteClient and claimClient
+// say) must be one the machines file gives that role; the master image
+// never goes to a machine booted by the default. The reason says why not.
+func (s *Server) allowImage(ip netip.Addr, role node.Role) (ok bool, reason string) {
+	mac := s.macOf(ip)
+	if mac == nil {
+		return false, "no MAC address known for " + ip.String() + " (kiln learns it from DHCP, or from the machine's request for its /ipxe/<mac> script)"
+	}
+	m, known := s.machines.Lookup(mac)
+	switch {
+	case !known:
+		return false, s.refusedReason(mac)
+	case m.Role != role:
+		return false, fmt.Sprintf("%s (%s) boots the %s image, not the %s image", mac, m.Hostname, m.Role, role)
+	case role == node.RoleMaster && m.Default:
+		return false, "the master image goes only to machines listed as masters in " + s.machines.Source
+	}
+	return true, ""
+}
+
+// refusedReason says why the machines file refuses mac.
+func (s *Server) refusedReason(mac net.HardwareAddr) string {
+	if err := checkUnicast(mac); err != nil && s.machines.DefaultRole != "" {
+		return err.Error()
+	}
+	return mac.String() + " is not in " + s.machines.Source + ", which refuses unknown machines"
+}
+
+// allowConfig says whether the client at ip may have machine m's node
+// config: only m itself may.
+func (s *Server) allowConfig(ip netip.Addr, m Machine) (ok bool, reason string) {
+	mac := s.macOf(ip)
+	switch {
+	case mac == nil:
+		return false, "no MAC address known for " + ip.String()
+	case !bytes.Equal(mac, m.MAC):
+		return false, fmt.Sprintf("the config of %s goes only to that machine, and %s is %s", m.MAC, ip, mac)
+	}
+	return true, ""
+}
+
+// allowTFTP refuses the boot files of an image to machines of another
+// role (the iPXE binaries go to anyone).
+func (s *Server) allowTFTP(c netip.AddrPort, file string) error {
+	rest, ok := strings.CutPrefix(file, "images/")
+	if !ok {
+		return nil
+	}
+	role, _, _ := strings.Cut(rest, "/")
+	if _, ok := s.images[node.Role(role)]; !ok {
+		return nil
+	}
+	if ok, reason := s.allowImage(c.Addr(), node.Role(role)); !ok {
+		return errors.New(reason)
+	}
+	return nil
+}
+
 func (s *Server) logTFTP(t tftp.Transfer) {
 	attrs := []any{
-		"client", t.Client.Addr().String(), "mac", s.macOf(t.Client.Addr()), "file", t.File,
+		"client", t.Client.Addr().String(), "mac", s.macString(t.Client.Addr()), "file", t.File,
 		"bytes", t.Bytes, "size", t.Size, "blksize", t.BlockSize, "duration", t.Duration.Round(time.Millisecond),
 	}
 	if t.Retransmits > 0 {
 		attrs = append(attrs, "retransmits", t.Retransmits)
 	}
 	var re *tftp.RemoteError
+	var te *tftp.Error
 	switch {
+	case errors.As(t.Err, &te) && te.Code == tftp.ErrAccess:
+		s.log.Warn("tftp", append(attrs, "error", "refused: "+te.Message)...)
+		return
 	case errors.As(t.Err, &re) && t.Bytes == 0:
 		// UEFI firmware asks for tsize, then aborts the transfer
 		// once it has the size: not a failure.

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln/configs/image"
+	"kiln/configs/node"
 	"kiln/pxe"
 )
 
@@ -36,9 +37,10 @@ func pxeCommand() *cobra.Command {
 
 type pxeFlags struct {
 	iface, machines, dhcpRange, router, address, ipxeDir string
+	secretsKey                                           string
 	images, dns                                          []string
 	leaseTime                                            time.Duration
-	noDHCP, verbose                                      bool
+	noDHCP, verbose, allowMaster                         bool
 	httpPort, tftpPort                                   int
 }
 
@@ -72,14 +74,36 @@ Which image a machine boots, its name and its address come from --machines:
     52:54:00:12:34:57: {role: worker, hostname: worker-1}
   default: {role: worker}     # or "default: refuse": unknown machines get no answer
 
-Without --machines every machine boots the worker image (or the only image
-given). Every request is logged with the machine's MAC address, the file,
-the bytes sent and the time taken.
+Without --machines every machine boots the worker image. Every request is
+logged with the machine's MAC address, the file, the bytes sent and the time
+taken.
 
-Images and their node configs are served to anyone on the interface: a
-worker image holds the cluster's bootstrap token. Serve on a network you
-trust.`,
-		Example: `  kiln pxe serve --interface br0 --image out/master --image out/worker --machines machines.yaml
+Each machine's node config carries its nodeSecret, the same at every boot:
+its node name is bound to it at the first join, so no other machine can take
+the name. It is the entry's own (nodeSecret: 16 to 256 characters in the
+machines file), or else derived from the machine's MAC address and the key in
+--secrets-key (HMAC-SHA256). That file (default: pxe-secrets.key next to the
+machines file, or in ~/.local/state/kiln without one) is made at the first
+start, 32 random bytes with mode 0600; one other users can read is refused.
+Keep it and back it up: a new key changes every derived secret, and the
+machines cannot rejoin under their names until an administrator frees them.
+Secrets are never logged.
+
+Each machine gets only its own role's kernel and initramfs and its own node
+config; anything else is answered 403 (TFTP: access violation) and logged
+as a warning with the client's address, MAC address and the file. TFTP and
+HTTP requests carry no MAC address: a request is attributed to the MAC
+address last seen with its source IP address in DHCP (or, for an address
+DHCP has not shown, in the machine's request for its own script or
+config). That keeps images from machines not meant to get them, not from
+someone on the segment who forges addresses: serve on a network you trust.
+A worker image holds the cluster's bootstrap token.
+
+A master image holds every key of the cluster (CA, etcd CA, service-account
+and encryption keys, an admin kubeconfig): it is served only with
+--allow-master-image, only to machines the machines file lists as masters,
+never by default.`,
+		Example: `  kiln pxe serve --interface br0 --image out/master --image out/worker --machines machines.yaml --allow-master-image
   kiln pxe serve --interface eth1 --dhcp-range 10.0.0.100-10.0.0.199 --router 10.0.0.1`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -91,7 +115,9 @@ trust.`,
 	fl := c.Flags()
 	fl.StringVarP(&f.iface, "interface", "i", "", "network interface to serve on (required)")
 	fl.StringArrayVar(&f.images, "image", nil, "image directory (kiln build --out), one per role; repeat for both (default: out/master and out/worker, those that exist)")
-	fl.StringVar(&f.machines, "machines", "", "machines file: MAC address → role, hostname, address")
+	fl.StringVar(&f.machines, "machines", "", "machines file: MAC address → role, hostname, address, nodeSecret")
+	fl.StringVar(&f.secretsKey, "secrets-key", "", "key file the machines' nodeSecrets are derived from, made if missing (default: "+
+		pxe.DefaultSecretsKeyFile+" next to the machines file, else in $XDG_STATE_HOME/kiln or ~/.local/state/kiln)")
 	fl.StringVar(&f.dhcpRange, "dhcp-range", "", "be the DHCP server for START-END (default: proxyDHCP)")
 	fl.StringVar(&f.router, "router", "", "router handed out with --dhcp-range (and gateway of static machines without one)")
 	fl.StringSliceVar(&f.dns, "dns", nil, "DNS servers handed out with --dhcp-range (and set for static machines)")
@@ -101,13 +127,15 @@ trust.`,
 	fl.IntVar(&f.httpPort, "http-port", pxe.DefaultHTTPPort, "HTTP port")
 	fl.IntVar(&f.tftpPort, "tftp-port", pxe.DefaultTFTPPort, "TFTP port (PXE ROMs use 69)")
 	fl.StringVar(&f.ipxeDir, "ipxe-dir", pxe.DefaultIPXEDir, "directory with undionly.kpxe and ipxe.efi (apt-get install ipxe)")
+	fl.BoolVar(&f.allowMaster, "allow-master-image", false, "serve a master image (it holds every key of the cluster) to the machines listed as masters")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "also log ignored and malformed packets")
 	return c
 }
 
 // config turns the flags into a pxe.Config, without touching the network.
 func (f pxeFlags) config() (pxe.Config, error) {
-	cfg := pxe.Config{Interface: f.iface, LeaseTime: f.leaseTime, HTTPPort: f.httpPort, TFTPPort: f.tftpPort, IPXEDir: f.ipxeDir, DHCP: pxe.DHCPProxy}
+	cfg := pxe.Config{Interface: f.iface, LeaseTime: f.leaseTime, HTTPPort: f.httpPort, TFTPPort: f.tftpPort, IPXEDir: f.ipxeDir,
+		DHCP: pxe.DHCPProxy, AllowMasterImage: f.allowMaster}
 	usage := func(format string, args ...any) (pxe.Config, error) {
 		return pxe.Config{}, usageError{fmt.Errorf(format, args...)}
 	}
@@ -194,10 +222,24 @@ func (f pxeFlags) config() (pxe.Config, error) {
 		}
 		cfg.Images = append(cfg.Images, img)
 	}
+	// Before the network: refused whatever the rest says.
+	if err := pxe.CheckMasterImage(cfg.Images, f.allowMaster); err != nil {
+		return pxe.Config{}, err
+	}
 	if f.machines != "" {
 		if cfg.Machines, err = pxe.LoadMachines(f.machines); err != nil {
 			return pxe.Config{}, err
 		}
+	}
+	keyPath, mkdir := f.secretsKey, false
+	if keyPath == "" {
+		if keyPath, err = pxe.DefaultSecretsKeyPath(f.machines); err != nil {
+			return pxe.Config{}, err
+		}
+		mkdir = f.machines == "" // the state directory may not exist yet
+	}
+	if cfg.SecretsKey, err = pxe.LoadSecretsKey(keyPath, mkdir); err != nil {
+		return pxe.Config{}, err
 	}
 	return cfg, nil
 }
@@ -261,6 +303,10 @@ func printPXESummary(w io.Writer, s *pxe.Server, cfg pxe.Config) {
 	fmt.Fprintf(w, "  http      %s: /ipxe/<mac>, /images/<role>/{vmlinuz,initramfs.img}, /config/<mac>.yaml\n", s.BaseURL())
 	for _, img := range s.Images() {
 		fmt.Fprintf(w, "  image     %s %s from %s\n", img.Role, img.ID, img.Dir)
+		if fi, err := os.Stat(img.Initramfs); err == nil && img.Role == node.RoleMaster && fi.Mode().Perm()&0o077 != 0 {
+			fmt.Fprintf(w, "            warning: %s holds the cluster's keys and is readable by other users of this host (mode %04o): chmod 600 it\n",
+				img.Initramfs, fi.Mode().Perm())
+		}
 	}
 	ms := s.Machines()
 	others := "refused"
@@ -268,6 +314,8 @@ func printPXESummary(w io.Writer, s *pxe.Server, cfg pxe.Config) {
 		others = "boot the " + string(ms.DefaultRole) + " image"
 	}
 	fmt.Fprintf(w, "  machines  %d listed in %s; others %s\n", len(ms.List), ms.Source, others)
+	fmt.Fprintf(w, "            each gets its own role's kernel and initramfs and its own config; other requests get 403\n")
+	printSecretsSummary(w, ms, cfg.SecretsKey)
 	for _, m := range ms.List {
 		addr := "dhcp"
 		if m.Address.IsValid() {
@@ -276,4 +324,29 @@ func printPXESummary(w io.Writer, s *pxe.Server, cfg pxe.Config) {
 		fmt.Fprintf(w, "            %s  %-7s %-20s %s\n", m.MAC, m.Role, m.Hostname, addr)
 	}
 	fmt.Fprintln(w, "Ctrl-C stops. Requests are logged on stderr.")
+}
+
+// printSecretsSummary says where the machines' nodeSecrets come from, and
+// warns of a machines file holding secrets that others can read. It never
+// prints a secret.
+func printSecretsSummary(w io.Writer, ms *pxe.Machines, key *pxe.SecretsKey) {
+	own := 0
+	for _, m := range ms.List {
+		if m.NodeSecret != "" {
+			own++
+		}
+	}
+	if own > 0 {
+		fmt.Fprintf(w, "  secrets   each config carries the machine's nodeSecret: %d given in %s, the others derived from the MAC address with %s\n",
+			own, ms.Source, key)
+	} else {
+		fmt.Fprintf(w, "  secrets   each config carries the machine's nodeSecret, derived from its MAC address with %s\n", key)
+	}
+	if key != nil && key.Created {
+		fmt.Fprintf(w, "            created %s: back it up; a new key changes every derived nodeSecret (the machines then cannot rejoin under their names)\n", key.Path)
+	}
+	if fi, err := os.Stat(ms.Source); err == nil && own > 0 && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(w, "            warning: %s holds nodeSecrets and is readable by other users of this host (mode %04o): chmod 600 it\n",
+			ms.Source, fi.Mode().Perm())
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"kiln/configs/image"
 	"os"
 	"path"
@@ -303,9 +304,16 @@ func (a *Archive) writeEntry(w *countWriter, ino uint32, e *entry) error {
 const zstdConcurrency = 2
 
 // WriteZstd writes the archive, zstd-compressed (the Debian kernels have
-// CONFIG_RD_ZSTD=y), to path (via a temp file renamed into place). It returns
-// the uncompressed and compressed sizes.
+// CONFIG_RD_ZSTD=y), to path (via a temp file renamed into place), mode
+// 0600: an initramfs may hold keys (a master's holds the cluster's). It
+// returns the uncompressed and compressed sizes.
 func WriteZstd(p string, a *Archive) (raw, compressed int64, err error) {
+	return WriteZstdMode(p, a, 0o600)
+}
+
+// WriteZstdMode is WriteZstd with the file's permission bits (0644 for an
+// archive that holds no secret worth hiding from the host's users).
+func WriteZstdMode(p string, a *Archive, perm fs.FileMode) (raw, compressed int64, err error) {
 	dir := filepath.Dir(p)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp-")
 	if err != nil {
@@ -334,7 +342,7 @@ func WriteZstd(p string, a *Archive) (raw, compressed int64, err error) {
 	if err = enc.Close(); err != nil {
 		return raw, cw.n, err
 	}
-	if err = tmp.Chmod(0o644); err != nil {
+	if err = tmp.Chmod(perm.Perm()); err != nil {
 		return raw, cw.n, err
 	}
 	if err = tmp.Close(); err != nil {
@@ -346,10 +354,15 @@ func WriteZstd(p string, a *Archive) (raw, compressed int64, err error) {
 	return raw, cw.n, nil
 }
 
-// WriteFile writes the uncompressed archive to path.
+// WriteFile writes the uncompressed archive to path, mode 0600 (see
+// WriteZstd).
 func WriteFile(p string, a *Archive) (int64, error) {
-	f, err := os.Create(p)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
+		return 0, err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
 		return 0, err
 	}
 	n, err := a.WriteTo(f)

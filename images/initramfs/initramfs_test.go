@@ -344,3 +344,43 @@ func TestAddTree(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFileModes: an initramfs may hold keys, so the writers make it 0600
+// unless told otherwise, also over an existing file that was readable.
+func TestFileModes(t *testing.T) {
+	host := writeHost(t)
+	dir := t.TempDir()
+	mode := func(p string) os.FileMode {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	z := filepath.Join(dir, "initramfs.img")
+	if err := os.WriteFile(z, []byte("an older, readable build"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := WriteZstd(z, sample(t, host)); err != nil {
+		t.Fatal(err)
+	}
+	if m := mode(z); m != 0o600 {
+		t.Errorf("WriteZstd: mode %04o, want 0600", m)
+	}
+	w := filepath.Join(dir, "worker.img")
+	if _, _, err := WriteZstdMode(w, sample(t, host), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m := mode(w); m != 0o644 {
+		t.Errorf("WriteZstdMode 0644: mode %04o", m)
+	}
+	raw := filepath.Join(dir, "raw.cpio")
+	os.WriteFile(raw, nil, 0o644)
+	if _, err := WriteFile(raw, sample(t, host)); err != nil {
+		t.Fatal(err)
+	}
+	if m := mode(raw); m != 0o600 {
+		t.Errorf("WriteFile: mode %04o, want 0600", m)
+	}
+}

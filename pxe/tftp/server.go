@@ -87,6 +87,12 @@ type Server struct {
 	// MaxTransfers bounds concurrent transfers (default 64); a request
 	// beyond it is answered "server busy".
 	MaxTransfers int
+	// Allow, if set, is asked before a file is opened, with the client's
+	// address and the file's cleaned name ("images/worker/vmlinuz"). An
+	// error refuses the request: the client is told "access violation",
+	// and the log record's Err is an *Error (code ErrAccess) whose
+	// message is the error's.
+	Allow func(client netip.AddrPort, file string) error
 	// Log, if set, is called once per request when it is over.
 	Log func(Transfer)
 
@@ -341,7 +347,19 @@ func (s *Server) transfer(ctx context.Context, req request, local netip.Addr, cl
 		t.Err = x.fail(&Error{Code: ErrIllegalOp, Message: fmt.Sprintf("transfer mode %q is not supported (want octet or netascii)", req.mode)})
 		return
 	}
-	f, size, e := s.open(req.filename)
+	name, e := cleanPath(req.filename)
+	if e != nil {
+		t.Err = x.fail(e)
+		return
+	}
+	if s.Allow != nil {
+		if err := s.Allow(client, name); err != nil {
+			x.fail(&Error{Code: ErrAccess, Message: "access violation: not served to this client"})
+			t.Err = &Error{Code: ErrAccess, Message: err.Error()}
+			return
+		}
+	}
+	f, size, e := s.open(name)
 	if e != nil {
 		t.Err = x.fail(e)
 		return

@@ -668,3 +668,45 @@ func TestNetascii(t *testing.T) {
 		t.Errorf("got %q, want %q", out.String(), want)
 	}
 }
+
+// TestAllow: Allow sees the client and the cleaned name, and its refusal is
+// an access violation to the client and its reason in the log record.
+func TestAllow(t *testing.T) {
+	type asked struct {
+		client netip.AddrPort
+		file   string
+	}
+	var mu sync.Mutex
+	var seen []asked
+	addr, _, files, log := startServer(t, func(s *Server) {
+		s.Allow = func(client netip.AddrPort, file string) error {
+			mu.Lock()
+			seen = append(seen, asked{client, file})
+			mu.Unlock()
+			if strings.HasPrefix(file, "sub/") {
+				return errors.New("not for this machine")
+			}
+			return nil
+		}
+	})
+	c := newClient(t, addr)
+	c.send(addr, rrq("/sub//dir/./nested.bin", "octet"))
+	code, msg := c.expectError()
+	if code != ErrAccess || strings.Contains(msg, "not for this machine") {
+		t.Errorf("error %d %q, want an access violation without the reason", code, msg)
+	}
+	tr := log.waitFor(t, "/sub//dir/./nested.bin")
+	var e *Error
+	if !errors.As(tr.Err, &e) || e.Code != ErrAccess || e.Message != "not for this machine" || tr.Bytes != 0 {
+		t.Errorf("log record %+v", tr)
+	}
+	if got := c.get(t, rrq("hello.txt", "octet")); !bytes.Equal(got, files["hello.txt"]) {
+		t.Errorf("an allowed file: %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 || seen[0].file != "sub/dir/nested.bin" || seen[1].file != "hello.txt" ||
+		seen[0].client.Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("Allow was asked %+v", seen)
+	}
+}
