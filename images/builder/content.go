@@ -34,6 +34,9 @@ var baseModules = []string{
 	"nf_tables", "nft_ct", "nft_nat", "nft_chain_nat", "nft_masq", "nft_fib_inet", "nft_fib_ipv4",
 	"nft_fib_ipv6", "nft_numgen", "nft_reject_inet", "nft_reject_ipv4", "nft_reject_ipv6", "nft_limit", "nft_compat",
 	"nft_redir", "nft_hash", "nft_objref", "nft_quota", "nft_log",
+	// network policies: kube-network-policies queues the first packet of
+	// a connection to userspace (nft queue, nfnetlink_queue)
+	"nft_queue", "nfnetlink_queue",
 	"ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle",
 	"xt_MASQUERADE", "xt_conntrack", "xt_comment", "xt_mark", "xt_addrtype", "xt_nat", "xt_statistic",
 	// the state disk (ext4 is built into the Debian kernels; its
@@ -75,8 +78,8 @@ var hostTools = []Tool{
 		Why: "the kubelet's volume code runs mount(8)"},
 	{Path: "/usr/bin/umount", Host: []string{"/usr/bin/umount", "/bin/umount"}, Required: true, Package: "mount",
 		Why: "the kubelet's volume code runs umount(8)"},
-	{Path: "/usr/sbin/nft", Host: []string{"/usr/sbin/nft", "/sbin/nft"}, Package: "nftables",
-		Why: "kube-proxy's nftables mode (knftables runs nft)"},
+	{Path: "/usr/sbin/nft", Host: []string{"/usr/sbin/nft", "/sbin/nft"}, Required: true, Package: "nftables",
+		Why: "kiln's node firewall and kube-proxy's nftables mode (knftables runs nft)"},
 }
 
 // clusterFile is a file of a cluster directory copied into an image.
