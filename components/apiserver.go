@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"kiln/configs/node"
@@ -40,6 +42,8 @@ const (
 	frontProxyClientKey  = "pki/front-proxy-client.key"
 	apiEncryptionConfig  = "config/encryption-config.yaml"
 	apiAuthnConfig       = "config/authentication-config.yaml"
+	apiAdmissionConfig   = "config/admission-config.yaml"
+	apiAuditPolicy       = "config/audit-policy.yaml"
 	serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
 )
 
@@ -107,8 +111,79 @@ anonymous:
   - path: /readyz
   - path: /healthz
 `
-	return pki.WriteFile(env.Path(apiAuthnConfig), []byte(authn), false)
+	if err := pki.WriteFile(env.Path(apiAuthnConfig), []byte(authn), false); err != nil {
+		return err
+	}
+	if err := pki.WriteFile(env.Path(apiAdmissionConfig), []byte(admissionConfig(env.Config.PodSecurity)), false); err != nil {
+		return err
+	}
+	if err := mkdirs(filepath.Dir(AuditLog(env))); err != nil {
+		return err
+	}
+	return pki.WriteFile(env.Path(apiAuditPolicy), []byte(auditPolicy), false)
 }
+
+// Pod Security Admission's cluster-wide defaults, for namespaces that set
+// no level of their own (node config podSecurity; by default pods that
+// escape the node, privileged, host namespaces, hostPath, are refused,
+// and what the restricted profile would refuse is warned to the client and
+// recorded in the audit log; kube-system holds the cluster's own workloads
+// and is exempt). A namespace opts out with the label
+// pod-security.kubernetes.io/enforce=privileged.
+func admissionConfig(p node.PodSecurity) string {
+	exempt, _ := json.Marshal(p.ExemptNamespaces)
+	return fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodSecurity
+  configuration:
+    apiVersion: pod-security.admission.config.k8s.io/v1
+    kind: PodSecurityConfiguration
+    defaults:
+      enforce: %s
+      enforce-version: latest
+      audit: %s
+      audit-version: latest
+      warn: %s
+      warn-version: latest
+    exemptions:
+      namespaces: %s
+`, p.Enforce, p.Audit, p.Warn, exempt)
+}
+
+// auditPolicy records who changed what, never a Secret's body: metadata for
+// Secrets, ConfigMaps and tokens (their bodies are credentials), request
+// bodies for other writes, nothing for reads by the cluster's own
+// components, health checks and events (they would drown the rest).
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  nonResourceURLs: [/healthz*, /livez*, /readyz*, /version]
+- level: None
+  resources: [{group: "", resources: [events]}, {group: events.k8s.io, resources: [events]}]
+- level: None
+  userGroups: [system:nodes]
+  verbs: [get, list, watch]
+- level: None
+  users: [system:kube-controller-manager, system:kube-scheduler, system:apiserver]
+  verbs: [get, list, watch]
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Metadata
+  resources:
+  - {group: "", resources: [secrets, configmaps, serviceaccounts/token]}
+  - {group: authentication.k8s.io, resources: [tokenreviews]}
+  - {group: certificates.k8s.io, resources: [certificatesigningrequests]}
+- level: Request
+  verbs: [create, update, patch, delete, deletecollection]
+- level: Metadata
+`
+
+// AuditLog is the API server's audit log (JSON lines), beside the
+// components' logs.
+func AuditLog(env *Env) string { return env.Path("log", "audit.log") }
 
 // apiServerSANs are every name and address a client may use to reach the
 // API: the in-cluster service names, its first service IP, this node, and
@@ -148,6 +223,7 @@ func (APIServer) Flags(env *Env) map[string]string {
 		"kubelet-client-certificate":         env.Path(apiKubeletClientCert),
 		"kubelet-client-key":                 env.Path(apiKubeletClientKey),
 		"kubelet-preferred-address-types":    "InternalIP,Hostname",
+		"kubelet-certificate-authority":      env.Path(apiCACert),
 		"authorization-mode":                 "Node,RBAC",
 		"enable-admission-plugins":           "NodeRestriction",
 		"authentication-config":              env.Path(apiAuthnConfig),
@@ -167,6 +243,14 @@ func (APIServer) Flags(env *Env) map[string]string {
 		"allow-privileged":                   "true",
 		"profiling":                          "false",
 		"cert-dir":                           env.Path("pki/apiserver-generated"),
+		"admission-control-config-file":      env.Path(apiAdmissionConfig),
+		"audit-policy-file":                  env.Path(apiAuditPolicy),
+		"audit-log-path":                     AuditLog(env),
+		"audit-log-format":                   "json",
+		// 10 MiB × 4 files at most: a diskless master keeps its logs in RAM.
+		"audit-log-maxsize":   "10",
+		"audit-log-maxbackup": "3",
+		"audit-log-maxage":    "30",
 	}
 	// The apiserver publishes its address as the endpoint of the
 	// "kubernetes" Service, and refuses a loopback one. On loopback (host

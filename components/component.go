@@ -11,6 +11,7 @@ package components
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"kiln/configs/cluster"
@@ -23,6 +24,12 @@ type Env struct {
 	Cluster  *cluster.Cluster
 	NodeName string
 	DataDir  string
+}
+
+// Warn tells the operator something Prepare chose for them that weakens
+// the node (PID 1's standard error is the console).
+func (e *Env) Warn(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "kiln: WARNING: "+format+"\n", args...)
 }
 
 // Path returns a path under the node's data directory.
@@ -83,17 +90,20 @@ type ChildKeeper interface {
 // ignored.
 func All() []Component {
 	return []Component{
+		Firewall{},
 		Etcd{},
 		APIServer{},
 		ControllerManager{},
 		Scheduler{},
 		Addons{},
+		CSRApprover{},
 		Join{},
 		Containerd{},
 		ImportImages{},
 		Kubelet{},
 		PodNetwork{},
 		KubeProxy{},
+		NetworkPolicy{},
 	}
 }
 

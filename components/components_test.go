@@ -34,11 +34,11 @@ func TestForRoleOrderAndDependencies(t *testing.T) {
 		cfg  node.Config
 		want []string
 	}{
-		{"master", node.Default(), []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons",
-			"containerd", "import-images", "kubelet", "flannel", "kube-proxy"}},
-		{"master without pods", noPods, []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons"}},
+		{"master", node.Default(), []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver",
+			"containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
+		{"master without pods", noPods, []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver"}},
 		{"worker", func() node.Config { c := node.Default(); c.Role = node.RoleWorker; c.RunPods = false; return c }(),
-			[]string{"join", "containerd", "import-images", "kubelet", "flannel", "kube-proxy"}},
+			[]string{"join", "containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
 	} {
 		var names []string
 		comps := For(&tc.cfg)
@@ -66,7 +66,9 @@ func TestPrepareAndArgs(t *testing.T) {
 	env := testEnv(t)
 	// Never change the test host's kernel settings.
 	sysctlDir = t.TempDir()
-	os.MkdirAll(filepath.Join(sysctlDir, "net/ipv4"), 0o755)
+	for _, d := range []string{"net/ipv4", "vm", "kernel/keys"} {
+		os.MkdirAll(filepath.Join(sysctlDir, d), 0o755)
+	}
 	for _, c := range ForRole(node.RoleMaster) {
 		if err := c.Prepare(env); err != nil {
 			t.Fatalf("%s: %v", c.Name(), err)
@@ -81,7 +83,7 @@ func TestPrepareAndArgs(t *testing.T) {
 			v := a[strings.Index(a, "=")+1:]
 			// Files made at run time: containerd's socket, the image
 			// directory of an image, the CNI file the pod network writes.
-			runtime := strings.HasPrefix(a, "--address=") || strings.HasPrefix(a, "--dir=") || strings.HasPrefix(a, "--cni-conf=")
+			runtime := strings.HasPrefix(a, "--address=") || strings.HasPrefix(a, "--dir=") || strings.HasPrefix(a, "--cni-conf=") || strings.HasPrefix(a, "--audit-log-path=")
 			if strings.HasPrefix(v, "/") && !runtime && !strings.HasSuffix(a, "-dir="+v) && !strings.Contains(a, "--cert-dir") {
 				if _, err := os.Stat(v); err != nil {
 					t.Errorf("%s: %s: %v", c.Name(), a, err)
@@ -179,5 +181,37 @@ func TestNamesMatchConfig(t *testing.T) {
 	all[0] = nil
 	if All()[0] == nil {
 		t.Error("All returns a shared slice")
+	}
+}
+
+// Pod Security defaults follow the node config; the audit policy never
+// records a Secret's body (the rule for secrets, metadata only, comes
+// before the one that records request bodies).
+func TestPodSecurityAndAuditPolicy(t *testing.T) {
+	env := testEnv(t)
+	env.Config.PodSecurity.Enforce = "restricted"
+	if err := (APIServer{}).Prepare(env); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(env.Path(apiAdmissionConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"enforce: restricted", "warn: restricted", `namespaces: ["kube-system"]`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("admission config lacks %q:\n%s", want, b)
+		}
+	}
+	p, err := os.ReadFile(env.Path(apiAuditPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets, bodies := strings.Index(string(p), "resources: [secrets"), strings.Index(string(p), "level: Request")
+	if secrets < 0 || bodies < 0 || secrets > bodies {
+		t.Errorf("audit policy: secrets must be matched (Metadata) before request bodies are recorded:\n%s", p)
+	}
+	argv, _ := Args(APIServer{}, env)
+	if !slices.Contains(argv, "--audit-log-path="+AuditLog(env)) || !slices.Contains(argv, "--kubelet-certificate-authority="+env.Path(apiCACert)) {
+		t.Errorf("apiserver flags: %v", argv)
 	}
 }

@@ -22,8 +22,16 @@ func (ControllerManager) Name() string        { return node.ComponentControllerM
 func (ControllerManager) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
 func (ControllerManager) DependsOn() []string { return []string{node.ComponentAPIServer} }
 func (ControllerManager) Listens(env *Env) []string {
-	return []string{hostPort(env.Config.Address, env.Config.Ports.ControllerManager)}
+	return []string{hostPort(loopback, env.Config.Ports.ControllerManager)}
 }
+
+// loopback is where the controller-manager and the scheduler serve: their
+// ports carry only health and metrics, which nothing off the node needs
+// (CIS 1.3.7, 1.4.2; kubeadm and k3s do the same). Pods cannot reach them.
+const loopback = "127.0.0.1"
+
+// loopbackURL is https://127.0.0.1:port.
+func loopbackURL(port int) string { return "https://" + hostPort(loopback, port) }
 
 const controllerManagerKubeconfig = "kubeconfig/kube-controller-manager.conf"
 
@@ -40,7 +48,7 @@ func (ControllerManager) Flags(env *Env) map[string]string {
 		"kubeconfig":                       kc,
 		"authentication-kubeconfig":        kc,
 		"authorization-kubeconfig":         kc,
-		"bind-address":                     env.Config.Address,
+		"bind-address":                     loopback,
 		"secure-port":                      strconv.Itoa(env.Config.Ports.ControllerManager),
 		"cert-dir":                         env.Path("pki/kube-controller-manager"),
 		"client-ca-file":                   env.Path(apiCACert),
@@ -63,7 +71,7 @@ func (ControllerManager) Flags(env *Env) map[string]string {
 }
 
 func (ControllerManager) Ready(ctx context.Context, env *Env) error {
-	return probeSelfSigned(ctx, env.URL(env.Config.Ports.ControllerManager)+"/healthz")
+	return probeSelfSigned(ctx, loopbackURL(env.Config.Ports.ControllerManager)+"/healthz")
 }
 
 // Scheduler is upstream kube-scheduler.
@@ -77,7 +85,7 @@ func (Scheduler) Name() string        { return node.ComponentScheduler }
 func (Scheduler) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
 func (Scheduler) DependsOn() []string { return []string{node.ComponentAPIServer} }
 func (Scheduler) Listens(env *Env) []string {
-	return []string{hostPort(env.Config.Address, env.Config.Ports.Scheduler)}
+	return []string{hostPort(loopback, env.Config.Ports.Scheduler)}
 }
 
 const schedulerKubeconfig = "kubeconfig/kube-scheduler.conf"
@@ -95,7 +103,7 @@ func (Scheduler) Flags(env *Env) map[string]string {
 		"kubeconfig":                   kc,
 		"authentication-kubeconfig":    kc,
 		"authorization-kubeconfig":     kc,
-		"bind-address":                 env.Config.Address,
+		"bind-address":                 loopback,
 		"secure-port":                  strconv.Itoa(env.Config.Ports.Scheduler),
 		"cert-dir":                     env.Path("pki/kube-scheduler"),
 		"client-ca-file":               env.Path(apiCACert),
@@ -106,7 +114,7 @@ func (Scheduler) Flags(env *Env) map[string]string {
 }
 
 func (Scheduler) Ready(ctx context.Context, env *Env) error {
-	return probeSelfSigned(ctx, env.URL(env.Config.Ports.Scheduler)+"/healthz")
+	return probeSelfSigned(ctx, loopbackURL(env.Config.Ports.Scheduler)+"/healthz")
 }
 
 // probeSelfSigned checks /healthz of a component serving a certificate it

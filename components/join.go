@@ -1,15 +1,25 @@
 package components
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+
 	"kiln/configs/cluster"
 	"kiln/configs/node"
+	"kiln/pki"
 )
 
 // Join is a worker's first step: it learns the cluster CA from the master
-// and checks it against the hash pinned in the worker's image, then checks
-// that the master accepts the bootstrap token, and writes the kubelet's
-// bootstrap kubeconfig. Errors (master unreachable, wrong CA, token refused)
-// are printed on the console and the supervisor retries with backoff.
+// and checks it against the hash pinned in the worker's image, checks that
+// the master accepts the bootstrap token, and gets the kubelet's client
+// certificate for the node's name, proved with the node's identity (a name
+// another machine holds is refused). Errors (master unreachable, wrong CA,
+// token refused, name refused) are printed on the console and the
+// supervisor retries with backoff.
 type Join struct{}
 
 var _ Component = Join{}
@@ -20,18 +30,60 @@ func (Join) Roles() []node.Role  { return []node.Role{node.RoleWorker} }
 func (Join) DependsOn() []string { return nil }
 func (Join) Task()               {}
 func (Join) Prepare(env *Env) error {
-	return mkdirs(env.Path("pki"), env.Path(kubeletDir))
+	if err := mkdirs(env.Path("pki"), env.Path(kubeletDir), env.Path("identity")); err != nil {
+		return err
+	}
+	return writeNodeSecret(env)
 }
 
 func (Join) Flags(env *Env) map[string]string {
 	return map[string]string{
-		"endpoint":             apiEndpoint(env),
-		"ca-hash":              env.Cluster.CAHash,
-		"token-file":           cluster.PathsFor(env.Cluster.Dir).BootstrapToken,
-		"cluster-name":         env.Cluster.Name,
-		"ca-out":               env.Path(apiCACert),
-		"bootstrap-kubeconfig": env.Path(kubeletBootstrapConfig),
+		"endpoint":      apiEndpoint(env),
+		"ca-hash":       env.Cluster.CAHash,
+		"token-file":    cluster.PathsFor(env.Cluster.Dir).BootstrapToken,
+		"cluster-name":  env.Cluster.Name,
+		"ca-out":        env.Path(apiCACert),
+		"node-name":     env.NodeName,
+		"identity-file": env.Path(nodeSecretFile),
+		"kubeconfig":    KubeletKubeconfig(env),
+		"cert-dir":      env.Path(kubeletDir, "pki"),
 	}
+}
+
+// nodeSecretFile holds the per-node secret the node's identity key is
+// derived from (components/approve): the name it joins with is bound to
+// that key at its first join.
+const nodeSecretFile = "identity/node-secret"
+
+// writeNodeSecret puts the node's secret in place, from (first that
+// exists) the node config's nodeSecret (kiln pxe serve and kiln cluster
+// give each machine one), the file of an earlier boot (a state disk keeps
+// it), or a new random one when the data directory is on a state disk. A
+// diskless node with no nodeSecret derives one from the bootstrap token
+// and its name, so it can rejoin after every reboot; but then any holder
+// of the token can take its name, and the console says so.
+func writeNodeSecret(env *Env) error {
+	path := env.Path(nodeSecretFile)
+	if env.Config.NodeSecret != "" {
+		return pki.WriteFile(path, []byte(env.Config.NodeSecret), true)
+	}
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if env.Config.Storage.StateDisk != "" {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+		return pki.WriteFile(path, []byte(hex.EncodeToString(b)), true)
+	}
+	tok, err := pki.ReadFile(cluster.PathsFor(env.Cluster.Dir).BootstrapToken)
+	if err != nil {
+		return fmt.Errorf("deriving the node secret: %w", err)
+	}
+	sum := sha256.Sum256([]byte("kiln node secret from the token\x00" + strings.TrimSpace(string(tok)) + "\x00" + env.NodeName))
+	env.Warn("node %s has no nodeSecret and no state disk: its identity comes from the bootstrap token, so any holder of the token can take its name (set nodeSecret in its node config; kiln pxe serve and kiln cluster do)", env.NodeName)
+	return pki.WriteFile(path, []byte(hex.EncodeToString(sum[:])), true)
 }
 
 // Addons is a master's task of putting the cluster's own objects in place
@@ -65,5 +117,6 @@ func (Addons) Flags(env *Env) map[string]string {
 		"cluster-dns":    env.Cluster.ClusterDNS,
 		"cluster-domain": env.Cluster.ClusterDomain,
 		"master-node":    master,
+		"master-name":    env.NodeName,
 	}
 }

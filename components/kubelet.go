@@ -17,8 +17,9 @@ import (
 // is no systemd), talking CRI to kiln's containerd. A worker joins by TLS
 // bootstrap (bootstrap token → CSR → approved by the controller-manager);
 // a master's kubelet gets its client certificate straight from the CA it
-// holds. The kubelet serves its API (logs, exec, metrics) on :10250 with
-// a self-signed certificate; its unauthenticated read-only port stays off.
+// holds. The kubelet serves its API (logs, exec, metrics) on :10250 with a
+// certificate of the cluster CA (see kubeletConfiguration); its
+// unauthenticated read-only port stays off.
 type Kubelet struct{}
 
 var _ Component = Kubelet{}
@@ -40,10 +41,11 @@ const KubeletPort = 10250
 const (
 	kubeletHealthzPort       = 10248
 	kubeletConfig            = "config/kubelet.yaml"
-	kubeletBootstrapConfig   = "kubelet/bootstrap-kubeconfig"
 	kubeletDir               = "kubelet"
 	controlPlaneTaintKey     = "node-role.kubernetes.io/control-plane"
 	kubeletResolvConfDefault = "/etc/resolv.conf"
+	kubeletServingCert       = "kubelet/serving.crt"
+	kubeletServingKey        = "kubelet/serving.key"
 )
 
 // KubeletKubeconfig is the node's own credentials (system:node:NAME),
@@ -61,7 +63,34 @@ func apiEndpoint(env *Env) string {
 	return env.Cluster.Endpoint
 }
 
+// kubeletSysctls are the kernel settings the kubelet insists on with
+// protectKernelDefaults (it refuses to start rather than change them
+// itself): memory overcommit for the OOM killer to work per cgroup, an oops
+// is a panic, and a panic reboots after 10 s (the image's panic=-1 said at
+// once; QEMU's -no-reboot still exits).
+var kubeletSysctls = map[string]string{
+	"vm/overcommit_memory":      "1",
+	"vm/panic_on_oom":           "0",
+	"kernel/panic":              "10",
+	"kernel/panic_on_oops":      "1",
+	"kernel/keys/root_maxkeys":  "1000000",
+	"kernel/keys/root_maxbytes": "25000000",
+}
+
+func setKubeletSysctls() error {
+	for key, v := range kubeletSysctls {
+		path := sysctlDir + "/" + key
+		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+			return fmt.Errorf("setting %s (protectKernelDefaults): %w", path, err)
+		}
+	}
+	return nil
+}
+
 func (Kubelet) Prepare(env *Env) error {
+	if err := setKubeletSysctls(); err != nil {
+		return err
+	}
 	if err := mkdirs(env.Path(kubeletDir), env.Path("config")); err != nil {
 		return err
 	}
@@ -69,6 +98,13 @@ func (Kubelet) Prepare(env *Env) error {
 		// The master holds the CA: issue the node's credentials directly
 		// instead of going through a CSR (re-issued at every start).
 		if err := writeKubeconfig(env, KubeletKubeconfig(env), "system:node:"+env.NodeName, []string{"system:nodes"}); err != nil {
+			return err
+		}
+		// And its serving certificate, for the API server to verify.
+		if err := issue(env.Cluster.CA, env.Path(kubeletServingCert), env.Path(kubeletServingKey), pki.CertRequest{
+			CommonName: "system:node:" + env.NodeName, Organization: []string{"system:nodes"},
+			DNSNames: []string{env.NodeName}, IPs: nodeIPs(env), Server: true,
+		}); err != nil {
 			return err
 		}
 	}
@@ -83,6 +119,14 @@ func kubeletConfiguration(env *Env) string {
 	taints := ""
 	if env.Config.Role == node.RoleMaster && !env.Config.Schedulable {
 		taints = fmt.Sprintf("registerWithTaints:\n- key: %s\n  effect: NoSchedule\n", controlPlaneTaintKey)
+	}
+	// The API server verifies the kubelet's serving certificate against
+	// the cluster CA (--kubelet-certificate-authority): a master issues its
+	// own; a worker asks for one (serverTLSBootstrap) and kiln's
+	// csr-approver signs it off when its names are the node's.
+	serving := "serverTLSBootstrap: true\n"
+	if env.Config.Role == node.RoleMaster {
+		serving = fmt.Sprintf("tlsCertFile: %s\ntlsPrivateKeyFile: %s\n", env.Path(kubeletServingCert), env.Path(kubeletServingKey))
 	}
 	return fmt.Sprintf(`# Written by kiln at every start; edits are lost.
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -108,14 +152,19 @@ clusterDomain: %[7]s
 resolvConf: %[8]q
 rotateCertificates: %[9]t
 failSwapOn: false
+# Confinement: every container gets the runtime's seccomp profile unless it
+# asks otherwise, and the kubelet checks (never changes) the kernel settings
+# above (CIS 4.2.6, 5.7.2).
+seccompDefault: true
+protectKernelDefaults: true
 # Images are preloaded and can never be pulled again: never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
-%[10]s`,
+%[10]s%[11]s`,
 		env.Config.Address, KubeletPort, kubeletHealthzPort, env.Path(apiCACert),
 		ContainerdSocket(env), env.Cluster.ClusterDNS, env.Cluster.ClusterDomain, resolv,
-		env.Config.Role == node.RoleWorker, taints)
+		env.Config.Role == node.RoleWorker, taints, serving)
 }
 
 func (Kubelet) Flags(env *Env) map[string]string {
@@ -126,9 +175,6 @@ func (Kubelet) Flags(env *Env) map[string]string {
 		"root-dir":          env.Path(kubeletDir),
 		"hostname-override": env.NodeName,
 		"node-ip":           env.Config.Address,
-	}
-	if env.Config.Role == node.RoleWorker {
-		f["bootstrap-kubeconfig"] = env.Path(kubeletBootstrapConfig)
 	}
 	// Labels the kubelet may set on its own node (NodeRestriction allows
 	// other prefixes than kubernetes.io): what kiln runs it on.

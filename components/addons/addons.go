@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"strings"
 	"text/template"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -33,10 +35,16 @@ type Values struct {
 	ClusterDNS           string // the kube-dns Service's IP
 	ClusterDomain        string
 	CoreDNSImage         string
+	// MasterName is the master's node name, never granted to a joining
+	// node.
+	MasterName string
 }
 
 // Render returns the manifests' objects for these values.
 func Render(v Values) ([]*unstructured.Unstructured, error) {
+	if v.MasterName == "" {
+		return nil, fmt.Errorf("addons: the master's name is required (it is reserved in kube-system/kiln-node-identities)")
+	}
 	t, err := template.New("manifests").Funcs(template.FuncMap{
 		"b64":        func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) },
 		"tokenGroup": func() string { return cluster.WorkerTokenGroup },
@@ -64,35 +72,97 @@ func Render(v Values) ([]*unstructured.Unstructured, error) {
 
 // resources maps the kinds the manifests use to their API resources.
 var resources = map[string]schema.GroupVersionResource{
-	"v1/Secret":          {Version: "v1", Resource: "secrets"},
-	"v1/ServiceAccount":  {Version: "v1", Resource: "serviceaccounts"},
-	"v1/ConfigMap":       {Version: "v1", Resource: "configmaps"},
-	"v1/Service":         {Version: "v1", Resource: "services"},
-	"apps/v1/Deployment": {Group: "apps", Version: "v1", Resource: "deployments"},
+	"v1/Secret":                         {Version: "v1", Resource: "secrets"},
+	"v1/ServiceAccount":                 {Version: "v1", Resource: "serviceaccounts"},
+	"v1/ConfigMap":                      {Version: "v1", Resource: "configmaps"},
+	"v1/Service":                        {Version: "v1", Resource: "services"},
+	"rbac.authorization.k8s.io/v1/Role": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"rbac.authorization.k8s.io/v1/RoleBinding":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+	"apps/v1/Deployment":                              {Group: "apps", Version: "v1", Resource: "deployments"},
 	"rbac.authorization.k8s.io/v1/ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 	"rbac.authorization.k8s.io/v1/ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
 }
 
+// OnceAnnotation marks an object that kiln creates once in the life of a
+// cluster and never again: the bootstrap token's Secret, so that deleting
+// it revokes the token for good instead of until the next master boot.
+// Which objects were created is recorded in the ConfigMap OnceRecord in
+// kube-system (deleting a key there lets kiln create that object again).
+const (
+	OnceAnnotation = "kiln.dev/apply"
+	OnceRecord     = "kiln-applied-once"
+)
+
 // Apply applies every object with server-side apply (field manager "kiln",
-// forcing ownership of the fields kiln sets).
+// forcing ownership of the fields kiln sets), and creates the ones marked
+// OnceAnnotation: once only if they were never created before.
 func Apply(ctx context.Context, client dynamic.Interface, objs []*unstructured.Unstructured) error {
 	for _, o := range objs {
 		gvr, ok := resources[o.GetAPIVersion()+"/"+o.GetKind()]
 		if !ok {
 			return fmt.Errorf("addons: no resource known for %s %s", o.GetAPIVersion(), o.GetKind())
 		}
+		var ri dynamic.ResourceInterface = client.Resource(gvr)
+		if ns := o.GetNamespace(); ns != "" {
+			ri = client.Resource(gvr).Namespace(ns)
+		}
+		if o.GetAnnotations()[OnceAnnotation] == "once" {
+			if err := createOnce(ctx, client, ri, o); err != nil {
+				return err
+			}
+			continue
+		}
 		data, err := o.MarshalJSON()
 		if err != nil {
 			return err
 		}
 		force := true
-		var ri dynamic.ResourceInterface = client.Resource(gvr)
-		if ns := o.GetNamespace(); ns != "" {
-			ri = client.Resource(gvr).Namespace(ns)
-		}
 		if _, err := ri.Patch(ctx, o.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "kiln", Force: &force}); err != nil {
 			return fmt.Errorf("applying %s %s: %w", o.GetKind(), o.GetName(), err)
 		}
+	}
+	return nil
+}
+
+var configMaps = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+
+// createOnce creates o unless OnceRecord says it was created before (then
+// it is left alone: changed, deleted or not), and records it.
+func createOnce(ctx context.Context, client dynamic.Interface, ri dynamic.ResourceInterface, o *unstructured.Unstructured) error {
+	key := strings.ToLower(o.GetKind()) + "." + o.GetNamespace() + "." + o.GetName()
+	records := client.Resource(configMaps).Namespace(metav1.NamespaceSystem)
+	rec, err := records.Get(ctx, OnceRecord, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		if _, found, _ := unstructured.NestedString(rec.Object, "data", key); found {
+			return nil
+		}
+	case apierrors.IsNotFound(err):
+		rec = nil
+	default:
+		return fmt.Errorf("reading %s/%s: %w", metav1.NamespaceSystem, OnceRecord, err)
+	}
+	if _, err := ri.Create(ctx, o, metav1.CreateOptions{FieldManager: "kiln"}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating %s %s: %w", o.GetKind(), o.GetName(), err)
+	}
+	stamp := time.Now().UTC().Format(time.RFC3339)
+	if rec == nil {
+		cm := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": OnceRecord, "namespace": metav1.NamespaceSystem},
+			"data":     map[string]any{key: stamp},
+		}}
+		_, err := records.Create(ctx, cm, metav1.CreateOptions{FieldManager: "kiln"})
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("recording %s in %s/%s: %w", key, metav1.NamespaceSystem, OnceRecord, err)
+		}
+	}
+	patch := fmt.Sprintf(`{"data":{%q:%q}}`, key, stamp)
+	if _, err := records.Patch(ctx, OnceRecord, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "kiln"}); err != nil {
+		return fmt.Errorf("recording %s in %s/%s: %w", key, metav1.NamespaceSystem, OnceRecord, err)
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ func runAddons(args []string) int {
 	clusterDNS := fs.String("cluster-dns", "", "IP of the kube-dns Service")
 	clusterDomain := fs.String("cluster-domain", "cluster.local", "cluster DNS domain")
 	masterNode := fs.String("master-node", "", "the master's node name to label as control plane (empty: none)")
+	masterName := fs.String("master-name", "", "the master's name, never granted to a joining node")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -39,7 +40,7 @@ func runAddons(args []string) int {
 	objs, err := addons.Render(addons.Values{
 		TokenID: id, TokenSecret: secret,
 		ClusterDNS: *clusterDNS, ClusterDomain: *clusterDomain,
-		CoreDNSImage: oci.CoreDNSRef,
+		CoreDNSImage: oci.CoreDNSRef, MasterName: *masterName,
 	})
 	if err != nil {
 		return usageError("addons", err)
@@ -58,7 +59,7 @@ func runAddons(args []string) int {
 		fmt.Fprintf(os.Stderr, "addons: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "addons: applied %d objects (bootstrap token %s, join RBAC, CoreDNS)\n", len(objs), id)
+	fmt.Fprintf(os.Stderr, "addons: applied %d objects (bootstrap token %s, join RBAC, node identities, CoreDNS)\n", len(objs), id)
 	if *masterNode == "" {
 		return 0
 	}

@@ -37,12 +37,15 @@ var entries = map[string]Func{
 	node.ComponentControllerManager: runControllerManager,
 	node.ComponentScheduler:         runScheduler,
 	node.ComponentAddons:            runAddons,
+	node.ComponentCSRApprover:       runApprover,
 	node.ComponentJoin:              runJoin,
 	node.ComponentContainerd:        runContainerd,
 	node.ComponentImportImages:      runImportImages,
 	node.ComponentKubelet:           runKubelet,
 	node.ComponentFlannel:           runFlannel,
 	node.ComponentKubeProxy:         runKubeProxy,
+	node.ComponentFirewall:          runFirewall,
+	node.ComponentNetworkPolicy:     runNetworkPolicy,
 }
 
 // Lookup returns the entry point of a component by its name.

@@ -3,6 +3,8 @@ package node
 import (
 	"fmt"
 	"sort"
+
+	"kiln/internal/bounded"
 )
 
 // Args merges a component's default flags with the config's extraArgs for
@@ -16,7 +18,7 @@ func (c *Config) Args(component string, defaults map[string]string) (argv []stri
 	}
 	for k, v := range c.ExtraArgs[component] {
 		if old, ok := merged[k]; ok && old != v {
-			overridden = append(overridden, fmt.Sprintf("--%s=%s (default %s)", k, v, old))
+			overridden = append(overridden, fmt.Sprintf("--%s=%s (default %s)", bounded.Cut(k), bounded.Cut(v), bounded.Cut(old)))
 		}
 		if v == "" {
 			delete(merged, k)

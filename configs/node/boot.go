@@ -3,11 +3,13 @@ package node
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	"kiln/configs/image"
+	"kiln/internal/bounded"
 )
 
 // Network says how PID 1 configures the node's network. The zero value is
@@ -73,7 +75,7 @@ func (n Network) validate() []error {
 		case a.AutoInterface():
 			errs = append(errs, fmt.Errorf("%s.interface: an additional interface must be named (e.g. eth1)", field))
 		case seen[a.Interface] != "":
-			errs = append(errs, fmt.Errorf("%s.interface: %q is already configured by %s", field, a.Interface, seen[a.Interface]))
+			errs = append(errs, fmt.Errorf("%s.interface: %s is already configured by %s", field, bounded.Quote(a.Interface), seen[a.Interface]))
 		default:
 			seen[a.Interface] = field + ".interface"
 		}
@@ -94,20 +96,20 @@ func (n Network) validate() []error {
 func (n Network) validateOne(field string) []error {
 	var errs []error
 	if !n.AutoInterface() && !validIfName(n.Interface) {
-		errs = append(errs, fmt.Errorf("%s.interface: %q is not an interface name (want %q or a name such as eth0, at most 15 characters, no '/', ':' or spaces)", field, n.Interface, InterfaceAuto))
+		errs = append(errs, fmt.Errorf("%s.interface: %s is not an interface name (want %q or a name such as eth0, at most 15 characters, no '/', ':' or spaces)", field, bounded.Quote(n.Interface), InterfaceAuto))
 	}
 	var prefix netip.Prefix
 	if n.Address != "" {
 		p, err := netip.ParsePrefix(n.Address)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s.address: %q is not an address with a prefix length (e.g. 192.168.1.10/24)", field, n.Address))
+			errs = append(errs, fmt.Errorf("%s.address: %s is not an address with a prefix length (e.g. 192.168.1.10/24)", field, bounded.Quote(n.Address)))
 		} else {
 			prefix = p
 		}
 	}
 	switch {
 	case n.DHCP != nil && *n.DHCP && n.Address != "":
-		errs = append(errs, fmt.Errorf("%s.address: %q is set together with %s.dhcp: true (want dhcp: false for a static address, or no address)", field, n.Address, field))
+		errs = append(errs, fmt.Errorf("%s.address: %s is set together with %s.dhcp: true (want dhcp: false for a static address, or no address)", field, bounded.Quote(n.Address), field))
 	case n.DHCP != nil && !*n.DHCP && n.Address == "":
 		errs = append(errs, fmt.Errorf("%s.dhcp: false needs %s.address (a static address with its prefix length, e.g. 192.168.1.10/24)", field, field))
 	}
@@ -115,16 +117,16 @@ func (n Network) validateOne(field string) []error {
 		gw, err := netip.ParseAddr(n.Gateway)
 		switch {
 		case err != nil:
-			errs = append(errs, fmt.Errorf("%s.gateway: %q is not an IP address (e.g. 192.168.1.1)", field, n.Gateway))
+			errs = append(errs, fmt.Errorf("%s.gateway: %s is not an IP address (e.g. 192.168.1.1)", field, bounded.Quote(n.Gateway)))
 		case n.UsesDHCP():
-			errs = append(errs, fmt.Errorf("%s.gateway: %q is set with DHCP (want it only with a static %s.address; DHCP gives the router)", field, n.Gateway, field))
+			errs = append(errs, fmt.Errorf("%s.gateway: %s is set with DHCP (want it only with a static %s.address; DHCP gives the router)", field, bounded.Quote(n.Gateway), field))
 		case prefix.IsValid() && gw.Is4() != prefix.Addr().Is4():
-			errs = append(errs, fmt.Errorf("%s.gateway: %q is not of the same IP family as %s.address %q", field, n.Gateway, field, n.Address))
+			errs = append(errs, fmt.Errorf("%s.gateway: %s is not of the same IP family as %s.address %s", field, bounded.Quote(n.Gateway), field, bounded.Quote(n.Address)))
 		}
 	}
 	for i, d := range n.DNS {
 		if _, err := netip.ParseAddr(d); err != nil {
-			errs = append(errs, fmt.Errorf("%s.dns[%d]: %q is not an IP address (e.g. 1.1.1.1)", field, i, d))
+			errs = append(errs, fmt.Errorf("%s.dns[%d]: %s is not an IP address (e.g. 1.1.1.1)", field, i, bounded.Quote(d)))
 		}
 	}
 	return errs
@@ -185,16 +187,16 @@ func (s Storage) validate() []error {
 	case s.StateDisk == "":
 	case strings.HasPrefix(s.StateDisk, "LABEL="):
 		if l := s.Label(); l == "" || len(l) > 16 || strings.ContainsAny(l, "/ \t\n") {
-			errs = append(errs, fmt.Errorf("storage.stateDisk: %q: a label has 1 to 16 characters and no '/' or spaces (e.g. LABEL=%s)", s.StateDisk, image.StateLabel))
+			errs = append(errs, fmt.Errorf("storage.stateDisk: %s: a label has 1 to 16 characters and no '/' or spaces (e.g. LABEL=%s)", bounded.Quote(s.StateDisk), image.StateLabel))
 		}
 	case strings.HasPrefix(s.StateDisk, "/dev/") && len(s.StateDisk) > len("/dev/") && !strings.Contains(s.StateDisk, ".."):
 	default:
-		errs = append(errs, fmt.Errorf("storage.stateDisk: %q is not a device (want a path such as /dev/vda, LABEL=%s, or nothing for a diskless node)", s.StateDisk, image.StateLabel))
+		errs = append(errs, fmt.Errorf("storage.stateDisk: %s is not a device (want a path such as /dev/vda, LABEL=%s, or nothing for a diskless node)", bounded.Quote(s.StateDisk), image.StateLabel))
 	}
 	switch s.Format {
 	case "", FormatAuto, FormatNever:
 	default:
-		errs = append(errs, fmt.Errorf("storage.format: %q is not a format policy (want %q or %q)", s.Format, FormatAuto, FormatNever))
+		errs = append(errs, fmt.Errorf("storage.format: %s is not a format policy (want %q or %q)", bounded.Quote(string(s.Format)), FormatAuto, FormatNever))
 	}
 	return errs
 }
@@ -203,6 +205,7 @@ func (s Storage) validate() []error {
 // alone.
 func (c Config) Clone() Config {
 	out := c
+	out.PodSecurity.ExemptNamespaces = slices.Clone(c.PodSecurity.ExemptNamespaces)
 	if c.ExtraArgs != nil {
 		out.ExtraArgs = make(map[string]map[string]string, len(c.ExtraArgs))
 		for comp, flags := range c.ExtraArgs {
@@ -229,12 +232,13 @@ func (c Config) Clone() Config {
 
 // SetsField reports whether a config document sets a top-level field (as
 // opposed to leaving its default). PID 1 uses it to tell a chosen address
-// from the default one. A document that does not parse sets nothing.
+// from the default one. A document that does not parse sets nothing, nor
+// does a null value (Overlay: null means no change).
 func SetsField(data []byte, field string) bool {
 	var m map[string]any
 	if err := yaml.Unmarshal(data, &m); err != nil {
 		return false
 	}
-	_, ok := m[field]
-	return ok
+	v, ok := m[field]
+	return ok && v != nil
 }

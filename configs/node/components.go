@@ -16,11 +16,20 @@ const (
 	ComponentKubelet           = "kubelet"
 	ComponentKubeProxy         = "kube-proxy"
 	ComponentFlannel           = "flannel"
+	// ComponentCSRApprover approves kubelet serving certificates whose
+	// names match the node asking.
+	ComponentCSRApprover = "csr-approver"
+	// ComponentNetworkPolicy enforces NetworkPolicy objects on the node
+	// (kube-network-policies).
+	ComponentNetworkPolicy = "network-policy"
 
 	// Tasks: they run to completion and take no extraArgs.
 	ComponentAddons       = "addons"
 	ComponentJoin         = "join"
 	ComponentImportImages = "import-images"
+	// ComponentFirewall loads kiln's own nftables table (inet
+	// kiln-firewall) before the other components start.
+	ComponentFirewall = "firewall"
 )
 
 // knownComponents are the components whose flags extraArgs may override:
@@ -28,6 +37,7 @@ const (
 var knownComponents = []string{
 	ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler,
 	ComponentKubelet, ComponentKubeProxy, ComponentContainerd, ComponentFlannel,
+	ComponentCSRApprover, ComponentNetworkPolicy,
 }
 
 // KnownComponents lists the components whose flags extraArgs may override,

@@ -13,7 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +21,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"kiln/internal/bounded"
 )
 
 // APIVersion and Kind identify a node config document.
@@ -45,7 +47,7 @@ func ParseRole(s string) (Role, error) {
 	case RoleMaster, RoleWorker:
 		return r, nil
 	}
-	return "", fmt.Errorf("%q is not a role (want %s or %s)", s, RoleMaster, RoleWorker)
+	return "", fmt.Errorf("%s is not a role (want %s or %s)", bounded.Quote(s), RoleMaster, RoleWorker)
 }
 
 // Config is the node configuration. Field names are the YAML keys.
@@ -78,6 +80,28 @@ type Config struct {
 	// Schedulable removes the control-plane taint from a master that runs
 	// pods, so ordinary workloads are scheduled on it. Default false.
 	Schedulable bool `yaml:"schedulable,omitempty"`
+	// NodeSecret is this machine's own secret (16 to 256 characters): the
+	// node name is bound to it at the first join, and another machine
+	// cannot take the name. kiln pxe serve and kiln cluster give each
+	// machine one; a node with a state disk makes its own. Never printed.
+	NodeSecret string `yaml:"nodeSecret,omitempty"`
+	// PodSecurity is the cluster-wide Pod Security Admission default (a
+	// master's API server), for namespaces that set no level of their own.
+	PodSecurity PodSecurity `yaml:"podSecurity,omitempty"`
+}
+
+// PodSecurity levels: privileged, baseline or restricted.
+type PodSecurity struct {
+	// Enforce refuses pods that break the level. Default baseline.
+	Enforce string `yaml:"enforce,omitempty"`
+	// Warn tells the client about pods that break the level. Default
+	// restricted.
+	Warn string `yaml:"warn,omitempty"`
+	// Audit records pods that break the level in the audit log. Default
+	// restricted.
+	Audit string `yaml:"audit,omitempty"`
+	// Exempt namespaces are not checked. Default [kube-system].
+	ExemptNamespaces []string `yaml:"exemptNamespaces,omitempty"`
 }
 
 // RunsPods reports whether the node runs the worker stack.
@@ -100,6 +124,10 @@ func Default() Config {
 		Role:       RoleMaster,
 		Address:    "127.0.0.1",
 		RunPods:    true,
+		PodSecurity: PodSecurity{
+			Enforce: "baseline", Warn: "restricted", Audit: "restricted",
+			ExemptNamespaces: []string{"kube-system"},
+		},
 		Ports: Ports{
 			APIServer:         6443,
 			EtcdClient:        2379,
@@ -110,9 +138,18 @@ func Default() Config {
 	}
 }
 
+// MaxFileSize caps a node config file (or a fetched one): a config that
+// is bigger, or never ends (a symlink to /dev/zero), is an error, not a
+// process that fills the memory.
+const MaxFileSize = bounded.MaxConfigFile
+
+// ReadFile reads a config file of at most MaxFileSize bytes. Errors are
+// *fs.PathError, as os.ReadFile's.
+func ReadFile(path string) ([]byte, error) { return bounded.ReadFile(path, MaxFileSize) }
+
 // Load reads a config file over the defaults. The error names the file.
 func Load(path string) (Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, errors.Unwrap(err))
 	}
@@ -134,16 +171,38 @@ func Parse(data []byte) (Config, error) {
 // extraArgs is merged key by key), the others keep base's values. PID 1 uses
 // it to stack its config sources (embedded, config drive, kiln.config=).
 // base is not modified.
+//
+// A key without a value (null: "key:", "key: null", "key: ~") changes
+// nothing at any depth: "extraArgs: {kubelet: null}" keeps the kubelet
+// flags base has. An empty string is a value: a flag set to "" removes
+// it (Args). A file holds one document: a second one is an error, not
+// silently ignored.
 func Overlay(base Config, data []byte) (Config, error) {
+	if len(data) > MaxFileSize {
+		return Config{}, &bounded.TooLargeError{Max: MaxFileSize}
+	}
+	doc, err := oneDocument(data)
+	if err != nil {
+		return Config{}, err
+	}
 	cfg := base.Clone()
+	if doc == nil {
+		// An empty document changes nothing.
+		if err := cfg.Validate(); err != nil {
+			return Config{}, err
+		}
+		return cfg, nil
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	// An empty document (io.EOF) changes nothing.
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, cleanYAMLError(err)
 	}
 	// The decoder replaces a component's whole flag map: keep the base's
 	// flags the document does not mention.
+	if cfg.ExtraArgs == nil && base.ExtraArgs != nil {
+		cfg.ExtraArgs = map[string]map[string]string{} // extraArgs: null; keepNulls restores it
+	}
 	for comp, flags := range base.ExtraArgs {
 		got := cfg.ExtraArgs[comp]
 		if got == nil {
@@ -155,25 +214,144 @@ func Overlay(base Config, data []byte) (Config, error) {
 			}
 		}
 	}
+	keepNulls(doc, reflect.ValueOf(&cfg).Elem(), reflect.ValueOf(base.Clone()))
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
 }
 
+// oneDocument returns the mapping of data's document (nil for an empty
+// document), and an error for a second document with content: the
+// decoder would read the first and silently ignore the rest. A trailing
+// "---" is no second document.
+func oneDocument(data []byte) (*yaml.Node, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var first *yaml.Node
+	for n := 0; ; n++ {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			return first, nil
+		} else if err != nil {
+			return nil, cleanYAMLError(err)
+		}
+		var content *yaml.Node
+		if len(doc.Content) > 0 && !isNull(doc.Content[0]) {
+			content = doc.Content[0]
+		}
+		switch {
+		case n == 0:
+			first = content
+		case content != nil:
+			return nil, fmt.Errorf("line %d: a second YAML document: one document per file (a node config is one document; put all of it in the first)", doc.Line)
+		}
+	}
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
+
+// keepNulls gives every field or map entry the document sets to null
+// (dst, decoded from n) its value in base again: null means "no change".
+// It walks n's mappings along dst's structs and maps; base is a copy
+// dst may share.
+func keepNulls(n *yaml.Node, dst, base reflect.Value) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i].Value, n.Content[i+1]
+		switch dst.Kind() {
+		case reflect.Struct:
+			f := fieldByTag(dst.Type(), key)
+			if f < 0 {
+				continue // strict decoding refused it
+			}
+			switch {
+			case isNull(val):
+				dst.Field(f).Set(base.Field(f))
+			case val.Kind == yaml.MappingNode:
+				keepNulls(val, dst.Field(f), base.Field(f))
+			}
+		case reflect.Map:
+			if dst.IsNil() || dst.Type().Key().Kind() != reflect.String {
+				continue
+			}
+			k := reflect.ValueOf(key).Convert(dst.Type().Key())
+			var old reflect.Value // invalid: base has no such entry
+			if !base.IsNil() {
+				old = base.MapIndex(k)
+			}
+			switch {
+			case isNull(val):
+				dst.SetMapIndex(k, old) // an invalid old deletes the entry
+			case val.Kind == yaml.MappingNode && dst.Type().Elem().Kind() == reflect.Map:
+				if !old.IsValid() {
+					old = reflect.Zero(dst.Type().Elem()) // nothing to keep: a null deletes
+				}
+				keepNulls(val, dst.MapIndex(k), old)
+			}
+		}
+	}
+}
+
+// fieldByTag returns the index of t's field whose yaml name is name, or
+// -1.
+func fieldByTag(t reflect.Type, name string) int {
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == name {
+			return i
+		}
+	}
+	return -1
+}
+
 // yaml.v3 reports "line 3: field foo not found in type node.Config": say it
 // in the config's own words.
-var notFound = regexp.MustCompile(`field (\S+) not found in type \S+`)
+var (
+	notFound = regexp.MustCompile(`field (.+) not found in type \S+`)
+	quoted   = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+)
 
 func cleanYAMLError(err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
-	msg = notFound.ReplaceAllString(msg, `unknown field "$1" (see configs/README.md for the fields)`)
+	msg = strings.ReplaceAll(msg, "\n  line ", "\nline ")
+	msg = notFound.ReplaceAllStringFunc(msg, func(m string) string {
+		name := notFound.FindStringSubmatch(m)[1]
+		return "unknown field " + bounded.Quote(name) + " (see configs/README.md for the fields)"
+	})
+	// Keys the decoder quotes itself ("mapping key ... already defined").
+	msg = quoted.ReplaceAllStringFunc(msg, func(q string) string {
+		if len(q) <= bounded.MaxEcho+2 {
+			return q
+		}
+		if s, err := strconv.Unquote(q); err == nil {
+			return bounded.Quote(s)
+		}
+		return q
+	})
 	msg = strings.ReplaceAll(msg, "!!str", "text")
 	msg = strings.ReplaceAll(msg, "!!int", "a number")
 	msg = strings.ReplaceAll(msg, "!!map", "a mapping")
 	msg = strings.ReplaceAll(msg, "!!seq", "a list")
-	return errors.New(msg)
+	return joinErrors(strings.Split(msg, "\n"))
+}
+
+// maxErrors is how many problems of one config an error lists: a file
+// with thousands of bad keys gets a readable message, not a huge one.
+const maxErrors = 10
+
+// joinErrors joins problems one a line, the first maxErrors of them.
+func joinErrors(problems []string) error {
+	if len(problems) == 0 {
+		return nil
+	}
+	lines := problems[:min(len(problems), maxErrors):min(len(problems), maxErrors)]
+	if n := len(problems) - maxErrors; n > 0 {
+		lines = append(lines, fmt.Sprintf("… and %d more", n))
+	}
+	return errors.New(strings.Join(lines, "\n"))
 }
 
 // Validate checks the meaning of the fields. Each error names the field and
@@ -181,10 +359,10 @@ func cleanYAMLError(err error) error {
 func (c *Config) Validate() error {
 	var errs []error
 	if c.APIVersion != APIVersion {
-		errs = append(errs, fmt.Errorf("apiVersion: %q is not supported (want %q)", c.APIVersion, APIVersion))
+		errs = append(errs, fmt.Errorf("apiVersion: %s is not supported (want %q)", bounded.Quote(c.APIVersion), APIVersion))
 	}
 	if c.Kind != Kind {
-		errs = append(errs, fmt.Errorf("kind: %q is not supported (want %q)", c.Kind, Kind))
+		errs = append(errs, fmt.Errorf("kind: %s is not supported (want %q)", bounded.Quote(c.Kind), Kind))
 	}
 	if _, err := ParseRole(string(c.Role)); err != nil {
 		errs = append(errs, fmt.Errorf("role: %w", err))
@@ -196,11 +374,11 @@ func (c *Config) Validate() error {
 	}
 	if c.APIEndpoint != "" {
 		if err := validEndpoint(c.APIEndpoint); err != nil {
-			errs = append(errs, fmt.Errorf("apiEndpoint: %q %v (e.g. https://192.168.1.10:6443)", c.APIEndpoint, err))
+			errs = append(errs, fmt.Errorf("apiEndpoint: %s %v (e.g. https://192.168.1.10:6443)", bounded.Quote(c.APIEndpoint), err))
 		}
 	}
 	if net.ParseIP(c.Address) == nil {
-		errs = append(errs, fmt.Errorf("address: %q is not an IP address (e.g. 192.168.1.10)", c.Address))
+		errs = append(errs, fmt.Errorf("address: %s is not an IP address (e.g. 192.168.1.10)", bounded.Quote(c.Address)))
 	}
 	seen := map[int]string{}
 	for _, p := range []struct {
@@ -229,18 +407,27 @@ func (c *Config) Validate() error {
 	sort.Strings(names)
 	for _, n := range names {
 		if !slices.Contains(knownComponents, n) {
-			errs = append(errs, fmt.Errorf("extraArgs: %q is not a component (want one of %s)", n, strings.Join(knownComponents, ", ")))
+			errs = append(errs, fmt.Errorf("extraArgs: %s is not a component (want one of %s)", bounded.Quote(n), strings.Join(knownComponents, ", ")))
 			continue
 		}
 		for flag := range c.ExtraArgs[n] {
 			if strings.HasPrefix(flag, "-") || flag == "" || strings.ContainsAny(flag, " =") {
-				errs = append(errs, fmt.Errorf("extraArgs.%s: %q: write flag names without dashes or '=', e.g. \"v\": \"2\"", n, flag))
+				errs = append(errs, fmt.Errorf("extraArgs.%s: %s: write flag names without dashes or '=', e.g. \"v\": \"2\"", n, bounded.Quote(flag)))
 			}
 		}
 	}
 	errs = append(errs, c.Network.validate()...)
 	errs = append(errs, c.Storage.validate()...)
-	return errors.Join(errs...)
+	if n := len(c.NodeSecret); c.NodeSecret != "" && (n < 16 || n > 256) {
+		// The value is a secret: never echoed.
+		errs = append(errs, fmt.Errorf("nodeSecret: %d characters; want 16 to 256 (e.g. the output of: head -c 32 /dev/urandom | base64)", n))
+	}
+	errs = append(errs, c.PodSecurity.validate()...)
+	problems := make([]string, len(errs))
+	for i, e := range errs {
+		problems[i] = e.Error()
+	}
+	return joinErrors(problems)
 }
 
 // dnsLabel is an RFC 1123 DNS label, what Kubernetes accepts as a node
@@ -253,7 +440,7 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 // a hostname (the config, machines files) goes through it.
 func CheckHostname(s string) error {
 	if !dnsLabel.MatchString(s) {
-		return fmt.Errorf("%q is not a valid node name (lowercase letters, digits and '-', at most 63)", s)
+		return fmt.Errorf("%s is not a valid node name (lowercase letters, digits and '-', at most 63)", bounded.Quote(s))
 	}
 	return nil
 }
@@ -272,4 +459,22 @@ func validEndpoint(s string) error {
 		return errors.New("has no valid port (1-65535)")
 	}
 	return nil
+}
+
+// podSecurityLevels are Pod Security Admission's levels.
+var podSecurityLevels = []string{"privileged", "baseline", "restricted"}
+
+func (p PodSecurity) validate() []error {
+	var errs []error
+	for _, l := range []struct{ field, v string }{{"enforce", p.Enforce}, {"warn", p.Warn}, {"audit", p.Audit}} {
+		if !slices.Contains(podSecurityLevels, l.v) {
+			errs = append(errs, fmt.Errorf("podSecurity.%s: %s is not a level (want %s)", l.field, bounded.Quote(l.v), strings.Join(podSecurityLevels, ", ")))
+		}
+	}
+	for _, ns := range p.ExemptNamespaces {
+		if !dnsLabel.MatchString(ns) {
+			errs = append(errs, fmt.Errorf("podSecurity.exemptNamespaces: %s is not a namespace name", bounded.Quote(ns)))
+		}
+	}
+	return errs
 }

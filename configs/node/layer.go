@@ -20,6 +20,8 @@ type Layer struct {
 	APIEndpoint string                       `yaml:"apiEndpoint,omitempty"`
 	Network     *Network                     `yaml:"network,omitempty"`
 	ExtraArgs   map[string]map[string]string `yaml:"extraArgs,omitempty"`
+	// NodeSecret makes a layer a secret: write it 0600.
+	NodeSecret string `yaml:"nodeSecret,omitempty"`
 }
 
 // NewLayer starts an layer for a node of role named hostname.

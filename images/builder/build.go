@@ -350,11 +350,12 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	for _, m := range res.MissingTools {
 		p.printf("warning: optional tool %s is not on this host, the image will lack it", m)
 	}
+	p.printf("%s", secretsNote(r.Role))
 
 	res.Vmlinuz = filepath.Join(r.OutDir, image.KernelFile)
 	res.Initramfs = filepath.Join(r.OutDir, image.InitramfsFile)
 	if err := p.step("initramfs", func() (string, error) {
-		raw, comp, err := initramfs.WriteZstd(res.Initramfs, a)
+		raw, comp, err := initramfs.WriteZstdMode(res.Initramfs, a, FileMode(r.Role))
 		if err != nil {
 			return "", err
 		}
@@ -417,8 +418,15 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 // and a server's serial-over-LAN read. Kernel messages still go to both.
 // panic=-1 reboots at once on a panic (QEMU's -no-reboot turns that into
 // an exit instead of a hang).
+//
+// apparmor=0: the image carries no apparmor_parser, so containerd cannot
+// load a profile. With the kernel's AppArmor off, the kubelet refuses a pod
+// that asks for a profile at once ("Cannot enforce AppArmor: AppArmor is
+// not enabled on the host") instead of admitting it and leaving its
+// containers in CreateContainerError. Containers are confined by seccomp
+// (seccompDefault), namespaces and cgroups.
 func DefaultCmdline() []string {
-	return []string{"console=tty0", "console=ttyS0,115200", "panic=-1"}
+	return []string{"console=tty0", "console=ttyS0,115200", "panic=-1", "apparmor=0"}
 }
 
 // imageID hashes the kernel and the initramfs.
@@ -454,14 +462,44 @@ func mb(n int64) string {
 	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
 }
 
+// FileMode is the permission bits of the image files that hold the
+// initramfs (initramfs.img, pxe/initramfs.img, the ISO, the qcow2 disk): a
+// master's holds every key of the cluster and is 0600; a worker's holds no
+// key of the cluster, only its bootstrap token, and is 0644.
+func FileMode(role node.Role) os.FileMode {
+	if role == node.RoleMaster {
+		return 0o600
+	}
+	return 0o644
+}
+
+// secretsNote is the build's line on what the image holds that is secret,
+// and who on the build host can read it (see clusterFiles).
+func secretsNote(role node.Role) string {
+	if role == node.RoleMaster {
+		return "master image: it holds every key of the cluster (CA, etcd CA, front-proxy CA, service-account and encryption keys, admin kubeconfig); " +
+			"its initramfs, ISO, qcow2 and PXE files are mode 0600"
+	}
+	return "worker image: no key of the cluster; its one cluster secret is the bootstrap token (it joins machines as nodes); its files are mode 0644"
+}
+
+// placeFile gives a file the tools wrote (under their umask) the mode of
+// the role's images, then renames it into place.
+func placeFile(tmp, out string, role node.Role) error {
+	if err := os.Chmod(tmp, FileMode(role)); err != nil {
+		return err
+	}
+	return os.Rename(tmp, out)
+}
+
 // linkOrCopy hard-links src to dst when they are on one file system, and
-// copies otherwise. Both writers of src replace it by rename, so a link
-// never sees a later build's bytes.
-func linkOrCopy(dst, src string) error {
+// copies otherwise; either way dst ends with mode perm. Both writers of src
+// replace it by rename, so a link never sees a later build's bytes.
+func linkOrCopy(dst, src string, perm os.FileMode) error {
 	os.Remove(dst)
 	if err := os.Link(src, dst); err == nil {
-		return nil
+		return os.Chmod(dst, perm)
 	}
-	_, err := fsutil.CopyFile(dst, src, 0o644)
+	_, err := fsutil.CopyFile(dst, src, perm)
 	return err
 }

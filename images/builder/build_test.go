@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -151,13 +152,19 @@ func TestImageContents(t *testing.T) {
 
 	for _, role := range []string{"master", "worker"} {
 		t.Run(role, func(t *testing.T) {
-			req := testRequest(t, role, "kernel")
+			req := testRequest(t, role, "kernel", "pxe")
 			if role == "worker" {
 				req.BootstrapToken = "batch1.0123456789abcdef" // kiln build --token
 			}
 			res, err := Build(ctx, req)
 			if err != nil {
 				t.Fatal(err)
+			}
+			// On the build host: a master's initramfs is its owner's alone.
+			for _, p := range []string{res.Initramfs, filepath.Join(req.OutDir, "pxe", "initramfs.img")} {
+				if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != FileMode(node.Role(role)) {
+					t.Errorf("%s: %v, want mode %04o", p, err, FileMode(node.Role(role)))
+				}
 			}
 			entries, raw := readInitramfs(t, res.Initramfs)
 			t.Logf("%s: %d entries, %d bytes raw, %d compressed; %d modules; tools %v",
@@ -363,8 +370,14 @@ func TestFormatsRegistry(t *testing.T) {
 	if _, err := lookupFormats([]string{" ", ""}); err == nil {
 		t.Error("empty format list accepted")
 	}
-	if got := strings.Join(DefaultCmdline(), " "); !strings.HasSuffix(got, "console=ttyS0,115200 panic=-1") {
-		t.Errorf("cmdline %q: ttyS0 must be the last console", got)
+	var lastConsole string
+	for _, a := range DefaultCmdline() {
+		if strings.HasPrefix(a, "console=") {
+			lastConsole = a
+		}
+	}
+	if got := DefaultCmdline(); lastConsole != "console=ttyS0,115200" || !slices.Contains(got, "apparmor=0") {
+		t.Errorf("cmdline %q: ttyS0 must be the last console, and AppArmor off", got)
 	}
 }
 
@@ -401,5 +414,66 @@ alias pci:v00008086d* e1000e
 	}
 	if len(al) != 1 {
 		t.Errorf("wildcard aliases kept: %v", al)
+	}
+}
+
+// TestFileModes checks the modes of the files that hold an initramfs
+// without building one: the PXE copies (buildPXE), and the ISO's and the
+// qcow2's final step (placeFile), whose tools write under the umask.
+func TestFileModes(t *testing.T) {
+	if FileMode(node.RoleMaster) != 0o600 || FileMode(node.RoleWorker) != 0o644 {
+		t.Fatalf("modes: master %04o, worker %04o", FileMode(node.RoleMaster), FileMode(node.RoleWorker))
+	}
+	mode := func(p string) os.FileMode {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	for _, role := range []node.Role{node.RoleMaster, node.RoleWorker} {
+		t.Run(string(role), func(t *testing.T) {
+			out := t.TempDir()
+			img := &Image{Role: role, ID: "0123456789abcdef", OutDir: out, Vmlinuz: filepath.Join(out, "vmlinuz"),
+				Initramfs: filepath.Join(out, "initramfs.img"), Cmdline: DefaultCmdline(), TmpDir: t.TempDir()}
+			os.WriteFile(img.Vmlinuz, []byte("kernel"), 0o644)
+			os.WriteFile(img.Initramfs, []byte("initramfs"), 0o644) // as an older build left it
+			// An older pxe/ with a readable copy is replaced.
+			os.MkdirAll(filepath.Join(out, "pxe"), 0o755)
+			os.WriteFile(filepath.Join(out, "pxe", "initramfs.img"), []byte("old"), 0o644)
+			if _, err := buildPXE(context.Background(), img); err != nil {
+				t.Fatal(err)
+			}
+			want := FileMode(role)
+			if m := mode(filepath.Join(out, "pxe", "initramfs.img")); m != want {
+				t.Errorf("pxe/initramfs.img: %04o, want %04o", m, want)
+			}
+			if m := mode(filepath.Join(out, "pxe", "vmlinuz")); m != 0o644 {
+				t.Errorf("pxe/vmlinuz: %04o, want 0644", m)
+			}
+			// ISO and qcow2: what xorriso and qemu-img wrote is chmodded
+			// before it takes its place.
+			for _, name := range []string{string(role) + ".iso", string(role) + ".qcow2"} {
+				tmp := filepath.Join(img.TmpDir, name)
+				if err := os.WriteFile(tmp, []byte("image"), 0o666); err != nil {
+					t.Fatal(err)
+				}
+				final := filepath.Join(out, name)
+				os.WriteFile(final, []byte("older"), 0o644)
+				if err := placeFile(tmp, final, role); err != nil {
+					t.Fatal(err)
+				}
+				if m := mode(final); m != want {
+					t.Errorf("%s: %04o, want %04o", name, m, want)
+				}
+			}
+		})
+	}
+	if note := secretsNote(node.RoleWorker); !strings.Contains(note, "no key of the cluster") || !strings.Contains(note, "bootstrap token") {
+		t.Errorf("worker note %q", note)
+	}
+	if note := secretsNote(node.RoleMaster); !strings.Contains(note, "every key of the cluster") || !strings.Contains(note, "0600") {
+		t.Errorf("master note %q", note)
 	}
 }

@@ -167,7 +167,7 @@ func buildQcow2(ctx context.Context, img *Image) ([]string, error) {
 		return nil, err
 	}
 	os.Remove(raw)
-	if err := os.Rename(tmp, out); err != nil {
+	if err := placeFile(tmp, out, img.Role); err != nil {
 		return nil, err
 	}
 	return []string{out}, nil

@@ -227,10 +227,10 @@ func buildPXE(_ context.Context, img *Image) ([]string, error) {
 	}
 	vmlinuz := filepath.Join(dir, image.KernelFile)
 	initrd := filepath.Join(dir, image.InitramfsFile)
-	if err := linkOrCopy(vmlinuz, img.Vmlinuz); err != nil {
+	if err := linkOrCopy(vmlinuz, img.Vmlinuz, 0o644); err != nil {
 		return nil, err
 	}
-	if err := linkOrCopy(initrd, img.Initramfs); err != nil {
+	if err := linkOrCopy(initrd, img.Initramfs, FileMode(img.Role)); err != nil {
 		return nil, err
 	}
 	// initrd=initramfs.img on the kernel line is what a UEFI iPXE needs

@@ -155,7 +155,7 @@ func buildISO(ctx context.Context, img *Image) ([]string, error) {
 	); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(tmp, out); err != nil {
+	if err := placeFile(tmp, out, img.Role); err != nil {
 		return nil, err
 	}
 	return []string{out}, nil

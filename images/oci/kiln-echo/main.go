@@ -9,6 +9,8 @@
 //	kiln-echo pkill TEXT              SIGKILL every process whose command line
 //	                                  contains TEXT (in a hostPID pod: a node's
 //	                                  components, for fault tests)
+//	kiln-echo cat FILE                print FILE (in a debug pod: a node's
+//	                                  logs through a hostPath, /proc/1/net/tcp)
 package main
 
 import (
@@ -51,13 +53,18 @@ func main() {
 			usage()
 		}
 		os.Exit(lookup(os.Args[2]))
+	case "cat":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		os.Exit(cat(os.Args[2]))
 	default:
 		usage()
 	}
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME | pkill TEXT")
+	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME | pkill TEXT | cat FILE")
 	os.Exit(2)
 }
 
@@ -147,6 +154,20 @@ func pkill(text string) int {
 	}
 	if killed == 0 {
 		fmt.Fprintf(os.Stderr, "kiln-echo: no process matches %q\n", text)
+		return 1
+	}
+	return 0
+}
+
+func cat(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer f.Close()
+	if _, err := io.Copy(os.Stdout, f); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return 0
