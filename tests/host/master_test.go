@@ -121,13 +121,13 @@ func TestMasterLifecycle(t *testing.T) {
 		}
 		order := stopOrder(n.output())
 		// The reverse of the start order: the addons task and the
-		// apiserver's clients (controller-manager and scheduler, siblings
-		// that may stop in either order) first, then the apiserver, then
-		// etcd.
-		want := []string{"addons", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"}
-		if len(order) != len(want) || !slices.Equal(slices.Sorted(slices.Values(order[:3])), want[:3]) ||
-			order[3] != want[3] || order[4] != want[4] {
-			t.Fatalf("stop order %v, want %v (the first three in any order)", order, want)
+		// apiserver's clients (csr-approver, controller-manager and
+		// scheduler, siblings that may stop in any order) first, then the
+		// apiserver, then etcd.
+		want := []string{"addons", "csr-approver", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"}
+		if len(order) != len(want) || !slices.Equal(slices.Sorted(slices.Values(order[:4])), want[:4]) ||
+			order[4] != want[4] || order[5] != want[5] {
+			t.Fatalf("stop order %v, want %v (the first four in any order)", order, want)
 		}
 		if left := processesUsing(dataDir); len(left) > 0 {
 			t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))

@@ -4,11 +4,14 @@ package vm
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,18 +115,133 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	// Kill -9 containerd, then the kubelet, on the worker (from a hostPID
+	// Security defaults: Pod Security baseline refuses a privileged pod
+	// in default; a debug DaemonSet (privileged, hostPID, the node's log
+	// directory) runs in a namespace labelled privileged.
+	if out, err := k("apply", "--dry-run=server", "-f", writeTemp(t, privilegedPod)); err == nil ||
+		!strings.Contains(err.Error(), `violates PodSecurity "baseline:latest"`) || !strings.Contains(err.Error(), "privileged") {
+		t.Errorf("a privileged pod in default: want PodSecurity's refusal, got %v %s", err, out)
+	}
+	apply(t, mustK, debugManifest)
+	kd := func(args ...string) (string, error) { return k(append([]string{"-n", "kiln-debug"}, args...)...) }
+	debugPods := waitPods(t, kd, "app=debug", 2, 5*time.Minute)
+	debugOn := map[string]string{}
+	for _, p := range debugPods {
+		debugOn[p.node] = p.name
+	}
+	onNode := func(node string, args ...string) (string, error) {
+		return kd(append([]string{"exec", debugOn[node], "--"}, args...)...)
+	}
+	t.Run("security defaults", func(t *testing.T) {
+		// The audit log records a ConfigMap create (metadata only), and
+		// the pods that the restricted profile would refuse; it never holds
+		// a Secret's body (the bootstrap token's secret is in a Secret).
+		mustK("create", "configmap", "audit-probe", "--from-literal=k=v")
+		var audit string
+		testutil.Eventually(t, time.Minute, 2*time.Second, "the audit log records the ConfigMap create", func() error {
+			var err error
+			audit, err = onNode(vmcluster.MasterName, "kiln-echo", "cat", "/node-log/audit.log")
+			if err == nil && !regexp.MustCompile(`"verb":"create".*"resource":"configmaps".*"name":"audit-probe"`).MatchString(audit) {
+				err = fmt.Errorf("no create of configmaps/audit-probe in %d bytes of audit log", len(audit))
+			}
+			return err
+		})
+		if !strings.Contains(audit, "pod-security.kubernetes.io/audit-violations") {
+			t.Errorf("the audit log records no restricted-profile violation")
+		}
+		tok, _ := os.ReadFile(filepath.Join(dir, "cluster", "secrets", "bootstrap-token"))
+		if _, secret, _ := strings.Cut(strings.TrimSpace(string(tok)), "."); secret == "" || strings.Contains(audit, secret) {
+			t.Errorf("the audit log holds the bootstrap token's secret (or the token is unreadable: %q)", tok)
+		}
+		// The controller-manager and the scheduler listen on loopback only
+		// (the master's /proc/1/net/tcp, through the hostPID pod).
+		tcp, err := onNode(vmcluster.MasterName, "kiln-echo", "cat", "/proc/1/net/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for port, what := range map[int]string{10257: "kube-controller-manager", 10259: "kube-scheduler", 6443: "kube-apiserver"} {
+			addrs := listeners(tcp, port)
+			loopbackOnly := len(addrs) > 0
+			for _, a := range addrs {
+				loopbackOnly = loopbackOnly && a == "127.0.0.1"
+			}
+			if want := what != "kube-apiserver"; loopbackOnly != want || len(addrs) == 0 {
+				t.Errorf("%s (%d) listens on %v, want loopback only: %v", what, port, addrs, want)
+			}
+		}
+		// The API server verifies a kubelet's serving certificate against
+		// the cluster CA: the worker's was approved by kiln's csr-approver,
+		// and a Node whose kubelet endpoint is the master's etcd (a server
+		// certificate of another CA) is refused.
+		csrs := mustK("get", "csr", "-o", `jsonpath={range .items[?(@.spec.signerName=="kubernetes.io/kubelet-serving")]}{.spec.username} {.status.conditions[*].reason}{"\n"}{end}`)
+		if !strings.Contains(csrs, "system:node:kiln-worker-1 KilnNodeServingCert") {
+			t.Errorf("no kubelet serving CSR of kiln-worker-1 approved by kiln:\n%s", csrs)
+		}
+		apply(t, mustK, rogueNode)
+		mustK("patch", "node", "rogue", "--subresource=status", "--type=merge", "-p",
+			`{"status":{"addresses":[{"type":"InternalIP","address":"`+c.Node(vmcluster.MasterName).Address+`"}],"daemonEndpoints":{"kubeletEndpoint":{"Port":2379}}}}`)
+		out, err := k("get", "--raw", "/api/v1/nodes/rogue/proxy/healthz")
+		if err == nil || !strings.Contains(err.Error(), "x509") {
+			t.Errorf("a kubelet endpoint with another CA's certificate: want an x509 error, got %v %s", err, out)
+		}
+		mustK("delete", "node", "rogue")
+
+		// The node firewall: a pod cannot open TCP to the master's etcd,
+		// controller-manager, scheduler or status ports (refused: a TCP
+		// reset), while the API server's port answers (a TLS error here:
+		// the pod has no CA to verify it with).
+		master := c.Node(vmcluster.MasterName).Address
+		for _, port := range []int{2379, 10257, 10259, 10260} {
+			out, err := k("exec", a.name, "--", "kiln-echo", "get", fmt.Sprintf("http://%s:%d/", master, port))
+			if err == nil || !strings.Contains(err.Error(), "connection refused") {
+				t.Errorf("pod %s → master %s:%d: want connection refused, got %v %s", a.name, master, port, err, out)
+			}
+		}
+		if out, err := k("exec", a.name, "--", "kiln-echo", "get", "https://"+master+":6443/healthz"); err == nil || strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("pod %s → master %s:6443: want a TLS error (port open), got %v %s", a.name, master, err, out)
+		}
+
+		// NetworkPolicy is enforced: deny all ingress to the echo pods,
+		// and pod to pod across nodes stops; allow it from app=echo, and
+		// it works again.
+		apply(t, mustK, denyEcho)
+		testutil.Eventually(t, 2*time.Minute, 3*time.Second, "a deny-all NetworkPolicy stops pod to pod", func() error {
+			if out, err := k("exec", a.name, "--", "kiln-echo", "get", "http://"+b.ip+":8080/"); err == nil {
+				return fmt.Errorf("%s → %s still answers: %s", a.name, b.ip, out)
+			}
+			return nil
+		})
+		apply(t, mustK, allowEcho)
+		testutil.Eventually(t, 2*time.Minute, 3*time.Second, "an allow rule restores pod to pod", func() error {
+			_, err := k("exec", a.name, "--", "kiln-echo", "get", "http://"+b.ip+":8080/")
+			return err
+		})
+		mustK("delete", "networkpolicy", "deny-echo", "allow-echo")
+
+		// AppArmor is off on purpose (no parser in the image): a pod that
+		// asks for a profile is refused by the kubelet with the reason,
+		// not left in CreateContainerError.
+		apply(t, mustK, appArmorPod)
+		testutil.Eventually(t, 3*time.Minute, 2*time.Second, "the AppArmor pod refused with the reason", func() error {
+			out, err := k("get", "pod", "apparmor", "-o", "jsonpath={.status.phase} {.status.reason}: {.status.message}")
+			if err == nil && !strings.Contains(out, "AppArmor is not enabled on the host") {
+				err = fmt.Errorf("pod apparmor: %s", out)
+			}
+			return err
+		})
+		mustK("delete", "pod", "apparmor", "--wait=false")
+	})
+
+	// Kill -9 containerd, then the kubelet, on the worker (from the debug
 	// pod there): both restart, the pods keep running.
-	apply(t, mustK, killerManifest)
-	waitPods(t, k, "app=killer", 1, 5*time.Minute)
-	killer := mustK("get", "pod", "-l", "app=killer", "-o", "jsonpath={.items[0].metadata.name}")
+	killer := debugOn["kiln-worker-1"]
 	wcon := c.Node("kiln-worker-1").VM()
 	for _, comp := range []string{"containerd", "kubelet"} {
 		// kubectl exec needs the kubelet and containerd: after the first
 		// kill, retry until they are back and the second one lands.
 		killed := regexp.MustCompile(`kiln: \[\s*[\d.]+s\] ` + comp + ` exited: signal: killed`)
 		testutil.Eventually(t, 5*time.Minute, 0, "worker console shows "+comp+" killed", func() error {
-			out, err := k("exec", killer, "--", "kiln-echo", "pkill", "component "+comp+" ")
+			out, err := kd("exec", killer, "--", "kiln-echo", "pkill", "component "+comp+" ")
 			t.Logf("kill %s: %v %s", comp, err, out)
 			_, err = wcon.ExpectRegexp(ctx, killed, 20*time.Second)
 			return err
@@ -167,8 +285,10 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	// A worker whose image has the wrong token: refused, says so, and the
-	// cluster is not disturbed.
+	// A worker whose image has the wrong token, and a machine with the
+	// right token that claims kiln-worker-1's name (its own node secret):
+	// both refused, each says why on its console, and the cluster is not
+	// disturbed. They boot side by side to save a boot's time.
 	bad := filepath.Join(dir, "badtoken")
 	if err := os.CopyFS(bad, os.DirFS(filepath.Join(dir, "cluster"))); err != nil {
 		t.Fatal(err)
@@ -176,17 +296,32 @@ func TestCluster(t *testing.T) {
 	os.WriteFile(filepath.Join(bad, "secrets", "bootstrap-token"), []byte("zzzzzz.0123456789abcdef\n"), 0o600)
 	badImage := filepath.Join(dir, "worker-badtoken")
 	e2e.MustKiln(t, "build", "--role", "worker", "--node-binary", e2e.Bin(e2e.KilnNodeBin), "--cluster", bad, "--format", "kernel", "--out", badImage)
-	n, err := c.AddWorker(badImage)
+	badNode, err := c.AddWorker(badImage, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.VM().Expect(ctx, "refused bootstrap token zzzzzz", 10*time.Minute); err != nil {
-		t.Fatalf("wrong token not reported on the console: %v", err)
+	impostor, err := c.AddWorker(worker, "kiln-worker-1")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if out := mustK("get", "nodes", "-o", "name"); strings.Contains(out, n.Name) {
-		t.Errorf("the refused worker is a node: %s", out)
+	if _, err := badNode.VM().Expect(ctx, "refused bootstrap token zzzzzz", 10*time.Minute); err != nil {
+		t.Errorf("wrong token not reported on the console: %v", err)
 	}
-	waitNodes(t, ctx, c, time.Minute, vmcluster.MasterName, "kiln-worker-1")
+	if _, err := impostor.VM().Expect(ctx, "the cluster refused node name kiln-worker-1: node name kiln-worker-1 is held by another machine", 10*time.Minute); err != nil {
+		t.Errorf("a second machine under kiln-worker-1's name: refusal not on its console: %v", err)
+	}
+	// Power them off (they retry forever, and four TCG guests on two
+	// cores slow the others), then the cluster is still whole. A node's
+	// Ready may lag a heartbeat under TCG: a few minutes, not one.
+	badNode.VM().Kill()
+	impostor.VM().Kill()
+	if out := mustK("get", "nodes", "-o", "name"); strings.Contains(out, badNode.Name) || strings.Contains(out, impostor.Name) {
+		t.Errorf("a refused machine is a node: %s", out)
+	}
+	waitNodes(t, ctx, c, 5*time.Minute, vmcluster.MasterName, "kiln-worker-1")
+	if out := mustK("get", "node", "kiln-worker-1", "-o", "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}"); out != c.Node("kiln-worker-1").Address {
+		t.Errorf("kiln-worker-1's address is %q after the impostor, want %s", out, c.Node("kiln-worker-1").Address)
+	}
 }
 
 const echoManifest = `
@@ -219,23 +354,123 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 `
 
-// killerManifest is a debug pod on the worker that sees the node's
-// processes (hostPID) and may signal them.
-const killerManifest = `
+// debugManifest is a debug pod on every node, in a namespace that Pod
+// Security lets run privileged pods: it sees the node's processes
+// (hostPID), may signal them, and reads the node's logs.
+const debugManifest = `
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: kiln-debug
+  labels: {pod-security.kubernetes.io/enforce: privileged}
+---
 apiVersion: apps/v1
-kind: Deployment
-metadata: {name: killer}
+kind: DaemonSet
+metadata: {name: debug, namespace: kiln-debug}
 spec:
-  replicas: 1
-  selector: {matchLabels: {app: killer}}
+  selector: {matchLabels: {app: debug}}
   template:
-    metadata: {labels: {app: killer}}
+    metadata: {labels: {app: debug}}
     spec:
       hostPID: true
-      nodeSelector: {kubernetes.io/hostname: kiln-worker-1}
+      tolerations: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]
       containers:
-      - name: killer
+      - name: debug
         image: kiln.local/kiln-echo:v1
         imagePullPolicy: Never
         securityContext: {privileged: true}
+        volumeMounts: [{name: log, mountPath: /node-log, readOnly: true}]
+      volumes:
+      - name: log
+        hostPath: {path: /var/lib/kiln/log}
 `
+
+// privilegedPod is what Pod Security's baseline level refuses in default.
+const privilegedPod = `
+apiVersion: v1
+kind: Pod
+metadata: {name: privileged}
+spec:
+  containers:
+  - name: c
+    image: kiln.local/kiln-echo:v1
+    imagePullPolicy: Never
+    securityContext: {privileged: true}
+`
+
+// denyEcho selects the echo pods and allows them no ingress; allowEcho
+// allows them ingress from each other.
+const denyEcho = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-echo}
+spec:
+  podSelector: {matchLabels: {app: echo}}
+  policyTypes: [Ingress]
+`
+
+const allowEcho = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-echo}
+spec:
+  podSelector: {matchLabels: {app: echo}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: echo}}}]
+`
+
+// appArmorPod asks for the runtime's AppArmor profile, on the worker.
+const appArmorPod = `
+apiVersion: v1
+kind: Pod
+metadata: {name: apparmor}
+spec:
+  nodeSelector: {kubernetes.io/hostname: kiln-worker-1}
+  securityContext:
+    appArmorProfile: {type: RuntimeDefault}
+  containers:
+  - name: c
+    image: kiln.local/kiln-echo:v1
+    imagePullPolicy: Never
+    args: [serve]
+`
+
+// rogueNode is a Node no kubelet runs: its status says its kubelet is the
+// master's etcd port.
+const rogueNode = `
+apiVersion: v1
+kind: Node
+metadata: {name: rogue}
+`
+
+// listeners returns the local addresses bound in LISTEN state to port in
+// a /proc/net/tcp table (IPv4, little-endian hex).
+func listeners(table string, port int) []string {
+	var out []string
+	for _, l := range strings.Split(table, "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) < 4 || f[3] != "0A" {
+			continue
+		}
+		host, p, ok := strings.Cut(f[1], ":")
+		if v, err := strconv.ParseUint(p, 16, 16); !ok || err != nil || int(v) != port || len(host) != 8 {
+			continue
+		}
+		b, err := hex.DecodeString(host)
+		if err != nil {
+			continue
+		}
+		out = append(out, net.IPv4(b[3], b[2], b[1], b[0]).String())
+	}
+	return out
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "m.yaml")
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}

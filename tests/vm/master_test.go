@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -176,6 +177,22 @@ func TestQcow2StatePersists(t *testing.T) {
 	if out, err := kubectl(kc, server).Run("create", "configmap", "survivor", "--from-literal=k=kept"); err != nil {
 		t.Fatalf("create configmap: %v %s", err, out)
 	}
+	// Revoke the bootstrap token: its Secret, once the addons made it, is
+	// deleted, and must stay deleted after the reboot (the addons run at
+	// every boot but create it once in the cluster's life).
+	tok, err := os.ReadFile(filepath.Join(dir, "cluster", "secrets", "bootstrap-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := strings.Cut(strings.TrimSpace(string(tok)), ".")
+	tokenSecret := "secret/bootstrap-token-" + id
+	testutil.Eventually(t, 3*time.Minute, 2*time.Second, "the addons create "+tokenSecret, func() error {
+		_, err := kubectl(kc, server).Run("-n", "kube-system", "get", tokenSecret)
+		return err
+	})
+	if out, err := kubectl(kc, server).Run("-n", "kube-system", "delete", tokenSecret); err != nil {
+		t.Fatalf("delete %s: %v %s", tokenSecret, err, out)
+	}
 	// etcd has the write in its WAL (fsynced) once the API answered.
 	if err := vm.Kill(); err != nil {
 		t.Fatal(err)
@@ -190,6 +207,12 @@ func TestQcow2StatePersists(t *testing.T) {
 	}
 	if strings.Contains(vm2.Console().Output(), "mke2fs") {
 		t.Error("the state partition was formatted again on the second boot")
+	}
+	testutil.Eventually(t, 5*time.Minute, 2*time.Second, "the addons done after the reboot", testutil.Until("addons done on the console", func() bool {
+		return strings.Contains(vm2.Console().Output(), "] addons done")
+	}))
+	if out, err := kubectl(kc, server2).Run("-n", "kube-system", "get", tokenSecret); err == nil || !strings.Contains(err.Error(), "NotFound") {
+		t.Errorf("the revoked token came back after the master's reboot: %v %s", err, out)
 	}
 }
 
