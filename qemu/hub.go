@@ -3,7 +3,6 @@ package qemu
 import (
 	"bufio"
 	"encoding/binary"
-
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,13 @@ import (
 // which peer has which MAC and floods broadcasts, multicasts and unknown
 // destinations to every other peer. Nothing leaves the hub: the VMs reach
 // each other and nothing else.
+//
+// Like a real switch, it never lets one port hold up the others: each
+// peer has its own queue and writer, and a frame for a peer whose queue is
+// full (a VM that is not reading: still booting, or starved of CPU under
+// TCG) is dropped, as a congested port drops; TCP in the guests resends.
+// Writing to peers in the reader's goroutine let one slow VM freeze the
+// whole L2, the master's included.
 type Hub struct {
 	ln net.Listener
 
@@ -28,7 +34,65 @@ type Hub struct {
 
 type hubPeer struct {
 	conn net.Conn
-	wmu  sync.Mutex
+	out  chan []byte // frames waiting for the writer
+	done chan struct{}
+	once sync.Once
+}
+
+// peerQueue is how many frames wait for one peer before more are dropped.
+const peerQueue = 512
+
+func newPeer(c net.Conn) *hubPeer {
+	return &hubPeer{conn: c, out: make(chan []byte, peerQueue), done: make(chan struct{})}
+}
+
+// enqueue hands a copy of frame to the peer's writer, or drops it when
+// the peer is behind.
+func (p *hubPeer) enqueue(frame []byte) {
+	f := append([]byte(nil), frame...)
+	select {
+	case p.out <- f:
+	default: // congested: drop
+	}
+}
+
+// write sends queued frames until the peer is closed.
+func (p *hubPeer) write() {
+	w := bufio.NewWriterSize(p.conn, 2*maxFrame)
+	var hdr [4]byte
+	for {
+		var f []byte
+		select {
+		case f = <-p.out:
+		case <-p.done:
+			return
+		}
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(f)))
+		w.Write(hdr[:])
+		w.Write(f)
+		// Batch what is already queued into one write.
+		for more := true; more; {
+			select {
+			case f = <-p.out:
+				binary.BigEndian.PutUint32(hdr[:], uint32(len(f)))
+				w.Write(hdr[:])
+				w.Write(f)
+			default:
+				more = false
+			}
+		}
+		if err := w.Flush(); err != nil {
+			p.close()
+			return
+		}
+	}
+}
+
+func (p *hubPeer) close() {
+	p.once.Do(func() {
+		close(p.done)
+		p.conn.Close()
+	})
 }
 
 // maxFrame is the largest frame the hub passes (jumbo frames included).
@@ -61,7 +125,7 @@ func (h *Hub) Close() error {
 	err := h.ln.Close()
 	h.mu.Lock()
 	for p := range h.peers {
-		p.conn.Close()
+		p.close()
 	}
 	h.mu.Unlock()
 	h.wg.Wait()
@@ -75,12 +139,16 @@ func (h *Hub) accept() {
 		if err != nil {
 			return
 		}
-		p := &hubPeer{conn: c}
+		p := newPeer(c)
 		h.mu.Lock()
 		h.peers[p] = true
 		h.mu.Unlock()
-		h.wg.Add(1)
+		h.wg.Add(2)
 		go h.serve(p)
+		go func() {
+			defer h.wg.Done()
+			p.write()
+		}()
 	}
 }
 
@@ -129,26 +197,12 @@ func (h *Hub) forward(from *hubPeer, frame []byte) {
 	}
 	h.mu.Unlock()
 	for _, t := range targets {
-		if err := t.send(frame); err != nil {
-			t.conn.Close() // its serve loop drops it
-		}
+		t.enqueue(frame)
 	}
-}
-
-func (p *hubPeer) send(frame []byte) error {
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
-	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(frame)))
-	if _, err := p.conn.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err := p.conn.Write(frame)
-	return err
 }
 
 func (h *Hub) drop(p *hubPeer) {
-	p.conn.Close()
+	p.close()
 	h.mu.Lock()
 	delete(h.peers, p)
 	for mac, q := range h.macs {

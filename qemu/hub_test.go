@@ -106,3 +106,40 @@ func TestHubDropsBrokenPeer(t *testing.T) {
 		t.Fatalf("after a broken peer: %q", got)
 	}
 }
+
+// A VM that does not read (booting, starved under TCG) must not hold up
+// the others: its frames are dropped, the rest keep flowing.
+func TestHubSlowPeerDoesNotStallOthers(t *testing.T) {
+	h, err := NewHub()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	a, b := dialHub(t, h, 1), dialHub(t, h, 2)
+	_ = dialHub(t, h, 3) // never reads
+	for h.Peers() < 3 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.send(broadcast, "hello") // the hub learns b
+	if a.recv() != "hello" {
+		t.Fatal("no broadcast")
+	}
+	// Far more broadcast bytes than the silent peer's socket buffers hold.
+	big := string(bytes.Repeat([]byte{'x'}, 1400))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20000 {
+			a.send(broadcast, big)
+		}
+		a.send(b.mac, "last")
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if got := b.recv(); got == "last" {
+			<-done
+			return
+		}
+	}
+	t.Fatal("b never got a's last frame: a peer that does not read stalled the hub")
+}
