@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -73,5 +75,43 @@ func TestJoinChecksCAAndToken(t *testing.T) {
 	}
 	if _, err := discoverCA(ctx, "https://localhost:1", pki.CAHash(ca.Cert)); err == nil || !strings.Contains(err.Error(), "cannot reach the master") {
 		t.Fatalf("unreachable: %v", err)
+	}
+}
+
+// A worker with a state disk keeps its kubelet's certificate across
+// reboots: join asks for a new one only when it is not the node's, not
+// the cluster CA's, or about to expire.
+func TestValidKubeletCert(t *testing.T) {
+	ca, err := pki.NewCA("kiln-ca", 48*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA("other-ca", 48*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(issuer *pki.CA, cn string, validity time.Duration) string {
+		certPEM, keyPEM, err := issuer.Issue(pki.CertRequest{CommonName: cn, Organization: []string{"system:nodes"}, Client: true, Validity: validity})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(t.TempDir(), "kubelet-client-current.pem")
+		if err := os.WriteFile(p, append(certPEM, keyPEM...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if _, ok := validKubeletCert(write(ca, "system:node:w1", 24*time.Hour), ca.Cert, "system:node:w1"); !ok {
+		t.Error("the node's own certificate was not kept")
+	}
+	for name, path := range map[string]string{
+		"another node's": write(ca, "system:node:w2", 24*time.Hour),
+		"another CA's":   write(other, "system:node:w1", 24*time.Hour),
+		"expiring":       write(ca, "system:node:w1", 30*time.Minute),
+		"missing":        filepath.Join(t.TempDir(), "none.pem"),
+	} {
+		if _, ok := validKubeletCert(path, ca.Cert, "system:node:w1"); ok {
+			t.Errorf("%s certificate kept", name)
+		}
 	}
 }
