@@ -74,7 +74,10 @@ func logsCommand() *cobra.Command {
 		Use:   "logs COMPONENT",
 		Short: "Print the recent output of one component of the running node",
 		Long: `Print the recent output of one component, from the running node's memory.
-Older output is in DATA/log/COMPONENT.log (rotated by size).`,
+Older output is in DATA/log/COMPONENT.log (rotated by size).
+
+On a master, "logs audit" prints the end of the API server's audit log
+(DATA/log/audit.log, JSON lines).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			body, err := statusGet(dataDir, "/logs/"+args[0])

@@ -1,15 +1,19 @@
 package supervisor
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
+	"os"
 	"strings"
 )
 
 // Handler serves the supervisor's state for `kiln-node status` and `logs`:
 //
 //	GET /status        Status() as JSON
-//	GET /logs/<name>   the service's recent output as text, 404 for an unknown name
+//	GET /logs/<name>   the service's recent output as text, or the tail of a
+//	                   LogFiles file; 404 for an unknown name
 //
 // It has no authentication: serve it only where the caller is trusted (the
 // node serves it on a root-only unix socket).
@@ -25,7 +29,17 @@ func (s *Supervisor) Handler() http.Handler {
 		name := r.PathValue("name")
 		lines, ok := s.Logs(name)
 		if !ok {
-			http.Error(w, "no service named "+name, http.StatusNotFound)
+			if path, ok := s.opts.LogFiles[name]; ok {
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				tail, err := fileTail(path, MaxLogFileTail)
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusNotFound)
+					return
+				}
+				_, _ = w.Write(tail)
+				return
+			}
+			http.Error(w, "no service or log named "+name, http.StatusNotFound)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -37,4 +51,28 @@ func (s *Supervisor) Handler() http.Handler {
 		_, _ = w.Write([]byte(b.String()))
 	})
 	return mux
+}
+
+// fileTail returns the last limit bytes of a file, from the first whole line.
+func fileTail(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(fi.Size()-limit, 0)
+	b, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
+	if err != nil {
+		return nil, err
+	}
+	if off > 0 {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return b, nil
 }

@@ -70,7 +70,14 @@ type Options struct {
 	// only places processes there; enabling controllers in CgroupRoot's
 	// cgroup.subtree_control is left to whoever owns CgroupRoot.
 	CgroupRoot string
+	// LogFiles are more logs that `logs NAME` serves by name, files other
+	// programs write (the API server's audit log): their last
+	// MaxLogFileTail bytes, whole lines.
+	LogFiles map[string]string
 }
+
+// MaxLogFileTail is how much of the end of a LogFiles file `logs` serves.
+const MaxLogFileTail = 256 << 10
 
 const (
 	defaultMaxLogBytes    = 10 << 20

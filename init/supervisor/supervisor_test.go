@@ -6,6 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -433,5 +436,41 @@ func TestReadMeminfo(t *testing.T) {
 	}
 	if readMeminfo(filepath.Join(t.TempDir(), "none")) != nil {
 		t.Error("a missing meminfo gave memory")
+	}
+}
+
+// logs NAME serves the tail of a LogFiles file (the API server's audit
+// log) from its first whole line.
+func TestHandlerServesLogFiles(t *testing.T) {
+	dir := t.TempDir()
+	audit := filepath.Join(dir, "audit.log")
+	line := strings.Repeat("x", 99) + "\n"
+	if err := os.WriteFile(audit, []byte(strings.Repeat(line, (MaxLogFileTail/100)+50)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{LogFiles: map[string]string{"audit": audit, "gone": filepath.Join(dir, "none")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/logs/audit")
+	if code != 200 || len(body) > MaxLogFileTail || !strings.HasPrefix(body, line) || !strings.HasSuffix(body, line) {
+		t.Errorf("/logs/audit: %d, %d bytes, starts %.20q", code, len(body), body)
+	}
+	if code, _ := get("/logs/gone"); code != 404 {
+		t.Errorf("a missing log file: %d", code)
+	}
+	if code, _ := get("/logs/nothing"); code != 404 {
+		t.Errorf("an unknown name: %d", code)
 	}
 }

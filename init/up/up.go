@@ -137,6 +137,12 @@ func Run(ctx context.Context, o Options) error {
 	sopts := o.Supervisor
 	sopts.LogDir = LogDir(dataDir)
 	sopts.CgroupRoot = o.CgroupRoot
+	for _, c := range comps {
+		if _, ok := c.(components.APIServer); ok {
+			// kiln-node logs audit, and the node API's /logs/audit.
+			sopts.LogFiles = map[string]string{"audit": components.AuditLog(env)}
+		}
+	}
 	if !o.Quiet {
 		sopts.Output = o.Console
 	}
