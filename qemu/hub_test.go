@@ -27,13 +27,19 @@ func dialHub(t *testing.T, h *Hub, last byte) *fakeNIC {
 
 func (n *fakeNIC) send(dst []byte, payload string) {
 	n.t.Helper()
+	if err := n.write(dst, payload); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// write sends one frame; safe from any goroutine.
+func (n *fakeNIC) write(dst []byte, payload string) error {
 	frame := append(append(append([]byte{}, dst...), n.mac...), 0x08, 0x00)
 	frame = append(frame, payload...)
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(frame)))
-	if _, err := n.c.Write(append(hdr[:], frame...)); err != nil {
-		n.t.Fatal(err)
-	}
+	_, err := n.c.Write(append(hdr[:], frame...))
+	return err
 }
 
 // recv returns the next frame's payload, or "" if none comes in time.
@@ -126,18 +132,30 @@ func TestHubSlowPeerDoesNotStallOthers(t *testing.T) {
 	}
 	// Far more broadcast bytes than the silent peer's socket buffers hold.
 	big := string(bytes.Repeat([]byte{'x'}, 1400))
-	done := make(chan struct{})
+	// Then a's unicast to b, again every 100 ms (a congested port may drop
+	// one, as TCP in a guest would resend): it arrives while the silent
+	// peer still reads nothing.
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
-		defer close(done)
+		// Write errors end the sender (the old hub never reads a again; the
+		// test's cleanup closes the connection).
 		for range 20000 {
-			a.send(broadcast, big)
+			if a.write(broadcast, big) != nil {
+				return
+			}
 		}
-		a.send(b.mac, "last")
+		for a.write(b.mac, "last") == nil {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 	}()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if got := b.recv(); got == "last" {
-			<-done
 			return
 		}
 	}
