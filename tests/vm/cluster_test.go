@@ -32,6 +32,15 @@ func TestCluster(t *testing.T) {
 	genCluster(t, dir)
 	master := buildImage(t, dir, "master")
 	worker := buildImage(t, dir, "worker")
+	// A worker image with a wrong token, built before the VMs run (a
+	// build takes the host's CPU from the guests).
+	bad := filepath.Join(dir, "badtoken")
+	if err := os.CopyFS(bad, os.DirFS(filepath.Join(dir, "cluster"))); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(bad, "secrets", "bootstrap-token"), []byte("zzzzzz.0123456789abcdef\n"), 0o600)
+	badImage := filepath.Join(dir, "worker-badtoken")
+	e2e.MustKiln(t, "build", "--role", "worker", "--node-binary", e2e.Bin(e2e.KilnNodeBin), "--cluster", bad, "--format", "kernel", "--out", badImage)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -285,35 +294,28 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	// A worker whose image has the wrong token, and a machine with the
+	// A worker whose image has the wrong token, then a machine with the
 	// right token that claims kiln-worker-1's name (its own node secret):
-	// both refused, each says why on its console, and the cluster is not
-	// disturbed. They boot side by side to save a boot's time.
-	bad := filepath.Join(dir, "badtoken")
-	if err := os.CopyFS(bad, os.DirFS(filepath.Join(dir, "cluster"))); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(bad, "secrets", "bootstrap-token"), []byte("zzzzzz.0123456789abcdef\n"), 0o600)
-	badImage := filepath.Join(dir, "worker-badtoken")
-	e2e.MustKiln(t, "build", "--role", "worker", "--node-binary", e2e.Bin(e2e.KilnNodeBin), "--cluster", bad, "--format", "kernel", "--out", badImage)
+	// each refused, each says why on its console, and the cluster is not
+	// disturbed. One at a time, each powered off once refused: under TCG
+	// two more guests booting at once starve the master for minutes.
 	badNode, err := c.AddWorker(badImage, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	impostor, err := c.AddWorker(worker, "kiln-worker-1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := badNode.VM().Expect(ctx, "refused bootstrap token zzzzzz", 10*time.Minute); err != nil {
 		t.Errorf("wrong token not reported on the console: %v", err)
 	}
+	badNode.VM().Kill()
+	impostor, err := c.AddWorker(worker, "kiln-worker-1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := impostor.VM().Expect(ctx, "the cluster refused node name kiln-worker-1: node name kiln-worker-1 is held by another machine", 10*time.Minute); err != nil {
 		t.Errorf("a second machine under kiln-worker-1's name: refusal not on its console: %v", err)
 	}
-	// Power them off (they retry forever, and four TCG guests on two
-	// cores slow the others), then the cluster is still whole. A node's
-	// Ready may lag a heartbeat under TCG: a few minutes, not one.
-	badNode.VM().Kill()
+	// They retry forever: power off, then the cluster is still whole. A
+	// node's Ready may lag a heartbeat under TCG: a few minutes, not one.
 	impostor.VM().Kill()
 	if out := mustK("get", "nodes", "-o", "name"); strings.Contains(out, badNode.Name) || strings.Contains(out, impostor.Name) {
 		t.Errorf("a refused machine is a node: %s", out)
