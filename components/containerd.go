@@ -56,11 +56,22 @@ var podSysctls = map[string]string{
 var sysctlDir = "/proc/sys"
 
 func setPodSysctls() error {
-	for key, v := range podSysctls {
+	// Without br_netfilter only the same-node service hairpin is lost.
+	return setSysctls(podSysctls, func(key string) bool { return key != "net/ipv4/ip_forward" }, "")
+}
+
+// setSysctls writes kernel settings under sysctlDir. A setting the
+// kernel does not have is skipped when optional says so (nil: none is);
+// why, if given, is said in the error.
+func setSysctls(settings map[string]string, optional func(key string) bool, why string) error {
+	for key, v := range settings {
 		path := sysctlDir + "/" + key
 		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
-			if os.IsNotExist(err) && key != "net/ipv4/ip_forward" {
-				continue // br_netfilter not loaded: same-node service hairpin only
+			if os.IsNotExist(err) && optional != nil && optional(key) {
+				continue
+			}
+			if why != "" {
+				return fmt.Errorf("setting %s (%s): %w", path, why, err)
 			}
 			return fmt.Errorf("setting %s: %w", path, err)
 		}

@@ -77,18 +77,8 @@ var kubeletSysctls = map[string]string{
 	"kernel/keys/root_maxbytes": "25000000",
 }
 
-func setKubeletSysctls() error {
-	for key, v := range kubeletSysctls {
-		path := sysctlDir + "/" + key
-		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
-			return fmt.Errorf("setting %s (protectKernelDefaults): %w", path, err)
-		}
-	}
-	return nil
-}
-
 func (Kubelet) Prepare(env *Env) error {
-	if err := setKubeletSysctls(); err != nil {
+	if err := setSysctls(kubeletSysctls, nil, "protectKernelDefaults"); err != nil {
 		return err
 	}
 	if err := mkdirs(env.Path(kubeletDir), env.Path("config")); err != nil {

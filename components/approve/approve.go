@@ -13,6 +13,7 @@ package approve
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -65,22 +66,12 @@ func kubeletServing(csr *certificatesv1.CertificateSigningRequest, nodes []corev
 	if !ok || name == "" || !slices.Contains(csr.Spec.Groups, "system:nodes") {
 		return deny("requested by %q, not by a node (system:node:NAME in group system:nodes)", csr.Spec.Username)
 	}
-	blk, _ := pem.Decode(csr.Spec.Request)
-	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
-		return deny("the request is not a PEM certificate request")
-	}
-	req, err := x509.ParseCertificateRequest(blk.Bytes)
+	req, err := nodeRequest(csr)
 	if err != nil {
-		return deny("the request does not parse: %v", err)
-	}
-	if err := req.CheckSignature(); err != nil {
-		return deny("the request's signature is wrong: %v", err)
+		return deny("%v", err)
 	}
 	if req.Subject.CommonName != csr.Spec.Username {
 		return deny("subject %q is not the requesting node %q", req.Subject.CommonName, csr.Spec.Username)
-	}
-	if !slices.Equal(req.Subject.Organization, []string{"system:nodes"}) {
-		return deny("organization %q, want [system:nodes]", req.Subject.Organization)
 	}
 	if len(req.EmailAddresses) > 0 || len(req.URIs) > 0 {
 		return deny("e-mail or URI names are never approved")
@@ -88,18 +79,8 @@ func kubeletServing(csr *certificatesv1.CertificateSigningRequest, nodes []corev
 	if len(req.DNSNames) == 0 && len(req.IPAddresses) == 0 {
 		return deny("no DNS name or IP address to serve")
 	}
-	serverAuth := false
-	for _, u := range csr.Spec.Usages {
-		switch u {
-		case certificatesv1.UsageServerAuth:
-			serverAuth = true
-		case certificatesv1.UsageDigitalSignature, certificatesv1.UsageKeyEncipherment:
-		default:
-			return deny("usage %q is not a serving certificate's", u)
-		}
-	}
-	if !serverAuth {
-		return deny("no server auth usage")
+	if err := checkUsages(csr.Spec.Usages, certificatesv1.UsageServerAuth, "serving"); err != nil {
+		return deny("%v", err)
 	}
 
 	var self *corev1.Node
@@ -146,6 +127,43 @@ func kubeletServing(csr *certificatesv1.CertificateSigningRequest, nodes []corev
 		}
 	}
 	return Decision{Verdict: Approve, Reason: fmt.Sprintf("node %s's own names %v and addresses %v", name, req.DNSNames, req.IPAddresses)}
+}
+
+// nodeRequest parses a CSR's request: a PEM certificate request, signed
+// by its own key, for the organization system:nodes.
+func nodeRequest(csr *certificatesv1.CertificateSigningRequest) (*x509.CertificateRequest, error) {
+	blk, _ := pem.Decode(csr.Spec.Request)
+	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+		return nil, errors.New("the request is not a PEM certificate request")
+	}
+	req, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("the request does not parse: %v", err)
+	}
+	if err := req.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("the request's signature is wrong: %v", err)
+	}
+	if !slices.Equal(req.Subject.Organization, []string{"system:nodes"}) {
+		return nil, fmt.Errorf("organization %q, want [system:nodes]", req.Subject.Organization)
+	}
+	return req, nil
+}
+
+// checkUsages accepts usages that include need (server or client auth)
+// and otherwise only digital signature and key encipherment; kind names
+// the certificate in the error ("serving", "client").
+func checkUsages(usages []certificatesv1.KeyUsage, need certificatesv1.KeyUsage, kind string) error {
+	for _, u := range usages {
+		switch u {
+		case need, certificatesv1.UsageDigitalSignature, certificatesv1.UsageKeyEncipherment:
+		default:
+			return fmt.Errorf("usage %q is not a %s certificate's", u, kind)
+		}
+	}
+	if !slices.Contains(usages, need) {
+		return fmt.Errorf("no %s usage", need)
+	}
+	return nil
 }
 
 // decided reports whether the request is already approved, denied or failed.

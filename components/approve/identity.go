@@ -3,9 +3,7 @@ package approve
 import (
 	"crypto/ed25519"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"slices"
 	"strings"
@@ -50,6 +48,9 @@ func Prove(key ed25519.PrivateKey, request []byte) map[string]string {
 	}
 }
 
+// Binding is a node name and the base64 public key that holds it.
+type Binding struct{ Name, Key string }
+
 // FreeNameHint says how an administrator gives a bound name to another
 // machine.
 func FreeNameHint(name string) string {
@@ -59,57 +60,37 @@ func FreeNameHint(name string) string {
 // NodeClient decides a joining node's request for its kubelet client
 // certificate (signer kubernetes.io/kube-apiserver-client-kubelet, made
 // with a bootstrap token) against the names already bound and the nodes
-// registered. On Approve of a name not yet bound, bind is the public key
-// to record for it first.
-func NodeClient(csr *certificatesv1.CertificateSigningRequest, nodes []corev1.Node, bound map[string]string) (Decision, string) {
+// registered. On Approve of a name not yet bound, bind says which name to
+// record with which public key first (zero otherwise).
+func NodeClient(csr *certificatesv1.CertificateSigningRequest, nodes []corev1.Node, bound map[string]string) (Decision, Binding) {
 	d, bind := nodeClient(csr, nodes, bound)
 	d.Code = "KilnNodeIdentity"
 	return d, bind
 }
 
-func nodeClient(csr *certificatesv1.CertificateSigningRequest, nodes []corev1.Node, bound map[string]string) (d Decision, bind string) {
+func nodeClient(csr *certificatesv1.CertificateSigningRequest, nodes []corev1.Node, bound map[string]string) (d Decision, bind Binding) {
 	if csr.Spec.SignerName != certificatesv1.KubeAPIServerClientKubeletSignerName || decided(csr) ||
 		!strings.HasPrefix(csr.Spec.Username, "system:bootstrap:") || !slices.Contains(csr.Spec.Groups, "system:bootstrappers") {
 		// Renewals by a node's own certificate are the controller-manager's
 		// (selfnodeclient): a node can renew only its own name.
-		return Decision{Verdict: Skip}, ""
+		return Decision{Verdict: Skip}, Binding{}
 	}
-	deny := func(format string, args ...any) (Decision, string) {
-		return Decision{Verdict: Deny, Reason: fmt.Sprintf(format, args...)}, ""
+	deny := func(format string, args ...any) (Decision, Binding) {
+		return Decision{Verdict: Deny, Reason: fmt.Sprintf(format, args...)}, Binding{}
 	}
-	blk, _ := pem.Decode(csr.Spec.Request)
-	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
-		return deny("the request is not a PEM certificate request")
-	}
-	req, err := x509.ParseCertificateRequest(blk.Bytes)
+	req, err := nodeRequest(csr)
 	if err != nil {
-		return deny("the request does not parse: %v", err)
-	}
-	if err := req.CheckSignature(); err != nil {
-		return deny("the request's signature is wrong: %v", err)
+		return deny("%v", err)
 	}
 	name, ok := strings.CutPrefix(req.Subject.CommonName, nodeUserPrefix)
 	if !ok || name == "" {
 		return deny("subject %q is not a node (system:node:NAME)", req.Subject.CommonName)
 	}
-	if !slices.Equal(req.Subject.Organization, []string{"system:nodes"}) {
-		return deny("organization %q, want [system:nodes]", req.Subject.Organization)
-	}
 	if len(req.DNSNames)+len(req.IPAddresses)+len(req.EmailAddresses)+len(req.URIs) > 0 {
 		return deny("a client certificate request carries no names")
 	}
-	clientAuth := false
-	for _, u := range csr.Spec.Usages {
-		switch u {
-		case certificatesv1.UsageClientAuth:
-			clientAuth = true
-		case certificatesv1.UsageDigitalSignature, certificatesv1.UsageKeyEncipherment:
-		default:
-			return deny("usage %q is not a client certificate's", u)
-		}
-	}
-	if !clientAuth {
-		return deny("no client auth usage")
+	if err := checkUsages(csr.Spec.Usages, certificatesv1.UsageClientAuth, "client"); err != nil {
+		return deny("%v", err)
 	}
 
 	pub, err1 := base64.StdEncoding.DecodeString(csr.Annotations[IdentityKeyAnnotation])
@@ -120,7 +101,7 @@ func nodeClient(csr *certificatesv1.CertificateSigningRequest, nodes []corev1.No
 	key := base64.StdEncoding.EncodeToString(pub)
 	switch holder, ok := bound[name]; {
 	case ok && holder == key:
-		return Decision{Verdict: Approve, Reason: fmt.Sprintf("node %s rejoins with the identity it holds the name with", name)}, ""
+		return Decision{Verdict: Approve, Reason: fmt.Sprintf("node %s rejoins with the identity it holds the name with", name)}, Binding{}
 	case ok && holder == ControlPlane:
 		return deny("node name %s is a master's: its credentials come from the CA, never from a join", name)
 	case ok:
@@ -131,5 +112,5 @@ func nodeClient(csr *certificatesv1.CertificateSigningRequest, nodes []corev1.No
 			return deny("node name %s is taken by a node that holds no kiln identity; %s", name, FreeNameHint(name))
 		}
 	}
-	return Decision{Verdict: Approve, Reason: fmt.Sprintf("node %s joins for the first time; the name is bound to its identity", name)}, key
+	return Decision{Verdict: Approve, Reason: fmt.Sprintf("node %s joins for the first time; the name is bound to its identity", name)}, Binding{Name: name, Key: key}
 }

@@ -47,10 +47,10 @@ func TestNodeClient(t *testing.T) {
 	bound := map[string]string{"kiln-master": ControlPlane, "w1": keyOf("secret-of-w1")}
 
 	d, bind := NodeClient(joinCSR(t, "w2", "secret-of-w2"), nodes, bound)
-	if d.Verdict != Approve || bind != keyOf("secret-of-w2") {
+	if d.Verdict != Approve || bind != (Binding{Name: "w2", Key: keyOf("secret-of-w2")}) {
 		t.Errorf("a new name: %v %q bind %q", d.Verdict, d.Reason, bind)
 	}
-	if d, bind := NodeClient(joinCSR(t, "w1", "secret-of-w1"), nodes, bound); d.Verdict != Approve || bind != "" || d.Code != "KilnNodeIdentity" {
+	if d, bind := NodeClient(joinCSR(t, "w1", "secret-of-w1"), nodes, bound); d.Verdict != Approve || bind != (Binding{}) || d.Code != "KilnNodeIdentity" {
 		t.Errorf("w1 rejoining: %v %q bind %q", d.Verdict, d.Reason, bind)
 	}
 	for _, tc := range []struct{ name, secret, why string }{

@@ -2,12 +2,9 @@ package entry
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -93,19 +90,18 @@ func approveOnce(ctx context.Context, cs kubernetes.Interface, waiting map[strin
 	for _, csr := range pending {
 		d := approve.KubeletServing(csr, nodes.Items)
 		if d.Verdict == approve.Skip {
-			var bind string
+			var bind approve.Binding
 			if d, bind = approve.NodeClient(csr, nodes.Items, bound); d.Verdict != approve.Skip && bound == nil {
 				d = approve.Decision{Verdict: approve.Wait, Reason: "the ConfigMap " + approve.IdentitiesConfigMap + " is not there yet (the addons task makes it)"}
 			}
-			if d.Verdict == approve.Approve && bind != "" {
+			if d.Verdict == approve.Approve && bind.Name != "" {
 				// Bind the name before approving: two requests for one
 				// name in one pass see the first one's binding.
-				name := strings.TrimPrefix(csrSubject(csr), "system:node:")
-				patch := fmt.Sprintf(`{"data":{%q:%q}}`, name, bind)
+				patch := fmt.Sprintf(`{"data":{%q:%q}}`, bind.Name, bind.Key)
 				if _, err := identities.Patch(ctx, approve.IdentitiesConfigMap, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "kiln-csr-approver"}); err != nil {
-					return fmt.Errorf("binding node name %s: %w", name, err)
+					return fmt.Errorf("binding node name %s: %w", bind.Name, err)
 				}
-				bound[name] = bind
+				bound[bind.Name] = bind.Key
 			}
 		}
 		switch d.Verdict {
@@ -130,18 +126,4 @@ func approveOnce(ctx context.Context, cs kubernetes.Interface, waiting map[strin
 		fmt.Fprintf(os.Stderr, "csr-approver: %s %s for %s: %s\n", verb, csr.Name, csr.Spec.Username, d.Reason)
 	}
 	return nil
-}
-
-// csrSubject is the common name of a CSR's request ("" if it does not
-// parse; NodeClient has checked it before this is used).
-func csrSubject(csr *certificatesv1.CertificateSigningRequest) string {
-	blk, _ := pem.Decode(csr.Spec.Request)
-	if blk == nil {
-		return ""
-	}
-	req, err := x509.ParseCertificateRequest(blk.Bytes)
-	if err != nil {
-		return ""
-	}
-	return req.Subject.CommonName
 }
