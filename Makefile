@@ -35,16 +35,19 @@ CLUSTER ?= out/cluster
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-12s %s\n", $$1, $$2}'
 
-build: bin/kiln bin/kiln-node bin/kubectl pods ## build bin/kiln (host CLI), bin/kiln-node (node binary), bin/kubectl and the worker stack's programs
+build: bin/kiln bin/kiln-node bin/kiln-init bin/kubectl pods ## build bin/kiln (host CLI), bin/kiln-node (node binary), bin/kiln-init (the initramfs' stage 1), bin/kubectl and the worker stack's programs
 
 # Go decides what is stale; these always ask it (a no-op build takes seconds).
-.PHONY: bin/kiln bin/kiln-node bin/kubectl
+.PHONY: bin/kiln bin/kiln-node bin/kiln-init bin/kubectl
 bin/kiln:
 	@echo "go build bin/kiln (host CLI)"
 	@$(GO) build -ldflags '$(LDFLAGS) -X main.kubernetesVersion=$(KUBE_VERSION)' -o $@ ./cmd/kiln
 bin/kiln-node:
 	@echo "go build bin/kiln-node (Kubernetes $(KUBE_VERSION); a cold build takes 15-20 minutes)"
 	@$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/kiln-node
+bin/kiln-init:
+	@echo "go build bin/kiln-init (stage 1: mounts the root image)"
+	@$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/kiln-init
 bin/kubectl:
 	@echo "go build bin/kubectl ($(KUBE_VERSION))"
 	@$(GO) build -ldflags '$(LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubectl
@@ -115,7 +118,7 @@ deps: ## install the Debian packages the image builder and the VM tests need
 
 # --cluster is passed only when CLUSTER is not the default, so that kiln
 # build generates out/cluster the first time (and never a mistyped one).
-image: deps bin/kiln bin/kiln-node pods ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [IMAGES=a.tar,b.tar] [TOKEN=id.secret]
+image: deps bin/kiln bin/kiln-node bin/kiln-init pods ## build the images in out/ROLE: ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [IMAGES=a.tar,b.tar] [TOKEN=id.secret]
 	bin/kiln build --role $(ROLE) --node-binary bin/kiln-node --out out/$(ROLE) $(if $(IMAGES),--images $(IMAGES)) $(if $(TOKEN),--token $(TOKEN)) \
 		$(if $(filter-out out/cluster,$(CLUSTER)),--cluster $(CLUSTER)) \
 		$(if $(FORMAT),--format $(FORMAT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(KERNEL),--kernel $(KERNEL))

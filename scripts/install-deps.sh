@@ -15,6 +15,7 @@
 #                    grub-mkstandalone: GRUB's BOOTX64.EFI for UEFI boot of the
 #                    ISO and the disk images
 #   e2fsprogs        mke2fs (state disk images)
+#   squashfs-tools   mksquashfs: the image's compressed read-only root
 #   zstd             initramfs compression checks
 #   cpio             initramfs listing/extraction in tests
 #   kmod             modinfo/depmod for module checks
@@ -39,6 +40,7 @@ PACKAGES=(
 	grub-common
 	grub-efi-amd64-bin
 	e2fsprogs
+	squashfs-tools
 	zstd
 	cpio
 	kmod

@@ -26,11 +26,11 @@ import (
 const defaultClusterDir = "out/cluster"
 
 type buildFlags struct {
-	role, nodeBinary, clusterDir, config, kernel, out, cacheDir string
-	binDir, token                                               string
-	formats, images                                             []string
-	appendArgs                                                  []string
-	diskSizeGiB                                                 int
+	role, nodeBinary, initBinary, clusterDir, config, kernel, out, cacheDir string
+	binDir, token                                                           string
+	formats, images                                                         []string
+	appendArgs                                                              []string
+	diskSizeGiB                                                             int
 }
 
 func buildCommand() *cobra.Command {
@@ -69,7 +69,8 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 	}
 	fl := c.Flags()
 	fl.StringVar(&f.role, "role", "", "node role: master or worker (required)")
-	fl.StringVar(&f.nodeBinary, "node-binary", "bin/kiln-node", "the node binary, installed as /init")
+	fl.StringVar(&f.nodeBinary, "node-binary", "bin/kiln-node", "the node binary, /init of the root image")
+	fl.StringVar(&f.initBinary, "init-binary", "", "stage 1, /init of the initramfs, which mounts the root image (default: kiln-init beside the node binary)")
 	fl.StringVar(&f.clusterDir, "cluster", defaultClusterDir, "cluster directory (kiln gen cluster)")
 	fl.StringVar(&f.config, "config", "", "node config file embedded as /etc/kiln/config.yaml (default: a minimal one with the role)")
 	fl.StringSliceVar(&f.formats, "format", nil, "formats to build, comma-separated: "+strings.Join(builder.FormatNames(), ",")+" (default all)")
@@ -118,6 +119,7 @@ func (f buildFlags) request() (builder.Request, error) {
 	r = builder.Request{
 		Role:       node.Role(f.role),
 		NodeBinary: f.nodeBinary,
+		InitBinary: f.initBinary,
 		ClusterDir: f.clusterDir,
 		ConfigFile: f.config,
 		OutDir:     f.out,

@@ -29,6 +29,12 @@ func testInit(t *testing.T) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build testinit: %v\n%s", err, out)
 	}
+	// Stage 1 goes beside it, where kiln build looks by default.
+	cmd = exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(filepath.Dir(p), "kiln-init"), "../kiln-init")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build kiln-init: %v\n%s", err, out)
+	}
 	return p
 }
 

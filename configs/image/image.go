@@ -13,8 +13,36 @@ package image
 
 import "fmt"
 
-// Paths inside the image (the initramfs root).
+// An image boots in two stages. The initramfs holds only stage 1
+// (cmd/kiln-init as /init), the modules that mount the root, and the root
+// image: a compressed read-only squashfs of everything else, kiln-node
+// included, which stage 1 mounts and then executes NodeInit from.
+
+// Paths in the initramfs (stage 1's world).
 const (
+	// RootImageFile is the root file system image (squashfs).
+	RootImageFile = "/kiln/root.squashfs"
+	// RootImageSumFile holds the root image's sha256 (hex), checked by
+	// stage 1 before mounting.
+	RootImageSumFile = "/kiln/root.sha256"
+	// EarlyModulesFile lists the modules stage 1 loads to mount the root
+	// (loop, squashfs, overlay and their dependencies), in ModulesFile's
+	// format.
+	EarlyModulesFile = "/kiln/modules"
+	// SysRoot is where stage 1 mounts the root image before moving it to /.
+	SysRoot = "/sysroot"
+	// CompleteMarker is an empty file at the root that every initramfs
+	// ends with, after all other entries. The kernel unpacks an archive
+	// in order, so when it runs out of memory part way it boots on with
+	// the tail missing: stage 1 checks for this file first and reports too
+	// little memory instead of failing later at random.
+	CompleteMarker = ".kiln-initramfs-complete"
+)
+
+// Paths in the root image (the node's root file system).
+const (
+	// NodeInit is kiln-node, the node's PID 1, which stage 1 executes.
+	NodeInit = "/init"
 	// ConfigFile is the node config baked into the image.
 	ConfigFile = "/etc/kiln/config.yaml"
 	// ClusterDir holds the cluster material the role needs, in a cluster
@@ -28,12 +56,6 @@ const (
 	ToolsFile = "/etc/kiln/tools"
 	// OSReleaseFile names the image for humans and tools.
 	OSReleaseFile = "/etc/os-release"
-	// CompleteMarker is an empty file at the root that every initramfs
-	// ends with, after all other entries. The kernel unpacks an archive
-	// in order, so when it runs out of memory part way it boots on with
-	// the tail missing: PID 1 checks for this file first and reports too
-	// little memory instead of failing later at random.
-	CompleteMarker = ".kiln-initramfs-complete"
 )
 
 // Paths of the worker stack's programs and data inside the image: the
@@ -64,10 +86,6 @@ const (
 	// ParamStateDisk overrides the config's storage.stateDisk (a qcow2
 	// image names its own state partition with it: StateDiskByLabel).
 	ParamStateDisk = "kiln.statedisk"
-	// ParamSwitchRoot=off keeps the initramfs root instead of moving it to
-	// a tmpfs (runc cannot pivot_root out of the initramfs, so a node that
-	// runs pods needs the move).
-	ParamSwitchRoot = "kiln.switchroot"
 	// ParamVerbose puts every component's output on the console as well as
 	// in its log file.
 	ParamVerbose = "kiln.verbose"

@@ -45,8 +45,12 @@ const DefaultDiskSize = 8 << 30
 type Request struct {
 	// Role is master or worker (required).
 	Role node.Role
-	// NodeBinary is the node program (bin/kiln-node), installed as /init.
+	// NodeBinary is the node program (bin/kiln-node), /init of the root
+	// image.
 	NodeBinary string
+	// InitBinary is stage 1 (bin/kiln-init), /init of the initramfs.
+	// Default: kiln-init beside NodeBinary.
+	InitBinary string
 	// ClusterDir is the cluster directory (kiln gen cluster). A master
 	// image gets all of it; a worker image only cluster.yaml, the cluster
 	// CA certificate and the bootstrap token.
@@ -109,9 +113,16 @@ type Result struct {
 	Kernel *kernel.Kernel
 	// Vmlinuz and Initramfs are the boot files in OutDir.
 	Vmlinuz, Initramfs string
-	// InitramfsRaw and InitramfsSize are the uncompressed and the
-	// compressed (file) sizes of the initramfs.
+	// InitramfsRaw and InitramfsSize are the uncompressed and the file
+	// sizes of the initramfs (equal: its bulk, the root image, is
+	// compressed already).
 	InitramfsRaw, InitramfsSize int64
+	// RootFiles, RootRaw and RootSize describe the root image: its
+	// regular files, their bytes, and the squashfs' bytes.
+	RootFiles         int
+	RootRaw, RootSize int64
+	// EarlyModules are the modules stage 1 loads to mount the root.
+	EarlyModules []string
 	// Cmdline is the kernel command line the formats use (each adds
 	// kiln.boot=<how it booted>).
 	Cmdline []string
@@ -144,7 +155,10 @@ func (r *Request) Check() error {
 	if r.NodeBinary == "" {
 		return errors.New("no node binary given")
 	}
-	if err := checkNodeBinary(r.NodeBinary); err != nil {
+	if err := checkBinary("node binary", r.NodeBinary, "bin/kiln-node", "--node-binary"); err != nil {
+		return err
+	}
+	if err := checkBinary("stage 1 binary", r.initBinary(), "bin/kiln-init", "--init-binary"); err != nil {
 		return err
 	}
 	if r.ConfigFile != "" {
@@ -172,28 +186,38 @@ func (r *Request) Check() error {
 	return nil
 }
 
-// checkNodeBinary checks that p is an executable Linux ELF file.
-func checkNodeBinary(p string) error {
+// checkBinary checks that p is an executable Linux ELF file; what, target
+// and flag name it in the error.
+func checkBinary(what, p, target, flag string) error {
 	fi, err := os.Stat(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("node binary %s does not exist (build it with \"make bin/kiln-node\", or name another with --node-binary)", p)
+		return fmt.Errorf("%s %s does not exist (build it with \"make %s\", or name another with %s)", what, p, target, flag)
 	}
 	if err != nil {
-		return fmt.Errorf("node binary: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("node binary %s is not a regular file", p)
+		return fmt.Errorf("%s %s is not a regular file", what, p)
 	}
 	f, err := os.Open(p)
 	if err != nil {
-		return fmt.Errorf("node binary: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
 	magic := make([]byte, 4)
 	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != "\x7fELF" {
-		return fmt.Errorf("node binary %s is not an ELF executable", p)
+		return fmt.Errorf("%s %s is not an ELF executable", what, p)
 	}
 	return nil
+}
+
+// initBinary is InitBinary or its default, kiln-init beside the node
+// binary.
+func (r *Request) initBinary() string {
+	if r.InitBinary != "" {
+		return r.InitBinary
+	}
+	return filepath.Join(filepath.Dir(r.NodeBinary), "kiln-init")
 }
 
 // nodeConfig returns the node config to embed: the config file's bytes
@@ -352,21 +376,42 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	}
 	p.printf("%s", secretsNote(r.Role))
 
-	res.Vmlinuz = filepath.Join(r.OutDir, image.KernelFile)
-	res.Initramfs = filepath.Join(r.OutDir, image.InitramfsFile)
-	if err := p.step("initramfs", func() (string, error) {
-		raw, comp, err := initramfs.WriteZstdMode(res.Initramfs, a, FileMode(r.Role))
+	if err := checkKernel(res.Kernel); err != nil {
+		return nil, err
+	}
+	var root *rootImage
+	if err := p.step("root", func() (string, error) {
+		root, err = writeRootImage(ctx, a, tmp)
 		if err != nil {
 			return "", err
 		}
-		res.InitramfsRaw, res.InitramfsSize = raw, comp
+		res.RootFiles, res.RootRaw, res.RootSize = root.files, root.raw, root.size
+		return fmt.Sprintf("root image: %d files, %s → %s squashfs (%s)", root.files, mb(root.raw), mb(root.size), strings.Join(squashfsArgs, " ")), nil
+	}); err != nil {
+		return nil, err
+	}
+
+	res.Vmlinuz = filepath.Join(r.OutDir, image.KernelFile)
+	res.Initramfs = filepath.Join(r.OutDir, image.InitramfsFile)
+	if err := p.step("initramfs", func() (string, error) {
+		outer, early, err := stage1Archive(res.Kernel, r.initBinary(), root)
+		if err != nil {
+			return "", err
+		}
+		res.EarlyModules = early
+		n, err := initramfs.WritePlainMode(res.Initramfs, outer, FileMode(r.Role))
+		if err != nil {
+			return "", err
+		}
+		res.InitramfsRaw, res.InitramfsSize = n, n
 		if _, err := fsutil.CopyFile(res.Vmlinuz, res.Kernel.Vmlinuz, 0o644); err != nil {
 			return "", err
 		}
 		if res.ID, err = imageID(res.Vmlinuz, res.Initramfs); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%s: %s raw, %s zstd; vmlinuz %s; id %s", res.Initramfs, mb(raw), mb(comp), mb(fileSize(res.Vmlinuz)), res.ID), nil
+		return fmt.Sprintf("%s: %s (stage 1, modules %s, the root image); vmlinuz %s; id %s",
+			res.Initramfs, mb(n), strings.Join(early, " "), mb(fileSize(res.Vmlinuz)), res.ID), nil
 	}); err != nil {
 		return nil, err
 	}

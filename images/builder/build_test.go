@@ -2,6 +2,8 @@ package builder
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"context"
 	"encoding/binary"
 	"os"
@@ -166,15 +168,49 @@ func TestImageContents(t *testing.T) {
 					t.Errorf("%s: %v, want mode %04o", p, err, FileMode(node.Role(role)))
 				}
 			}
-			entries, raw := readInitramfs(t, res.Initramfs)
-			t.Logf("%s: %d entries, %d bytes raw, %d compressed; %d modules; tools %v",
-				role, len(entries), len(raw), res.InitramfsSize, len(res.Modules), res.Tools)
+			outer, outerRaw := readInitramfs(t, res.Initramfs)
+			entries, rootFiles := readRoot(t, outer)
+			raw := append(outerRaw, rootFiles...)
+			t.Logf("%s: initramfs %d entries, %d bytes; root image %d entries, %d bytes of files; %d modules; tools %v",
+				role, len(outer), len(outerRaw), len(entries), len(rootFiles), len(res.Modules), res.Tools)
+
+			// The initramfs: stage 1, its modules, the root image and its
+			// checksum, and nothing else.
+			getOuter := func(p string) cpioEntry {
+				t.Helper()
+				e, ok := outer[p]
+				if !ok {
+					t.Fatalf("%s missing from the initramfs", p)
+				}
+				return e
+			}
+			stage1, _ := os.ReadFile(filepath.Join(filepath.Dir(req.NodeBinary), "kiln-init"))
+			if e := getOuter("init"); e.mode != 0o100755 || !bytes.Equal(e.data, stage1) {
+				t.Errorf("the initramfs' /init (mode %o) is not kiln-init", e.mode)
+			}
+			if e := getOuter("dev/console"); e.mode != 0o020600 || e.major != 5 || e.minor != 1 {
+				t.Errorf("/dev/console: mode %o, %d:%d", e.mode, e.major, e.minor)
+			}
+			sum := sha256.Sum256(getOuter(strings.TrimPrefix(image.RootImageFile, "/")).data)
+			if got := string(getOuter(strings.TrimPrefix(image.RootImageSumFile, "/")).data); got != hex.EncodeToString(sum[:])+"\n" {
+				t.Errorf("%s is %q, not the root image's sha256", image.RootImageSumFile, got)
+			}
+			early := strings.Fields(string(getOuter(strings.TrimPrefix(image.EarlyModulesFile, "/")).data))
+			if !slices.Equal(early, res.EarlyModules) || !slices.Contains(early, "squashfs") {
+				t.Errorf("stage 1 modules %v, result %v", early, res.EarlyModules)
+			}
+			for n, e := range outer {
+				if e.mode&0o170000 == 0o100000 && !strings.HasPrefix(n, "lib/modules/") && !strings.HasPrefix(n, "kiln/") &&
+					n != "init" && n != image.CompleteMarker {
+					t.Errorf("the initramfs holds %s: it belongs in the root image", n)
+				}
+			}
 
 			get := func(p string) cpioEntry {
 				t.Helper()
 				e, ok := entries[p]
 				if !ok {
-					t.Fatalf("%s missing from the initramfs", p)
+					t.Fatalf("%s missing from the root image", p)
 				}
 				return e
 			}
@@ -183,10 +219,12 @@ func TestImageContents(t *testing.T) {
 			}
 			initData, _ := os.ReadFile(req.NodeBinary)
 			if !bytes.Equal(get("init").data, initData) {
-				t.Error("/init is not the node binary")
+				t.Error("the root image's /init is not the node binary")
 			}
-			if e := get("dev/console"); e.mode != 0o020600 || e.major != 5 || e.minor != 1 {
-				t.Errorf("/dev/console: mode %o, %d:%d", e.mode, e.major, e.minor)
+			for _, d := range []string{"run", "var", "root", "etc", "dev", "proc", "sys", "tmp"} {
+				if e := get(d); e.mode&0o170000 != 0o040000 {
+					t.Errorf("/%s (a mount point) is not a directory: %o", d, e.mode)
+				}
 			}
 			if e := get("etc/os-release"); !strings.Contains(string(e.data), `NAME="kiln"`) || !strings.Contains(string(e.data), "VARIANT_ID="+role) {
 				t.Errorf("os-release:\n%s", e.data)

@@ -124,14 +124,16 @@ type content struct {
 	missingTools []string
 }
 
-// assemble builds the initramfs tree. Everything it adds is a function of
+// assemble builds the root image's tree (stage1Archive wraps it in the
+// initramfs). Everything it adds is a function of
 // its inputs (file contents, the request), so the archive's bytes are too.
 func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *content, error) {
 	a := initramfs.New()
 	c := &content{}
 
-	// The root file system's skeleton. PID 1 mounts proc, sys, dev
-	// (devtmpfs), run and tmp on these.
+	// The root file system's skeleton. Stage 1 mounts tmpfs on run, var
+	// and root, and an overlay on etc; PID 1 mounts proc, sys, dev
+	// (devtmpfs) and tmp. The image itself is read-only.
 	for _, d := range []string{"proc", "sys", "dev", "run", "tmp", "etc", "var", "var/lib", "var/log", "root", "usr/bin", "usr/sbin"} {
 		mode := os.FileMode(0o755)
 		switch d {
@@ -146,7 +148,6 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 	}
 	a.Symlink("bin", "usr/bin")
 	a.Symlink("sbin", "usr/sbin")
-	a.AddDevConsole()
 
 	// /init: the node binary (with its loader and libraries should it
 	// be dynamic; the real one is static).

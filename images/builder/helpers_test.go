@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,7 +17,10 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 
+	"golang.org/x/sys/unix"
+
 	"kiln/configs/cluster"
+	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/images/kernel"
 	"kiln/images/oci"
@@ -57,6 +61,13 @@ func fixtures(t *testing.T) (initBin, clusterDir string) {
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			shared.err = fmt.Errorf("go build testinit: %v\n%s", err, out)
+			return
+		}
+		// The real stage 1, beside it where Build looks by default.
+		cmd = exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(shared.dir, "kiln-init"), "../../cmd/kiln-init")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			shared.err = fmt.Errorf("go build kiln-init: %v\n%s", err, out)
 			return
 		}
 		// Stand-ins for the worker stack's programs where the builder looks
@@ -136,7 +147,7 @@ type cpioEntry struct {
 	minor uint32
 }
 
-// readInitramfs decompresses a zstd newc archive and parses it with
+// readInitramfs reads a newc archive (zstd-compressed or not) and parses it with
 // u-root's cpio reader, a parser independent of kiln's writer. It fails
 // the test unless the archive ends with its trailer.
 func readInitramfs(t *testing.T, p string) (map[string]cpioEntry, []byte) {
@@ -146,14 +157,19 @@ func readInitramfs(t *testing.T, p string) (map[string]cpioEntry, []byte) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	dec, err := zstd.NewReader(f)
+	raw, err := io.ReadAll(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dec.Close()
-	raw, err := io.ReadAll(dec)
-	if err != nil {
-		t.Fatal(err)
+	if bytes.HasPrefix(raw, []byte{0x28, 0xb5, 0x2f, 0xfd}) { // zstd's magic
+		dec, err := zstd.NewReader(bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dec.Close()
+		if raw, err = io.ReadAll(dec); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Newc.Reader ends at the trailer as at the end of the bytes (both
 	// io.EOF): read below its EOFReader to tell a whole archive from a
@@ -185,4 +201,50 @@ func readInitramfs(t *testing.T, p string) (map[string]cpioEntry, []byte) {
 			major: uint32(rec.Rmajor), minor: uint32(rec.Rminor)}
 	}
 	return entries, raw
+}
+
+// readRoot unpacks the root image of an initramfs (image.RootImageFile)
+// with squashfs-tools' unsquashfs, a reader independent of kiln's writer,
+// and returns its entries as readInitramfs does, and every file's bytes
+// one after the other (to search for what must not be there).
+func readRoot(t *testing.T, outer map[string]cpioEntry) (map[string]cpioEntry, []byte) {
+	t.Helper()
+	img, ok := outer[strings.TrimPrefix(image.RootImageFile, "/")]
+	if !ok {
+		t.Fatalf("the initramfs has no %s", image.RootImageFile)
+	}
+	dir := t.TempDir()
+	sq := filepath.Join(dir, "root.squashfs")
+	if err := os.WriteFile(sq, img.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(dir, "root")
+	if out, err := exec.Command("unsquashfs", "-no-progress", "-no-xattrs", "-d", tree, sq).CombinedOutput(); err != nil {
+		t.Fatalf("unsquashfs: %v\n%s", err, out)
+	}
+	entries := map[string]cpioEntry{}
+	var all []byte
+	err := filepath.WalkDir(tree, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == tree {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		name, _ := filepath.Rel(tree, p)
+		e := cpioEntry{name: name, mode: st.Mode}
+		if d.Type().IsRegular() {
+			if e.data, err = os.ReadFile(p); err != nil {
+				return err
+			}
+			all = append(all, e.data...)
+		}
+		entries[name] = e
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries, all
 }

@@ -7,6 +7,7 @@ package initramfs
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -370,6 +371,129 @@ func WriteFile(p string, a *Archive) (int64, error) {
 		err = cerr
 	}
 	return n, err
+}
+
+// WritePlainMode writes the uncompressed archive to path (via a temp file
+// renamed into place) with the given permission bits and returns its size.
+// An archive whose bulk is already compressed (a squashfs root image) is
+// better left so: compressing it again saves nothing and costs the kernel
+// a decompression pass at every boot.
+func WritePlainMode(p string, a *Archive, perm fs.FileMode) (n int64, err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-")
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	if n, err = a.WriteTo(bw); err != nil {
+		return n, err
+	}
+	if err = bw.Flush(); err != nil {
+		return n, err
+	}
+	if err = tmp.Chmod(perm.Perm()); err != nil {
+		return n, err
+	}
+	if err = tmp.Close(); err != nil {
+		return n, err
+	}
+	return n, os.Rename(tmp.Name(), p)
+}
+
+// WriteDir lays the archive's entries out as a tree under dir (which must
+// exist): directories, regular files (streamed from the host where they
+// were added with FileFrom) and symlinks, with their permission bits, for
+// tools that take a directory (mksquashfs). Ownership and times are the
+// tool's to set. Device nodes are refused: a root image gets /dev from
+// devtmpfs. It returns the number of regular files and their total size.
+func (a *Archive) WriteDir(dir string) (files int, size int64, err error) {
+	list, err := a.sorted()
+	if err != nil {
+		return 0, 0, err
+	}
+	var dirs []*entry
+	for _, e := range list {
+		dst := filepath.Join(dir, filepath.FromSlash(e.name))
+		switch e.mode & modeTypeMask {
+		case modeDir:
+			if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return files, size, err
+			}
+			dirs = append(dirs, e) // modes last: a 0555 directory must still be written into
+		case modeSymlink:
+			if err := os.Symlink(e.target, dst); err != nil {
+				return files, size, err
+			}
+		case modeFile:
+			n, err := e.writeFile(dst)
+			if err != nil {
+				return files, size, err
+			}
+			files++
+			size += n
+		default:
+			return files, size, fmt.Errorf("initramfs: %s: a device or FIFO (mode %o) cannot be laid out as a directory tree", e.name, e.mode)
+		}
+	}
+	for _, e := range dirs {
+		if err := os.Chmod(filepath.Join(dir, filepath.FromSlash(e.name)), goFileMode(e.mode)); err != nil {
+			return files, size, err
+		}
+	}
+	return files, size, nil
+}
+
+// writeFile writes a regular file entry to dst with its mode.
+func (e *entry) writeFile(dst string) (int64, error) {
+	mode := e.mode
+	var src io.Reader = bytes.NewReader(e.data)
+	if e.hostPath != "" {
+		f, err := os.Open(e.hostPath)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		if e.hostPerm {
+			fi, err := f.Stat()
+			if err != nil {
+				return 0, err
+			}
+			mode = mode&^0o7777 | unixMode(fi.Mode())
+		}
+		src = f
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, src)
+	if err == nil {
+		err = out.Chmod(goFileMode(mode))
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
+}
+
+// goFileMode turns a unix mode's permission and special bits into Go's.
+func goFileMode(m uint32) os.FileMode {
+	fm := os.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		fm |= os.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		fm |= os.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		fm |= os.ModeSticky
+	}
+	return fm
 }
 
 // AddTree copies a host directory tree under dest: directories, regular files

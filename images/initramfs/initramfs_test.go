@@ -384,3 +384,46 @@ func TestFileModes(t *testing.T) {
 		t.Errorf("WriteFile: mode %04o, want 0600", m)
 	}
 }
+
+func TestWriteDir(t *testing.T) {
+	host := filepath.Join(t.TempDir(), "tool")
+	os.WriteFile(host, []byte("#!tool"), 0o750)
+	a := New()
+	a.Dir("root", 0o700)
+	a.Dir("ro", 0o555)
+	a.File("ro/file", []byte("in a read-only dir"), 0o644)
+	a.File("usr/bin/suid", []byte("x"), 0o755|os.ModeSetuid)
+	a.FileFrom("usr/bin/tool", host, 0)
+	a.Symlink("bin", "usr/bin")
+	dir := t.TempDir()
+	files, size, err := a.WriteDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files != 3 || size != int64(len("in a read-only dir")+1+len("#!tool")) {
+		t.Errorf("%d files, %d bytes", files, size)
+	}
+	for p, want := range map[string]os.FileMode{
+		"root":         os.ModeDir | 0o700,
+		"ro":           os.ModeDir | 0o555,
+		"ro/file":      0o644,
+		"usr":          os.ModeDir | 0o755, // implicit parent
+		"usr/bin/suid": os.ModeSetuid | 0o755,
+		"usr/bin/tool": 0o750, // the host file's bits
+	} {
+		fi, err := os.Lstat(filepath.Join(dir, p))
+		if err != nil || fi.Mode() != want {
+			t.Errorf("%s: %v, %v; want %v", p, fi.Mode(), err, want)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(dir, "bin")); err != nil || target != "usr/bin" {
+		t.Errorf("bin -> %q, %v", target, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "usr/bin/tool")); string(b) != "#!tool" {
+		t.Errorf("tool: %q", b)
+	}
+	a.AddDevConsole()
+	if _, _, err := a.WriteDir(t.TempDir()); err == nil || !strings.Contains(err.Error(), "dev/console") {
+		t.Errorf("a device node: %v", err)
+	}
+}

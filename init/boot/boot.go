@@ -1,5 +1,6 @@
 // Package boot is PID 1 of a kiln appliance. PID1 reads the kernel
-// command line once, moves the root to a tmpfs, then runs the boot: a
+// command line once (stage 1, init/stage1, has mounted the root image and
+// executed it), then runs the boot: a
 // sequence of named steps (mounts, modules, config, network, hostname,
 // storage), each printing one timestamped line to the console, with the
 // long-lived helpers (zombie reaper, power button, DHCP lease) started as
@@ -78,9 +79,7 @@ func PID1(up func(ctx context.Context, n Node) error) {
 		con.Warn("reading /proc before the early mounts: %v", err)
 	}
 	m.cmdline = early.cmdline
-	if err := guard(con, "the move to a tmpfs root", func() error { return switchRoot(con, early) }); err != nil {
-		con.Warn("root stays on the initramfs: %v", err)
-	}
+	checkRoot(con, early)
 	for {
 		err := guard(con, "PID 1's main loop", func() error { m.loop(); return nil })
 		// Only a panic gets here: loop again, without booting again.

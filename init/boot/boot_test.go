@@ -3,13 +3,10 @@ package boot
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"kiln/configs/image"
 	"kiln/init/boot/console"
 	"kiln/internal/testutil"
 )
@@ -116,21 +113,6 @@ func TestGuard(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "kiln: PANIC in the role's bring-up: bad\ngoroutine ") {
 		t.Errorf("console:\n%s", out.String())
-	}
-}
-
-func TestCheckInitramfsComplete(t *testing.T) {
-	// The builder writes initramfs's marker and PID 1 checks image's:
-	// one name.
-	root := t.TempDir()
-	err := checkInitramfsComplete(root)
-	if err == nil || !strings.Contains(err.Error(), "too little memory") || !strings.Contains(err.Error(), image.CompleteMarker) ||
-		!strings.Contains(err.Error(), image.MemoryAdvice()) {
-		t.Fatalf("a root without the marker: %v", err)
-	}
-	os.WriteFile(filepath.Join(root, image.CompleteMarker), nil, 0o444)
-	if err := checkInitramfsComplete(root); err != nil {
-		t.Fatal(err)
 	}
 }
 

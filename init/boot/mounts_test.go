@@ -112,35 +112,3 @@ func TestMountinfo(t *testing.T) {
 		t.Error("garbage parsed")
 	}
 }
-
-func TestMoveTree(t *testing.T) {
-	src, dst := t.TempDir(), t.TempDir()
-	os.MkdirAll(filepath.Join(src, "etc/kiln"), 0o750)
-	os.WriteFile(filepath.Join(src, "etc/kiln/config.yaml"), []byte("role: worker\n"), 0o640)
-	os.WriteFile(filepath.Join(src, "init"), []byte("ELF"), 0o755)
-	os.Symlink("usr/bin", filepath.Join(src, "bin"))
-	os.Mkdir(filepath.Join(src, "skip"), 0o755)
-	n, size, err := moveTree(src, dst, map[string]bool{filepath.Join(src, "skip"): true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != 5 || size != int64(len("role: worker\n")+3) {
-		t.Errorf("moved %d files, %d bytes", n, size)
-	}
-	if b, _ := os.ReadFile(filepath.Join(dst, "etc/kiln/config.yaml")); string(b) != "role: worker\n" {
-		t.Errorf("config %q", b)
-	}
-	if fi, _ := os.Stat(filepath.Join(dst, "etc/kiln")); fi.Mode().Perm() != 0o750 {
-		t.Errorf("dir mode %v", fi.Mode())
-	}
-	if fi, _ := os.Stat(filepath.Join(dst, "init")); fi.Mode().Perm() != 0o755 {
-		t.Errorf("init mode %v", fi.Mode())
-	}
-	if l, _ := os.Readlink(filepath.Join(dst, "bin")); l != "usr/bin" {
-		t.Errorf("symlink %q", l)
-	}
-	left, _ := os.ReadDir(src)
-	if len(left) != 1 || left[0].Name() != "skip" {
-		t.Errorf("left in the source: %v", left)
-	}
-}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -14,8 +13,8 @@ import (
 	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/init/boot/blkdev"
+	"kiln/init/boot/kmod"
 	"kiln/init/boot/netconf"
-	"kiln/init/supervisor"
 )
 
 // The steps of the boot, in the order of sequence.
@@ -30,16 +29,12 @@ func (m *machine) mounts(ctx context.Context) error {
 	for _, w := range warnings {
 		m.con.Warn("%s", w)
 	}
-	// Said once, on the attached console (switchRoot re-executes PID 1
-	// before this): how the machine booted frames every line after it.
+	// Said once, on the attached console: how the machine booted frames every line after it.
 	if v, ok := m.cmdline.Get(image.ParamBoot); ok {
 		m.con.Stage("booted from %s", v)
 	}
 	if err != nil {
 		return fmt.Errorf("early mounts: %w", err)
-	}
-	if err := checkInitramfsComplete("/"); err != nil {
-		return err
 	}
 	for _, s := range earlyRoot {
 		if c, ok := s.(*CgroupTree); ok {
@@ -52,23 +47,6 @@ func (m *machine) mounts(ctx context.Context) error {
 	return nil
 }
 
-// checkInitramfsComplete fails when the archive's last entry is missing
-// under root: the kernel ran out of memory unpacking the initramfs and
-// booted on with part of it (programs and libraries missing at random).
-// PID 1 cannot know the archive's raw size, so it gives the rule
-// (image.MemoryAdvice) rather than image.SuggestedMemoryMiB's figure.
-func checkInitramfsComplete(root string) error {
-	if _, err := os.Stat(filepath.Join(root, image.CompleteMarker)); err == nil {
-		return nil
-	}
-	mem := ""
-	if m := supervisor.ReadMachineMemory(); m != nil {
-		mem = fmt.Sprintf(" (it has %d MiB)", m.TotalBytes>>20)
-	}
-	return fmt.Errorf("the initramfs was not unpacked whole (%s is missing; the kernel log says \"Initramfs unpacking failed\"): "+
-		"this machine has too little memory%s: %s", image.CompleteMarker, mem, image.MemoryAdvice())
-}
-
 // reapZombies reaps the orphans PID 1 inherits until PID 1 ends: it
 // ignores ctx, because the way down (killAll) makes zombies too.
 func (m *machine) reapZombies(context.Context) {
@@ -78,8 +56,8 @@ func (m *machine) reapZombies(context.Context) {
 }
 
 func (m *machine) modules(ctx context.Context) error {
-	rel := kernelRelease()
-	r, err := loadModules(image.ModulesFile, "/lib/modules/"+rel)
+	rel := kmod.Release()
+	r, err := kmod.Load(image.ModulesFile, "/lib/modules/"+rel)
 	if err != nil {
 		return fmt.Errorf("modules: %w", err)
 	}

@@ -194,7 +194,6 @@ func TestVMBootDHCPAndPowerButton(t *testing.T) {
 	start := time.Now()
 	vm := bootVM(t, ctx, qemu.WithUserNet(), qemu.WithAppend(image.Arg(image.ParamBoot, image.BootKernel)))
 	expect(t, ctx, vm, 90*time.Second,
-		"root moved to tmpfs",
 		"booted from kernel",
 		"cgroups: cpuset cpu io memory hugetlb pids for /sys/fs/cgroup/kiln",
 		"mounts done",

@@ -1,4 +1,8 @@
-package boot
+// Package kmod loads the kernel modules a list names, with finit_module(2),
+// using the module index (modules.dep, modules.builtin) of the running
+// kernel. A leaf: both PID 1 (init/boot) and the initramfs' first stage
+// (init/stage1), which must stay small, use it.
+package kmod
 
 import (
 	"bufio"
@@ -12,14 +16,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// moduleReport says what loadModules did.
-type moduleReport struct {
+// Report says what Load did.
+type Report struct {
 	Loaded   []string // loaded now
 	Present  []string // already loaded or built into the kernel
 	Warnings []string // missing or failing modules
 }
 
-func (r moduleReport) String() string {
+func (r Report) String() string {
 	return fmt.Sprintf("%d loaded, %d already there, %d failed", len(r.Loaded), len(r.Present), len(r.Warnings))
 }
 
@@ -88,11 +92,11 @@ func readModuleIndex(dir string) (*moduleIndex, error) {
 	return idx, nil
 }
 
-// loadModules loads each module of the list with finit_module(2). A module
+// Load loads each module of the list with finit_module(2). A module
 // already loaded or built in is fine; a missing or failing one is a
 // warning: the node may well boot without it.
-func loadModules(listFile, modDir string) (moduleReport, error) {
-	var r moduleReport
+func Load(listFile, modDir string) (Report, error) {
+	var r Report
 	data, err := os.ReadFile(listFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return r, nil
@@ -154,8 +158,8 @@ func (idx *moduleIndex) load(e moduleEntry) error {
 	return nil
 }
 
-// kernelRelease is uname -r.
-func kernelRelease() string {
+// Release is the running kernel's release (uname -r).
+func Release() string {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		return ""

@@ -1,4 +1,4 @@
-package boot
+package kmod
 
 import (
 	"os"
@@ -27,7 +27,7 @@ func TestLoadModulesWarnings(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/fs/ext4/ext4.ko\n"), 0o644)
 	list := filepath.Join(t.TempDir(), "modules")
 	os.WriteFile(list, []byte("ext4\nnot_here\nunknown_module\n"), 0o644)
-	r, err := loadModules(list, dir)
+	r, err := Load(list, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,11 +41,11 @@ func TestLoadModulesWarnings(t *testing.T) {
 		t.Errorf("%q", r.String())
 	}
 	// No list: nothing to do.
-	if r, err := loadModules(filepath.Join(dir, "none"), dir); err != nil || len(r.Warnings) != 0 {
+	if r, err := Load(filepath.Join(dir, "none"), dir); err != nil || len(r.Warnings) != 0 {
 		t.Errorf("no list: %+v %v", r, err)
 	}
 	// No index: one warning.
-	if r, err := loadModules(list, filepath.Join(dir, "none")); err != nil || len(r.Warnings) != 1 {
+	if r, err := Load(list, filepath.Join(dir, "none")); err != nil || len(r.Warnings) != 1 {
 		t.Errorf("no index: %+v %v", r, err)
 	}
 }

@@ -1,0 +1,72 @@
+package stage1
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"kiln/configs/image"
+)
+
+func TestCheckComplete(t *testing.T) {
+	// The builder writes initramfs's marker and stage 1 checks image's:
+	// one name.
+	root := t.TempDir()
+	err := CheckComplete(root)
+	if err == nil || !strings.Contains(err.Error(), "too little memory") || !strings.Contains(err.Error(), image.CompleteMarker) ||
+		!strings.Contains(err.Error(), image.MemoryAdvice()) || !strings.Contains(err.Error(), "MiB)") {
+		t.Fatalf("a root without the marker: %v", err)
+	}
+	os.WriteFile(filepath.Join(root, image.CompleteMarker), nil, 0o444)
+	if err := CheckComplete(root); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerify(t *testing.T) {
+	dir := t.TempDir()
+	img, sum := filepath.Join(dir, "root.squashfs"), filepath.Join(dir, "root.sha256")
+	data := []byte(strings.Repeat("squashfs bytes ", 1000))
+	os.WriteFile(img, data, 0o644)
+	h := sha256.Sum256(data)
+	os.WriteFile(sum, []byte(hex.EncodeToString(h[:])+"\n"), 0o644)
+	if n, err := Verify(img, sum); err != nil || n != int64(len(data)) {
+		t.Fatalf("a good image: %d, %v", n, err)
+	}
+	// Truncated, then one byte flipped: both named corrupt, with the fix.
+	for name, bad := range map[string][]byte{"truncated": data[:len(data)/2], "flipped": append([]byte{'S'}, data[1:]...)} {
+		os.WriteFile(img, bad, 0o644)
+		_, err := Verify(img, sum)
+		if err == nil || !strings.Contains(err.Error(), "is corrupt") || !strings.Contains(err.Error(), "rebuild the image") {
+			t.Errorf("%s image: %v", name, err)
+		}
+	}
+	os.Remove(sum)
+	if _, err := Verify(img, sum); err == nil || !strings.Contains(err.Error(), "rebuild the image") {
+		t.Errorf("no checksum: %v", err)
+	}
+}
+
+func TestFreeInitramfs(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"init", "kiln/root.squashfs", "lib/modules/6.1/kernel/fs/squashfs.ko", "sysroot/etc/kept"} {
+		p := filepath.Join(root, f)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte("0123456789"), 0o644)
+	}
+	os.Symlink("usr/bin", filepath.Join(root, "bin"))
+	freed := freeInitramfs(root, filepath.Join(root, "sysroot"))
+	if freed != 30 {
+		t.Errorf("freed %d bytes, want 30", freed)
+	}
+	ents, _ := os.ReadDir(root)
+	if len(ents) != 1 || ents[0].Name() != "sysroot" {
+		t.Errorf("left %v, want only sysroot", ents)
+	}
+	if _, err := os.Stat(filepath.Join(root, "sysroot/etc/kept")); err != nil {
+		t.Errorf("the new root was touched: %v", err)
+	}
+}
