@@ -181,6 +181,14 @@ rules:
 - level: Metadata
 `
 
+// The audit log's rotation: at most auditLogBytes on disk, or in RAM on a
+// diskless master (its cgroup's memory.high leaves room for them).
+const (
+	auditLogMaxMiB  = 10
+	auditLogBackups = 3
+	auditLogBytes   = (auditLogBackups + 1) * auditLogMaxMiB * mib
+)
+
 // AuditLog is the API server's audit log (JSON lines), beside the
 // components' logs.
 func AuditLog(env *Env) string { return env.Path("log", "audit.log") }
@@ -248,9 +256,13 @@ func (APIServer) Flags(env *Env) map[string]string {
 		"audit-log-path":                     AuditLog(env),
 		"audit-log-format":                   "json",
 		// 10 MiB × 4 files at most: a diskless master keeps its logs in RAM.
-		"audit-log-maxsize":   "10",
-		"audit-log-maxbackup": "3",
+		"audit-log-maxsize":   strconv.Itoa(auditLogMaxMiB),
+		"audit-log-maxbackup": strconv.Itoa(auditLogBackups),
 		"audit-log-maxage":    "30",
+		// No watch cache flags: in v1.37 the watch caches size themselves
+		// (--watch-cache-sizes only takes 0, to turn one off) and the
+		// events' caches are already off. The API server's memory is set
+		// by its share of the node (memory.go).
 	}
 	// The apiserver publishes its address as the endpoint of the
 	// "kubernetes" Service, and refuses a loopback one. On loopback (host

@@ -24,6 +24,9 @@ type Env struct {
 	Cluster  *cluster.Cluster
 	NodeName string
 	DataDir  string
+	// Memory is the machine's memory (zero when unknown: then every
+	// memory setting is upstream's default); see memory.go.
+	Memory NodeMemory
 }
 
 // Warn tells the operator something Prepare chose for them that weakens

@@ -82,8 +82,9 @@ func TestPrepareAndArgs(t *testing.T) {
 		for _, a := range argv {
 			v := a[strings.Index(a, "=")+1:]
 			// Files made at run time: containerd's socket, the image
-			// directory of an image, the CNI file the pod network writes.
-			runtime := strings.HasPrefix(a, "--address=") || strings.HasPrefix(a, "--dir=") || strings.HasPrefix(a, "--cni-conf=") || strings.HasPrefix(a, "--audit-log-path=")
+			// directory of an image, the CNI file the pod network writes, the
+			// record of imported images.
+			runtime := strings.HasPrefix(a, "--address=") || strings.HasPrefix(a, "--dir=") || strings.HasPrefix(a, "--cni-conf=") || strings.HasPrefix(a, "--audit-log-path=") || strings.HasPrefix(a, "--record=")
 			if strings.HasPrefix(v, "/") && !runtime && !strings.HasSuffix(a, "-dir="+v) && !strings.Contains(a, "--cert-dir") {
 				if _, err := os.Stat(v); err != nil {
 					t.Errorf("%s: %s: %v", c.Name(), a, err)

@@ -54,6 +54,10 @@ type etcdConfig struct {
 	Logger                   string   `json:"logger"`
 	LogOutputs               []string `json:"log-outputs"`
 	LogLevel                 string   `json:"log-level"`
+	// Sized to the node (memory.go); omitted: etcd's defaults.
+	SnapshotCount     uint64 `json:"snapshot-count,omitempty"`
+	QuotaBackendBytes int64  `json:"quota-backend-bytes,omitempty"`
+	MaxWALs           uint   `json:"max-wals,omitempty"`
 }
 
 type etcdTLS struct {
@@ -84,6 +88,7 @@ func (e Etcd) Prepare(env *Env) error {
 	}); err != nil {
 		return err
 	}
+	quota, maxWALs := etcdTuning(env.Memory.Total)
 	client := env.URL(env.Config.Ports.EtcdClient)
 	peer := env.URL(env.Config.Ports.EtcdPeer)
 	cfg := etcdConfig{
@@ -107,6 +112,12 @@ func (e Etcd) Prepare(env *Env) error {
 		Logger:     "zap",
 		LogOutputs: []string{"stderr"},
 		LogLevel:   "warn",
+		// A small node's etcd holds fewer raft entries in memory, stops
+		// its database at a size the node can hold, and keeps fewer WAL
+		// files (on a diskless master all of them are in RAM).
+		SnapshotCount:     etcdSnapshotCount,
+		QuotaBackendBytes: int64(quota),
+		MaxWALs:           maxWALs,
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {

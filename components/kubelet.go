@@ -154,7 +154,31 @@ serializeImagePulls: false
 %[10]s%[11]s`,
 		env.Config.Address, KubeletPort, kubeletHealthzPort, env.Path(apiCACert),
 		ContainerdSocket(env), env.Cluster.ClusterDNS, env.Cluster.ClusterDomain, resolv,
-		env.Config.Role == node.RoleWorker, taints, serving)
+		env.Config.Role == node.RoleWorker, taints, serving) + kubeletMemoryConfig(env)
+}
+
+// kubeletMemoryConfig is the kubelet's memory settings, sized to the node
+// (memory.go): what the node's components and the system keep from the
+// pods (the pods' cgroup's memory.max is the rest), when pods are evicted,
+// and how much of their logs each container keeps. Nothing when the
+// node's memory is unknown: upstream's defaults.
+func kubeletMemoryConfig(env *Env) string {
+	km, ok := kubeletReserved(env)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf(`# Memory, sized to this node's %[1]d MiB.
+kubeReserved:
+  memory: %[2]dMi
+systemReserved:
+  memory: %[3]dMi
+evictionHard:
+  memory.available: %[4]dMi
+# The other eviction signals keep upstream's defaults.
+mergeDefaultEvictionSettings: true
+containerLogMaxSize: %[5]dMi
+containerLogMaxFiles: %[6]d
+`, env.Memory.Total>>20, km.KubeReserved>>20, km.SystemReserved>>20, km.EvictionHard>>20, km.LogMaxSize>>20, km.LogMaxFiles)
 }
 
 func (Kubelet) Flags(env *Env) map[string]string {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -255,9 +256,60 @@ func (s *Supervisor) setup() error {
 				return fmt.Errorf("supervisor: %s: cgroup: %w", sv.spec.Name, &os.PathError{Op: "open", Path: dir, Err: err})
 			}
 			sv.cgroupDir, sv.cgroupFD = dir, fd
+			s.setMemory(sv.spec.Name, dir, sv.spec.MemoryLow, sv.spec.MemoryHigh)
+		}
+		var low uint64
+		for _, sv := range s.services {
+			low += sv.spec.MemoryLow
+		}
+		if low > 0 {
+			s.setMemory("", s.opts.CgroupRoot, low, 0)
 		}
 	}
 	return nil
+}
+
+// setMemory writes a cgroup's memory.low and, for a service (name not
+// ""), memory.high: the values, or the kernel's defaults (0, max) for
+// none, so that a cgroup left from an earlier run says what its Spec
+// says. Without the memory controller the files are missing and nothing
+// is written. A value the kernel refuses costs the setting, not the node:
+// it is reported.
+func (s *Supervisor) setMemory(name, dir string, low, high uint64) {
+	files := []struct {
+		file, value string
+	}{{"memory.low", memoryValue(low, "0")}}
+	if name != "" {
+		files = append(files, struct{ file, value string }{"memory.high", memoryValue(high, "max")})
+	}
+	for _, f := range files {
+		err := writeExisting(filepath.Join(dir, f.file), f.value)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			what := "cgroup " + dir
+			if name != "" {
+				what = name
+			}
+			s.say(fmt.Sprintf("%s: %s not set: %v", what, f.file, err))
+		}
+	}
+}
+
+func memoryValue(n uint64, none string) string {
+	if n == 0 {
+		return none
+	}
+	return strconv.FormatUint(n, 10)
+}
+
+// writeExisting writes a file that must exist already (a cgroup's
+// controller file; never created).
+func writeExisting(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	return errors.Join(err, f.Close())
 }
 
 // teardown releases what setup acquired; every child has exited by then.

@@ -51,6 +51,15 @@ type Spec struct {
 	// KillMode=process): containerd's shims keep the pods running while
 	// containerd itself restarts.
 	KeepChildren bool
+	// MemoryLow and MemoryHigh (bytes; 0 = none) are written to the
+	// service's cgroup's memory.low and memory.high when Options.CgroupRoot
+	// is set and the memory controller is there (left out quietly where it
+	// is not). Both are soft: memory.low keeps the kernel from reclaiming
+	// the service's memory while others have some to give, memory.high
+	// throttles the service instead of letting it run the machine out of
+	// memory. There is no memory.max: a throttled service recovers, an
+	// OOM-killed one starts from nothing.
+	MemoryLow, MemoryHigh uint64
 }
 
 // Options tune the supervisor; zero values take the defaults noted.
@@ -66,9 +75,12 @@ type Options struct {
 	ProbeInterval  time.Duration // default 500ms
 	StopTimeout    time.Duration // default 15s
 	// CgroupRoot, if non-empty (e.g. /sys/fs/cgroup/kiln, cgroup v2), puts
-	// each service in CgroupRoot/<name>, created if missing. The supervisor
-	// only places processes there; enabling controllers in CgroupRoot's
-	// cgroup.subtree_control is left to whoever owns CgroupRoot.
+	// each service in CgroupRoot/<name>, created if missing, with the
+	// Spec's memory settings. Enabling controllers in CgroupRoot's
+	// cgroup.subtree_control is left to whoever owns CgroupRoot; the
+	// supervisor sets CgroupRoot's memory.low to the sum of its services'
+	// MemoryLow (if any), since a cgroup is protected only as far as its
+	// parent is.
 	CgroupRoot string
 	// LogFiles are more logs that `logs NAME` serves by name, files other
 	// programs write (the API server's audit log): their last

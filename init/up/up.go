@@ -89,6 +89,10 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	env := &components.Env{Config: cfg, Cluster: cl, NodeName: nodeName, DataDir: dataDir}
+	// Read before anything starts: what is in use now is the system's.
+	if m := supervisor.ReadMachineMemory(); m != nil {
+		env.Memory = components.NodeMemory{Total: m.TotalBytes, Available: m.AvailableBytes}
+	}
 	comps := components.For(&cfg)
 	if len(comps) == 0 {
 		return fmt.Errorf("role %s: no components are built in for this role yet", cfg.Role)
@@ -122,6 +126,9 @@ func Run(ctx context.Context, o Options) error {
 			Args:      append([]string{"component", c.Name()}, argv...),
 			DependsOn: presentDeps(c.DependsOn(), comps),
 		}
+		mem := components.Memory(c, env)
+		spec.Env = memoryEnv(mem, os.LookupEnv)
+		spec.MemoryLow, spec.MemoryHigh = mem.Low, mem.High
 		if _, ok := c.(components.ChildKeeper); ok {
 			spec.KeepChildren = true
 		}
@@ -133,6 +140,9 @@ func Run(ctx context.Context, o Options) error {
 		specs = append(specs, spec)
 	}
 	con.stage("files written")
+	if line := memoryLine(env.Memory, specs); line != "" {
+		con.stage("%s", line)
+	}
 
 	sopts := o.Supervisor
 	sopts.LogDir = LogDir(dataDir)
@@ -178,6 +188,46 @@ func Run(ctx context.Context, o Options) error {
 	err = <-done
 	con.stage("all components stopped, in order: %s", strings.Join(stopOrder(sup.Status()), ", "))
 	return err
+}
+
+// memoryEnv is a component's Go memory settings as environment
+// variables, GOMEMLIMIT and GOGC, each unless the environment the node
+// was started with has it: a limit the user chose (on the kernel command
+// line, under PID 1) is every component's.
+func memoryEnv(mem components.MemoryShare, lookup func(string) (string, bool)) []string {
+	var env []string
+	if _, set := lookup("GOMEMLIMIT"); !set && mem.GoLimit > 0 {
+		env = append(env, fmt.Sprintf("GOMEMLIMIT=%dMiB", mem.GoLimit>>20))
+	}
+	if _, set := lookup("GOGC"); !set && mem.GOGC > 0 {
+		env = append(env, "GOGC="+strconv.Itoa(mem.GOGC))
+	}
+	return env
+}
+
+// memoryLine says on the console how the node's memory was shared out;
+// "" when its memory is unknown.
+func memoryLine(m components.NodeMemory, specs []supervisor.Spec) string {
+	if m.Total == 0 {
+		return ""
+	}
+	var limits []string
+	var low uint64
+	for _, s := range specs {
+		for _, e := range s.Env {
+			if v, ok := strings.CutPrefix(e, "GOMEMLIMIT="); ok {
+				limits = append(limits, s.Name+" "+strings.TrimSuffix(v, "MiB"))
+			}
+		}
+		low += s.MemoryLow
+	}
+	line := fmt.Sprintf("memory: %d MiB, %d MiB of it protected for the components", m.Total>>20, low>>20)
+	if len(limits) > 0 {
+		line += "; Go memory limits (MiB): " + strings.Join(limits, ", ")
+	} else if v := os.Getenv("GOMEMLIMIT"); v != "" {
+		line += "; GOMEMLIMIT=" + v + " from the environment"
+	}
+	return line
 }
 
 // stopOrder reads the order in which components stopped from the
