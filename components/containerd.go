@@ -142,7 +142,9 @@ func (ImportImages) DependsOn() []string           { return []string{node.Compon
 func (ImportImages) Prepare(*Env) error            { return nil }
 func (ImportImages) Task()                         {}
 func (ImportImages) Flags(env *Env) map[string]string {
-	return map[string]string{"address": ContainerdSocket(env), "dir": image.ImagesDir}
+	// The record lets a node with a state disk skip the archives its
+	// containerd already holds (components/entry/images.go).
+	return map[string]string{"address": ContainerdSocket(env), "dir": image.ImagesDir, "record": env.Path("images-imported.json")}
 }
 
 // mkdirs creates directories a component expects.

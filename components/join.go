@@ -17,9 +17,15 @@ import (
 // and checks it against the hash pinned in the worker's image, checks that
 // the master accepts the bootstrap token, and gets the kubelet's client
 // certificate for the node's name, proved with the node's identity (a name
-// another machine holds is refused). Errors (master unreachable, wrong CA,
-// token refused, name refused) are printed on the console and the
-// supervisor retries with backoff.
+// another machine holds is refused). While the master is not there yet
+// (unreachable, its API server not ready, the token or the join RBAC not
+// applied yet by its add-ons, the request not decided yet) it waits within
+// one run, polling every second or two, for up to two minutes; then it
+// ends with the reason as its last line (on the console), and the
+// supervisor starts it again a second later, the run having been long.
+// What time does not cure (a wrong CA, a name another machine holds) ends
+// the run at once, and the supervisor retries with backoff
+// (components/entry/join.go).
 type Join struct{}
 
 var _ Component = Join{}
@@ -89,8 +95,9 @@ func writeNodeSecret(env *Env) error {
 // Addons is a master's task of putting the cluster's own objects in place
 // once the API serves: the bootstrap token's Secret, the RBAC bindings that
 // let workers join and their CSRs be approved, the node components'
-// permissions, and CoreDNS (Deployment and the kube-dns Service). Applying
-// is idempotent (server-side apply), so it runs at every boot.
+// permissions, and CoreDNS (Deployment and the kube-dns Service). What a
+// worker's join needs is applied first, on its own (addons.JoinFirst).
+// Applying is idempotent (server-side apply), so it runs at every boot.
 type Addons struct{}
 
 var _ Component = Addons{}

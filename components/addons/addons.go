@@ -10,7 +10,9 @@ import (
 	"context"
 	_ "embed"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"text/template"
 	"time"
@@ -70,6 +72,42 @@ func Render(v Values) ([]*unstructured.Unstructured, error) {
 	return objs, nil
 }
 
+// JoinFirst splits the objects into those a worker's join needs and the
+// rest, each in manifest order. The addons task applies the first group
+// before the rest: a worker that boots with its master waits for exactly
+// these (its token is refused until the token's Secret exists, its
+// certificate request forbidden until system:bootstrappers may make one,
+// and undecided until the csr-approver may read and bind names), so they
+// go in as soon as the API serves, not after CoreDNS and the node
+// components' permissions.
+func JoinFirst(objs []*unstructured.Unstructured) (join, rest []*unstructured.Unstructured) {
+	for _, o := range objs {
+		if joinNeeds(o) {
+			join = append(join, o)
+		} else {
+			rest = append(rest, o)
+		}
+	}
+	return join, rest
+}
+
+// joinNeeds reports whether a worker's join needs o: the bootstrap
+// token's Secret, the binding that lets bootstrappers ask for a
+// certificate, the names already bound, and the csr-approver's rights.
+func joinNeeds(o *unstructured.Unstructured) bool {
+	if o.GetKind() == "Secret" && o.GetNamespace() == metav1.NamespaceSystem && strings.HasPrefix(o.GetName(), "bootstrap-token-") {
+		return true
+	}
+	switch o.GetKind() + "/" + o.GetName() {
+	case "ClusterRoleBinding/kiln:kubelet-bootstrap",
+		"ConfigMap/kiln-node-identities",
+		"ClusterRole/kiln:csr-approver", "ClusterRoleBinding/kiln:csr-approver",
+		"Role/kiln:csr-approver", "RoleBinding/kiln:csr-approver":
+		return true
+	}
+	return false
+}
+
 // resources maps the kinds the manifests use to their API resources.
 var resources = map[string]schema.GroupVersionResource{
 	"v1/Secret":                         {Version: "v1", Resource: "secrets"},
@@ -122,6 +160,58 @@ func Apply(ctx context.Context, client dynamic.Interface, objs []*unstructured.U
 		}
 	}
 	return nil
+}
+
+// Transient reports whether Apply's error may pass by itself: no answer
+// from the API server, a timeout, too many requests, a server error, or
+// kube-system not created yet (the API server makes it just after it
+// starts serving). A refused or invalid object is not.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		return true // no answer (connection refused, reset, timed out)
+	}
+	return apierrors.IsNotFound(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
+		apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsInternalError(err) ||
+		st.Status().Code >= 500
+}
+
+// Retry says how ApplyRetrying retries: for how long, how often (zero: a
+// second), and where it says so (nil: nowhere).
+type Retry struct {
+	For, Every time.Duration
+	Out        io.Writer
+}
+
+// ApplyRetrying applies objs, again after a transient failure (Transient:
+// the API server just started, kube-system not there yet, a timeout) for
+// up to r.For. It says so on r.Out when it starts retrying and then every
+// 30 s at most; a failure that is not transient is returned at once.
+func ApplyRetrying(ctx context.Context, client dynamic.Interface, objs []*unstructured.Unstructured, r Retry) error {
+	every := r.Every
+	if every <= 0 {
+		every = time.Second
+	}
+	start := time.Now()
+	var lastLine time.Time
+	for {
+		err := Apply(ctx, client, objs)
+		if err == nil || !Transient(err) || ctx.Err() != nil || time.Since(start) >= r.For {
+			return err
+		}
+		if r.Out != nil && (lastLine.IsZero() || time.Since(lastLine) >= 30*time.Second) {
+			fmt.Fprintf(r.Out, "addons: retrying (%s so far): %v\n", time.Since(start).Round(time.Second), err)
+			lastLine = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(every):
+		}
+	}
 }
 
 var configMaps = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}

@@ -3,13 +3,19 @@ package addons
 import (
 	"context"
 	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"kiln/configs/cluster"
 )
@@ -124,5 +130,101 @@ func TestTokenSecretCreatedOnce(t *testing.T) {
 	data, _, _ := unstructured.NestedStringMap(rec.Object, "data")
 	if len(data) != 2 {
 		t.Errorf("record %v, want both tokens", data)
+	}
+}
+
+// The objects a worker's join needs lead the manifests and are the first
+// group the addons task applies: the token's Secret, the bootstrappers'
+// binding, the bound names and the csr-approver's rights. Nothing else is
+// in the group.
+func TestJoinFirst(t *testing.T) {
+	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	join, rest := JoinFirst(objs)
+	var got []string
+	for _, o := range join {
+		got = append(got, o.GetKind()+"/"+o.GetName())
+	}
+	want := []string{"Secret/bootstrap-token-abcdef", "ClusterRoleBinding/kiln:kubelet-bootstrap", "ConfigMap/kiln-node-identities",
+		"ClusterRole/kiln:csr-approver", "ClusterRoleBinding/kiln:csr-approver", "Role/kiln:csr-approver", "RoleBinding/kiln:csr-approver"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("join group %v, want %v", got, want)
+	}
+	if len(join)+len(rest) != len(objs) {
+		t.Fatalf("%d + %d objects, rendered %d", len(join), len(rest), len(objs))
+	}
+	for i, o := range join {
+		if objs[i] != o {
+			t.Errorf("manifests.yaml: %s is not among the first objects (the join's objects lead the file)", got[i])
+		}
+	}
+	for _, o := range rest {
+		if o.GetKind() == "Secret" {
+			t.Errorf("Secret %s not in the join group", o.GetName())
+		}
+	}
+}
+
+func TestTransient(t *testing.T) {
+	gr := schema.GroupResource{Resource: "secrets"}
+	for err, want := range map[error]bool{
+		errors.New("dial tcp 10.0.2.15:6443: connect: connection refused"):                 true,
+		apierrors.NewNotFound(schema.GroupResource{Resource: "namespaces"}, "kube-system"): true,
+		apierrors.NewServiceUnavailable("starting"):                                        true,
+		apierrors.NewTooManyRequests("slow down", 1):                                       true,
+		apierrors.NewInternalError(errors.New("etcd")):                                     true,
+		apierrors.NewInvalid(schema.GroupKind{Kind: "Secret"}, "x", nil):                   false,
+		apierrors.NewForbidden(gr, "x", errors.New("no")):                                  false,
+		apierrors.NewBadRequest("bad"):                                                     false,
+	} {
+		if got := Transient(fmt.Errorf("applying: %w", err)); got != want {
+			t.Errorf("Transient(%v) = %v, want %v", err, got, want)
+		}
+	}
+}
+
+// The first apply after the API server starts may find kube-system not
+// created yet: ApplyRetrying tries again (one line, not one per try); a
+// refusal that will not pass is returned at once.
+func TestApplyRetrying(t *testing.T) {
+	ctx := context.Background()
+	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The token's Secret: the fake client does not apply (patch) what
+	// does not exist, but creates.
+	join, _ := JoinFirst(objs)
+	join = join[:1]
+	client := fake.NewSimpleDynamicClient(runtime.NewScheme())
+	fails := 3
+	client.PrependReactor("*", "*", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if fails > 0 {
+			fails--
+			return true, nil, apierrors.NewNotFound(schema.GroupResource{Resource: "namespaces"}, "kube-system")
+		}
+		return false, nil, nil
+	})
+	var out strings.Builder
+	if err := ApplyRetrying(ctx, client, join, Retry{For: 10 * time.Second, Every: time.Millisecond, Out: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 1 || !strings.Contains(out.String(), "addons: retrying") {
+		t.Errorf("lines: %q", out.String())
+	}
+	if _, err := client.Resource(resources["v1/Secret"]).Namespace("kube-system").Get(ctx, "bootstrap-token-abcdef", metav1.GetOptions{}); err != nil {
+		t.Errorf("the token's Secret after the retries: %v", err)
+	}
+
+	forbidden := fake.NewSimpleDynamicClient(runtime.NewScheme())
+	tries := 0
+	forbidden.PrependReactor("*", "*", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		tries++
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "x", errors.New("no"))
+	})
+	if err := ApplyRetrying(ctx, forbidden, join, Retry{For: 10 * time.Second, Every: time.Millisecond}); !apierrors.IsForbidden(err) || tries != 1 {
+		t.Errorf("forbidden: %v after %d tries, want it at once", err, tries)
 	}
 }

@@ -49,13 +49,24 @@ func runAddons(args []string) int {
 	if err != nil {
 		return usageError("addons", err)
 	}
+	cfg.Timeout = 30 * time.Second // each request: a stalled one is retried, not waited for
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return usageError("addons", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if err := addons.Apply(ctx, dyn, objs); err != nil {
+	// What a worker's join waits for goes in first, alone: workers that
+	// boot with their master are refused until it is in place, and nothing
+	// else in the add-ons is worth making them wait for.
+	joinObjs, rest := addons.JoinFirst(objs)
+	start := time.Now()
+	if err := addons.ApplyRetrying(ctx, dyn, joinObjs, addons.Retry{For: addonsRetry, Out: os.Stderr}); err != nil {
+		fmt.Fprintf(os.Stderr, "addons: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "addons: workers may join: bootstrap token %s, join RBAC and node identities applied (%d objects, %.1fs)\n", id, len(joinObjs), time.Since(start).Seconds())
+	if err := addons.ApplyRetrying(ctx, dyn, rest, addons.Retry{For: addonsRetry, Out: os.Stderr}); err != nil {
 		fmt.Fprintf(os.Stderr, "addons: %v\n", err)
 		return 1
 	}
@@ -82,3 +93,9 @@ func runAddons(args []string) int {
 		}
 	}
 }
+
+// addonsRetry is how long the addons task retries an apply that failed
+// for a reason that passes by itself (addons.Transient), such as the API
+// server having just started, before it gives up and the supervisor
+// starts it again.
+const addonsRetry = 2 * time.Minute
