@@ -5,7 +5,9 @@ import (
 	"os"
 
 	"kiln/configs/image"
+	"kiln/configs/nodeapi"
 	"kiln/init/boot"
+	"kiln/init/supervisor"
 	"kiln/init/up"
 )
 
@@ -30,6 +32,13 @@ func pid1() {
 			Quiet:      !verbose, // component output goes to DATA/log; the console keeps the stage lines
 			Started:    n.Started,
 			CgroupRoot: n.CgroupRoot,
+			Supervisor: supervisor.Options{Boot: func() []nodeapi.BootStage {
+				var out []nodeapi.BootStage
+				for _, s := range n.Stages() {
+					out = append(out, nodeapi.BootStage{At: s.At, What: s.What})
+				}
+				return out
+			}},
 		})
 	})
 }

@@ -41,6 +41,10 @@ type Status struct {
 	Started  time.Time       `json:"started"`  // when Run began
 	Services []ServiceStatus `json:"services"` // in dependency (start) order
 	Timeline []Event         `json:"timeline"`
+	// Boot is PID 1's stage lines (stage 1's included) with their time
+	// since the kernel started: the boot's timeline up to the
+	// components. Absent outside an image (kiln-node up on a host).
+	Boot []BootStage `json:"boot,omitempty"`
 	// Memory is the machine's, from /proc/meminfo (absent where it
 	// cannot be read).
 	Memory *MachineMemory `json:"memory,omitempty"`
@@ -68,6 +72,12 @@ type ServiceStatus struct {
 	// process and everything it started there: memory.current), when
 	// the supervisor runs services in cgroups.
 	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
+}
+
+// BootStage is one stage line of the boot.
+type BootStage struct {
+	At   time.Duration `json:"at"` // since the kernel started
+	What string        `json:"what"`
 }
 
 // Event is one entry of the timeline: what happened to which service, when.
@@ -107,6 +117,12 @@ func (st Status) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "\nup %s\n", time.Since(st.Started).Round(time.Second))
 	if m := st.Memory; m != nil {
 		fmt.Fprintf(w, "memory: %s in use, %s available of %s\n", mib(m.TotalBytes-min(m.AvailableBytes, m.TotalBytes)), mib(m.AvailableBytes), mib(m.TotalBytes))
+	}
+	if len(st.Boot) > 0 {
+		fmt.Fprintln(w, "boot (since the kernel started):")
+		for _, b := range st.Boot {
+			fmt.Fprintf(w, "  %8.2fs  %s\n", b.At.Seconds(), b.What)
+		}
 	}
 	if len(st.Timeline) > 0 {
 		fmt.Fprintln(w, "timeline:")

@@ -16,11 +16,13 @@ func TestWriteTable(t *testing.T) {
 			{Name: "kube-scheduler", State: StateCrashLoop, Restarts: 3, LastExit: "exit status 1", LastExitAt: time.Now()},
 		},
 		Timeline: []Event{{At: 1500 * time.Millisecond, Service: "etcd", What: "ready"}},
+		Boot:     []BootStage{{At: 6980 * time.Millisecond, What: "stage 1: root mounted read-only"}},
 	}
 	var b strings.Builder
 	st.WriteTable(&b)
 	for _, want := range []string{"MEMORY", "150 MiB", "memory: 502 MiB in use, 1464 MiB available of 1967 MiB",
-		"kube-scheduler", "crash-loop", "exit status 1", "timeline:", "1.50s", "up 1m0s"} {
+		"kube-scheduler", "crash-loop", "exit status 1", "timeline:", "1.50s", "up 1m0s",
+		"boot (since the kernel started):\n      6.98s  stage 1: root mounted read-only\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

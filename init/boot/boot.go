@@ -45,6 +45,9 @@ type Node struct {
 	Started    time.Time       // kernel start (now minus /proc/uptime), origin of the stage timestamps
 	CgroupRoot string          // /sys/fs/cgroup/kiln (controllers enabled for the children)
 	Cmdline    cmdline.Cmdline // the kernel command line, as PID 1 read it once
+	// Stages returns the console's stage lines so far, stage 1's first:
+	// the boot timeline of the node's status.
+	Stages func() []console.Stage
 }
 
 // Timeouts of the way down.
@@ -69,6 +72,10 @@ func PID1(up func(ctx context.Context, n Node) error) {
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	con := console.New(os.Stderr, kernelStart())
+	// Stage 1's lines, for the boot timeline of the node's status; not
+	// for the components' environment.
+	con.Record(console.DecodeStages(os.Getenv(console.StagesEnv)))
+	os.Unsetenv(console.StagesEnv)
 	setMemoryLimit(con)
 	m := newMachine(con, up)
 	// Signals first: from here on SIGTERM is a request, not the runtime
@@ -193,6 +200,7 @@ func (m *machine) startUp() {
 		Started:    m.con.Started(),
 		CgroupRoot: CgroupRoot,
 		Cmdline:    m.cmdline,
+		Stages:     m.con.Stages,
 	}
 	m.con.Stage("up: %s %s, data %s", n.Config.Role, n.Config.Hostname, n.DataDir)
 	m.upRunning = true

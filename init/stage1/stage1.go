@@ -297,7 +297,10 @@ func switchRoot(con *console.Console, root string, freed int64) error {
 		argv = []string{image.NodeInit}
 	}
 	argv = append([]string{image.NodeInit}, argv[1:]...)
-	err := syscall.Exec(image.NodeInit, argv, os.Environ())
+	// kiln-node puts stage 1's lines in the node's status (kiln status
+	// --node: the boot timeline), so they cross the exec with it.
+	env := append(os.Environ(), console.StagesEnv+"="+console.EncodeStages(con.Stages()))
+	err := syscall.Exec(image.NodeInit, argv, env)
 	return fmt.Errorf("exec %s in the root image: %w: rebuild the image", image.NodeInit, err)
 }
 

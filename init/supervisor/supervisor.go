@@ -86,6 +86,9 @@ type Options struct {
 	// programs write (the API server's audit log): their last
 	// MaxLogFileTail bytes, whole lines.
 	LogFiles map[string]string
+	// Boot, if set, gives the boot's stage lines for Status (PID 1's
+	// console record).
+	Boot func() []nodeapi.BootStage
 }
 
 // MaxLogFileTail is how much of the end of a LogFiles file `logs` serves.
@@ -303,6 +306,9 @@ func (s *Supervisor) Status() nodeapi.Status {
 		}
 	}
 	st.Memory = ReadMachineMemory()
+	if s.opts.Boot != nil {
+		st.Boot = s.opts.Boot()
+	}
 	return st
 }
 

@@ -24,6 +24,36 @@ type Console struct {
 	out     io.Writer // the console; never nil
 	kmsg    io.Writer // /dev/kmsg, or nil
 	started time.Time
+	stages  []Stage // the first maxStages stage lines, for the node's status
+}
+
+// Stage is one stage line as recorded: its time since the console's start
+// (the kernel's) and its text.
+type Stage struct {
+	At   time.Duration
+	What string
+}
+
+// maxStages bounds the record: the boot and the bring-up print a few
+// dozen; a node that keeps printing warnings must not grow it.
+const maxStages = 200
+
+// Stages returns the stage lines recorded so far, oldest first.
+func (c *Console) Stages() []Stage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Stage(nil), c.stages...)
+}
+
+// Record adds stages printed by an earlier program (stage 1, before this
+// process existed) to the record, before the ones of its own.
+func (c *Console) Record(earlier []Stage) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stages = append(append([]Stage(nil), earlier...), c.stages...)
+	if len(c.stages) > maxStages {
+		c.stages = c.stages[:maxStages]
+	}
 }
 
 // New returns a console writing to out whose stage lines count from
@@ -52,7 +82,40 @@ func (c *Console) Write(p []byte) (int, error) {
 // Stage prints one timestamped line.
 func (c *Console) Stage(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	c.line(fmt.Sprintf("kiln: [%7.2fs] %s\n", time.Since(c.started).Seconds(), msg), "kiln: "+msg)
+	at := time.Since(c.started)
+	c.mu.Lock()
+	if len(c.stages) < maxStages {
+		c.stages = append(c.stages, Stage{At: at, What: msg})
+	}
+	c.mu.Unlock()
+	c.line(fmt.Sprintf("kiln: [%7.2fs] %s\n", at.Seconds(), msg), "kiln: "+msg)
+}
+
+// StagesEnv is the environment variable stage 1 hands its recorded stages
+// to kiln-node in (EncodeStages), across the exec.
+const StagesEnv = "KILN_STAGE1_STAGES"
+
+// EncodeStages renders stages for StagesEnv: "<ns>\t<text>" lines.
+func EncodeStages(st []Stage) string {
+	var b strings.Builder
+	for _, s := range st {
+		fmt.Fprintf(&b, "%d\t%s\n", s.At.Nanoseconds(), strings.ReplaceAll(s.What, "\n", " "))
+	}
+	return b.String()
+}
+
+// DecodeStages parses EncodeStages' output; malformed lines are skipped.
+func DecodeStages(v string) []Stage {
+	var out []Stage
+	for _, l := range strings.Split(v, "\n") {
+		ns, what, ok := strings.Cut(l, "\t")
+		var n int64
+		if _, err := fmt.Sscan(ns, &n); !ok || err != nil {
+			continue
+		}
+		out = append(out, Stage{At: time.Duration(n), What: what})
+	}
+	return out
 }
 
 // Warn prints a timestamped warning.

@@ -36,3 +36,29 @@ func TestZeroStart(t *testing.T) {
 	}
 	New(nil, time.Now()).Stage("to nowhere") // a nil writer discards
 }
+
+// The stage lines are recorded for the node's status, stage 1's (handed
+// over in the environment across the exec) first.
+func TestStagesRecordAndHandOver(t *testing.T) {
+	stage1 := New(nil, time.Now().Add(-3*time.Second))
+	stage1.Stage("stage 1: root mounted")
+	stage1.Warn("odd\nline")
+	env := EncodeStages(stage1.Stages())
+
+	pid1 := New(nil, stage1.Started())
+	pid1.Stage("mounts done")
+	pid1.Record(DecodeStages(env + "garbage\n\tno time\n"))
+	got := pid1.Stages()
+	if len(got) != 3 || got[0].What != "stage 1: root mounted" || got[1].What != "warning: odd line" || got[2].What != "mounts done" {
+		t.Fatalf("stages %+v", got)
+	}
+	if got[0].At < 3*time.Second || got[0].At > got[2].At {
+		t.Errorf("times %v, %v: want since the kernel's start, in order", got[0].At, got[2].At)
+	}
+	for i := 0; i < 2*maxStages; i++ {
+		pid1.Stage("again")
+	}
+	if n := len(pid1.Stages()); n != maxStages {
+		t.Errorf("%d stages kept, want at most %d", n, maxStages)
+	}
+}
