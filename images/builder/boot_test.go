@@ -1,10 +1,13 @@
 package builder
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -154,6 +157,74 @@ func TestBoot(t *testing.T) {
 			}
 			t.Logf("%s: booted to PID 1 in %v, powered off after %v (KVM %v)", tc.boot,
 				booted.Round(100*time.Millisecond), vm.Uptime().Round(100*time.Millisecond), vm.KVM())
+		})
+	}
+}
+
+// TestBootBrokenRoot boots the image with its root image corrupted (one
+// byte flipped) and with its initramfs cut short: stage 1 must stop with a
+// FATAL line that names the fix, not hang or boot half a node.
+func TestBootBrokenRoot(t *testing.T) {
+	if err := qemu.Available(); err != nil {
+		t.Skip(err)
+	}
+	if testing.Short() {
+		t.Skip("boots VMs; skipped with -short")
+	}
+	res := builtImage(t)
+	good, err := os.ReadFile(res.Initramfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The root image's bytes follow its cpio header and name; a
+	// squashfs starts with "hsqs".
+	name := strings.TrimPrefix(image.RootImageFile, "/")
+	at := bytes.Index(good, []byte(name))
+	sq := bytes.Index(good[at:], []byte("hsqs"))
+	if at < 0 || sq < 0 {
+		t.Fatalf("no %s in the initramfs", name)
+	}
+	corrupt := bytes.Clone(good)
+	corrupt[at+sq+int(res.RootSize)/2] ^= 0xff
+
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"corrupt root image", corrupt, "kiln: FATAL: the root image " + image.RootImageFile + " is corrupt"},
+		{"truncated initramfs", good[:len(good)*6/10], "kiln: FATAL: the initramfs was not unpacked whole"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			initrd := filepath.Join(t.TempDir(), "initramfs.img")
+			if err := os.WriteFile(initrd, tc.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			vm, err := qemu.Start(ctx, qemu.WithKernel(res.Vmlinuz), qemu.WithInitramfs(initrd),
+				qemu.WithAppend(DefaultCmdline()...), qemu.WithMemory(512))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Kill()
+			line, err := vm.ExpectRegexp(ctx, regexp.MustCompile(regexp.QuoteMeta(tc.want)+".*copy it again"), 150*time.Second)
+			if errors.Is(err, qemu.ErrInitramfsUnpack) && strings.Contains(err.Error(), tc.want) {
+				// The console watcher knows this failure and ends the
+				// wait with it: the line is in the error.
+				line, err = err.Error(), nil
+			}
+			if err != nil {
+				t.Fatalf("%v\nconsole:\n%s", err, vm.Console().Tail(30))
+			}
+			if !strings.Contains(line, "rebuild") && !strings.Contains(line, "memory") {
+				t.Errorf("the FATAL line names no fix: %s", line)
+			}
+			if strings.Contains(vm.Console().Output(), "kiln-test-init") {
+				t.Error("the node's init ran anyway")
+			}
+			t.Logf("%s: %s", tc.name, line)
 		})
 	}
 }

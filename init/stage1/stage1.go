@@ -131,7 +131,8 @@ func CheckComplete(root string) error {
 		mem = fmt.Sprintf(" (it has %d MiB)", uint64(si.Totalram)*uint64(si.Unit)>>20)
 	}
 	return fmt.Errorf("the initramfs was not unpacked whole (%s is missing; the kernel log says \"Initramfs unpacking failed\"): "+
-		"this machine has too little memory%s: %s", image.CompleteMarker, mem, image.MemoryAdvice())
+		"this machine has too little memory%s: %s; or the initramfs file itself is cut short: compare its size with image.json's and copy it again",
+		image.CompleteMarker, mem, image.MemoryAdvice())
 }
 
 // Verify checks the root image against the sha256 the builder wrote
