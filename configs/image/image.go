@@ -29,6 +29,13 @@ const (
 	// (loop, squashfs, overlay and their dependencies), in ModulesFile's
 	// format.
 	EarlyModulesFile = "/kiln/modules"
+	// EtcDir holds the files of the root's /etc that belong to this node
+	// and cluster rather than to the image (the node config, the cluster
+	// material: NodeEtcFiles), under their paths below /etc. They stay out
+	// of the root image, so that it is the same for every cluster and a
+	// build can take it from the cache; stage 1 copies them into /etc's
+	// overlay.
+	EtcDir = "/kiln/etc"
 	// SysRoot is where stage 1 mounts the root image before moving it to /.
 	SysRoot = "/sysroot"
 	// CompleteMarker is an empty file at the root that every initramfs
@@ -57,6 +64,10 @@ const (
 	// OSReleaseFile names the image for humans and tools.
 	OSReleaseFile = "/etc/os-release"
 )
+
+// NodeEtcFiles are the paths of the root that the initramfs carries in
+// EtcDir instead of the root image.
+func NodeEtcFiles() []string { return []string{ConfigFile, ClusterDir} }
 
 // Paths of the worker stack's programs and data inside the image: the
 // builder puts them there, the components run them.

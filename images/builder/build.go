@@ -67,6 +67,9 @@ type Request struct {
 	Formats []string
 	// CacheDir holds the downloaded kernel. Default kernel.DefaultCacheDir().
 	CacheDir string
+	// RootCacheDir keeps the last root images built, for builds of the
+	// same contents (any cluster). Default: CacheDir/rootimages.
+	RootCacheDir string
 	// Progress receives one line per build step with its duration and
 	// the sizes it wrote. nil: no output.
 	Progress io.Writer
@@ -259,6 +262,9 @@ func (r Request) withDefaults() Request {
 	if r.CacheDir == "" {
 		r.CacheDir = kernel.DefaultCacheDir()
 	}
+	if r.RootCacheDir == "" {
+		r.RootCacheDir = filepath.Join(r.CacheDir, "rootimages")
+	}
 	if r.DiskSize == 0 {
 		r.DiskSize = DefaultDiskSize
 	}
@@ -380,13 +386,22 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	var root *rootImage
+	// The node's config and cluster material go beside the root image,
+	// not in it (image.EtcDir): the image is then the same for every
+	// cluster, and the cache has it.
+	nodeEtc := a.Extract(image.NodeEtcFiles()...)
 	if err := p.step("root", func() (string, error) {
-		root, err = writeRootImage(ctx, a, tmp)
+		var cached bool
+		root, cached, err = cachedRootImage(ctx, a, tmp, r.RootCacheDir)
 		if err != nil {
 			return "", err
 		}
-		res.RootFiles, res.RootRaw, res.RootSize = root.files, root.raw, root.size
-		return fmt.Sprintf("root image: %d files, %s → %s squashfs (%s)", root.files, mb(root.raw), mb(root.size), strings.Join(squashfsArgs, " ")), nil
+		res.RootFiles, res.RootRaw, res.RootSize = root.Files, root.Raw, root.Size
+		how := "made with mksquashfs " + strings.Join(squashfsArgs, " ")
+		if cached {
+			how = "from the cache, " + filepath.Dir(root.path)
+		}
+		return fmt.Sprintf("root image: %d files, %s → %s squashfs (%s)", root.Files, mb(root.Raw), mb(root.Size), how), nil
 	}); err != nil {
 		return nil, err
 	}
@@ -394,7 +409,7 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	res.Vmlinuz = filepath.Join(r.OutDir, image.KernelFile)
 	res.Initramfs = filepath.Join(r.OutDir, image.InitramfsFile)
 	if err := p.step("initramfs", func() (string, error) {
-		outer, early, err := stage1Archive(res.Kernel, r.initBinary(), root)
+		outer, early, err := stage1Archive(res.Kernel, r.initBinary(), root, nodeEtc)
 		if err != nil {
 			return "", err
 		}

@@ -2,10 +2,10 @@ package builder
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"os"
 	"path"
 	"path/filepath"
@@ -107,6 +107,7 @@ func TestInitramfsReproducible(t *testing.T) {
 	var manifests [][]byte
 	for i := 0; i < 2; i++ {
 		req := testRequest(t, "worker", "kernel")
+		req.RootCacheDir = t.TempDir() // mksquashfs both times
 		start := time.Now()
 		res, err := Build(ctx, req)
 		if err != nil {
@@ -136,6 +137,36 @@ func TestInitramfsReproducible(t *testing.T) {
 	// The manifests differ only in nothing: same ID, no time stamps.
 	if !bytes.Equal(manifests[0], manifests[1]) {
 		t.Errorf("manifests differ:\n%s\n%s", manifests[0], manifests[1])
+	}
+}
+
+// A second build of the same contents, even for another cluster, takes the
+// root image from the cache; the node's own files differ.
+func TestRootImageCache(t *testing.T) {
+	ctx := context.Background()
+	cache := t.TempDir()
+	var roots []string
+	for i, token := range []string{"", "batch2.0123456789abcdef"} {
+		req := testRequest(t, "worker", "kernel")
+		req.RootCacheDir, req.BootstrapToken = cache, token
+		var log strings.Builder
+		req.Progress = &log
+		res, err := Build(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cached := strings.Contains(log.String(), "from the cache"); cached != (i == 1) {
+			t.Errorf("build %d: cached %v:\n%s", i, cached, log.String())
+		}
+		outer, _ := readInitramfs(t, res.Initramfs)
+		roots = append(roots, string(outer[strings.TrimPrefix(image.RootImageFile, "/")].data))
+		tok := outer[strings.TrimPrefix(image.EtcDir, "/")+"/kiln/cluster/"+cluster.BootstrapTokenFile]
+		if token != "" && string(tok.data) != token+"\n" {
+			t.Errorf("build %d: the initramfs' token is %q", i, tok.data)
+		}
+	}
+	if roots[0] != roots[1] {
+		t.Error("the two builds' root images differ")
 	}
 }
 

@@ -246,5 +246,21 @@ func readRoot(t *testing.T, outer map[string]cpioEntry) (map[string]cpioEntry, [
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The node's own files of /etc are not in the image (it is the same
+	// for every cluster): stage 1 lays them over it from image.EtcDir,
+	// as done here.
+	for _, p := range image.NodeEtcFiles() {
+		if _, ok := entries[strings.TrimPrefix(p, "/")]; ok {
+			t.Errorf("the root image holds %s", p)
+		}
+	}
+	etc := strings.TrimPrefix(image.EtcDir, "/") + "/"
+	for n, e := range outer {
+		if rest, ok := strings.CutPrefix(n, etc); ok {
+			e.name = "etc/" + rest
+			entries[e.name] = e
+			all = append(all, e.data...)
+		}
+	}
 	return entries, all
 }

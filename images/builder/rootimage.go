@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
+	"time"
 
 	"kiln/configs/image"
 	"kiln/images/initramfs"
@@ -60,10 +63,83 @@ func checkKernel(k *kernel.Kernel) error {
 // rootImage is a root image written by writeRootImage.
 type rootImage struct {
 	path   string
-	sha256 string
-	files  int
-	raw    int64 // bytes of the regular files in it
-	size   int64 // bytes of the image
+	SHA256 string `json:"sha256"`
+	Files  int    `json:"files"`
+	Raw    int64  `json:"rawBytes"` // bytes of the regular files in it
+	Size   int64  `json:"bytes"`    // bytes of the image
+}
+
+// rootImageCache keeps this many root images (the newest used).
+const rootImageCache = 8
+
+// cachedRootImage returns the root image of the tree a: from cacheDir when
+// a build made it before (same contents, same mksquashfs and arguments:
+// the image holds nothing of a cluster's, see image.EtcDir), else made
+// now by writeRootImage and kept there. The bool says it was cached.
+func cachedRootImage(ctx context.Context, a *initramfs.Archive, tmp, cacheDir string) (*rootImage, bool, error) {
+	digest, err := a.Digest()
+	if err != nil {
+		return nil, false, err
+	}
+	version, err := exec.CommandContext(ctx, "mksquashfs", "-version").Output()
+	if err != nil {
+		return nil, false, fmt.Errorf("mksquashfs: %v (install squashfs-tools: make deps)", err)
+	}
+	first, _, _ := strings.Cut(string(version), "\n")
+	h := sha256.Sum256([]byte(digest + "\n" + first + "\n" + strings.Join(squashfsArgs, " ")))
+	key := hex.EncodeToString(h[:])[:32]
+	img, meta := filepath.Join(cacheDir, key+".squashfs"), filepath.Join(cacheDir, key+".json")
+	if b, err := os.ReadFile(meta); err == nil {
+		var r rootImage
+		if json.Unmarshal(b, &r) == nil && fileSize(img) == r.Size {
+			r.path = img
+			now := time.Now()
+			_ = os.Chtimes(meta, now, now)
+			return &r, true, nil
+		}
+	}
+	r, err := writeRootImage(ctx, a, tmp)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return nil, false, err
+	}
+	b, _ := json.Marshal(r)
+	// The image first, its description last: a description names a
+	// whole image.
+	if err := os.Chmod(r.path, 0o644); err != nil {
+		return nil, false, err
+	}
+	if err := os.Rename(r.path, img); err != nil {
+		return nil, false, err
+	}
+	if err := os.WriteFile(meta+".tmp", b, 0o644); err != nil {
+		return nil, false, err
+	}
+	if err := os.Rename(meta+".tmp", meta); err != nil {
+		return nil, false, err
+	}
+	r.path = img
+	pruneRootImages(cacheDir, rootImageCache)
+	return r, false, nil
+}
+
+// pruneRootImages removes all but the keep most recently used images.
+func pruneRootImages(dir string, keep int) {
+	metas, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	if len(metas) <= keep {
+		return
+	}
+	sort.Slice(metas, func(i, j int) bool {
+		fi, _ := os.Stat(metas[i])
+		fj, _ := os.Stat(metas[j])
+		return fi != nil && fj != nil && fi.ModTime().After(fj.ModTime())
+	})
+	for _, m := range metas[keep:] {
+		os.Remove(m)
+		os.Remove(strings.TrimSuffix(m, ".json") + ".squashfs")
+	}
 }
 
 // writeRootImage lays the root tree out under tmp and packs it into a
@@ -90,7 +166,7 @@ func writeRootImage(ctx context.Context, a *initramfs.Archive, tmp string) (*roo
 	if err != nil {
 		return nil, err
 	}
-	return &rootImage{path: out, sha256: sum, files: files, raw: raw, size: size}, nil
+	return &rootImage{path: out, SHA256: sum, Files: files, Raw: raw, Size: size}, nil
 }
 
 func sha256File(p string) (string, int64, error) {
@@ -108,8 +184,8 @@ func sha256File(p string) (string, int64, error) {
 }
 
 // stage1Archive is the initramfs: stage 1, its modules, the root image
-// and its checksum.
-func stage1Archive(k *kernel.Kernel, initBinary string, root *rootImage) (*initramfs.Archive, []string, error) {
+// and its checksum, and the node's own files of /etc (image.EtcDir).
+func stage1Archive(k *kernel.Kernel, initBinary string, root *rootImage, nodeEtc *initramfs.Archive) (*initramfs.Archive, []string, error) {
 	a := initramfs.New()
 	for _, d := range []string{"dev", "proc", "sys", strings.TrimPrefix(image.SysRoot, "/")} {
 		a.Dir(d, 0o755)
@@ -117,7 +193,10 @@ func stage1Archive(k *kernel.Kernel, initBinary string, root *rootImage) (*initr
 	a.AddDevConsole()
 	a.FileFrom("init", initBinary, 0o755)
 	a.FileFrom(image.RootImageFile, root.path, 0o600)
-	a.File(image.RootImageSumFile, []byte(root.sha256+"\n"), 0o644)
+	a.File(image.RootImageSumFile, []byte(root.SHA256+"\n"), 0o644)
+	// The node's own files of /etc, under EtcDir ("etc/kiln/config.yaml"
+	// of the tree is EtcDir's "kiln/config.yaml").
+	a.Merge(nodeEtc, path.Dir(strings.TrimPrefix(image.EtcDir, "/")))
 
 	files, err := k.ModuleClosure(earlyModules...)
 	if err != nil {

@@ -8,6 +8,8 @@ package initramfs
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +19,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -139,6 +142,76 @@ func (a *Archive) Paths() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Extract moves the entries at each of the paths (and under them) into a
+// new archive, under the same names, and returns it.
+func (a *Archive) Extract(paths ...string) *Archive {
+	out := New()
+	out.ModTime = a.ModTime
+	for n, e := range a.entries {
+		for _, p := range paths {
+			p = clean(p)
+			if n == p || strings.HasPrefix(n, p+"/") {
+				out.entries[n] = e
+				delete(a.entries, n)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Merge adds b's entries to a under dir ("etc/kiln/x" of b is
+// dir/etc/kiln/x of a).
+func (a *Archive) Merge(b *Archive, dir string) {
+	for n, e := range b.entries {
+		c := *e
+		a.add(path.Join(dir, n), &c)
+	}
+	if b.err != nil && a.err == nil {
+		a.err = b.err
+	}
+}
+
+// Digest is a sha256 of everything the archive holds: each entry's name,
+// type, mode, link target, device numbers and contents (host files read
+// now), in write order. Archives with the same digest write the same
+// bytes, whatever the host files' times: a cache key.
+func (a *Archive) Digest() (string, error) {
+	list, err := a.sorted()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, e := range list {
+		fmt.Fprintf(h, "%q %o %q %d:%d\n", e.name, e.mode, e.target, e.rmajor, e.rminor)
+		if e.mode&modeTypeMask != modeFile {
+			continue
+		}
+		if e.hostPath == "" {
+			fmt.Fprintf(h, "%d\n", len(e.data))
+			h.Write(e.data)
+			continue
+		}
+		f, err := os.Open(e.hostPath)
+		if err != nil {
+			return "", err
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			if e.hostPerm {
+				fmt.Fprintf(h, "perm %o\n", unixMode(fi.Mode()))
+			}
+			fmt.Fprintf(h, "%d\n", fi.Size())
+			_, err = io.Copy(h, f)
+		}
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // AddDevConsole adds /dev/console (5:1, 0600), which the kernel opens as

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -425,5 +426,46 @@ func TestWriteDir(t *testing.T) {
 	a.AddDevConsole()
 	if _, _, err := a.WriteDir(t.TempDir()); err == nil || !strings.Contains(err.Error(), "dev/console") {
 		t.Errorf("a device node: %v", err)
+	}
+}
+
+func TestExtractMergeDigest(t *testing.T) {
+	host := filepath.Join(t.TempDir(), "bin")
+	os.WriteFile(host, []byte("binary"), 0o755)
+	build := func() *Archive {
+		a := New()
+		a.FileFrom("init", host, 0)
+		a.File("etc/kiln/config.yaml", []byte("role: worker\n"), 0o644)
+		a.File("etc/kiln/cluster/token", []byte("t\n"), 0o600)
+		a.File("etc/kiln/modules", []byte("loop\n"), 0o644)
+		return a
+	}
+	a := build()
+	d1, err := a.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Host file times do not matter; contents do.
+	future := time.Now().Add(time.Hour)
+	os.Chtimes(host, future, future)
+	if d2, _ := build().Digest(); d2 != d1 {
+		t.Error("the digest changed with a host file's time")
+	}
+	os.WriteFile(host, []byte("binarY"), 0o755)
+	if d3, _ := build().Digest(); d3 == d1 {
+		t.Error("the digest did not change with a host file's contents")
+	}
+
+	node := a.Extract("etc/kiln/config.yaml", "/etc/kiln/cluster")
+	if got := node.Paths(); !reflect.DeepEqual(got, []string{"etc/kiln/cluster/token", "etc/kiln/config.yaml"}) {
+		t.Errorf("extracted %v", got)
+	}
+	if got := a.Paths(); !reflect.DeepEqual(got, []string{"etc/kiln/modules", "init"}) {
+		t.Errorf("left %v", got)
+	}
+	outer := New()
+	outer.Merge(node, "kiln")
+	if got := outer.Paths(); !reflect.DeepEqual(got, []string{"kiln/etc/kiln/cluster/token", "kiln/etc/kiln/config.yaml"}) {
+		t.Errorf("merged %v", got)
 	}
 }

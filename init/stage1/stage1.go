@@ -231,12 +231,64 @@ func mountRoot(dev, root string) error {
 			return err
 		}
 	}
+	// The node's own files of /etc (its config, the cluster material)
+	// come in the initramfs beside the root image: the upper layer
+	// starts with them.
+	if err := copyTree(image.EtcDir, filepath.Join(root, "run/kiln/etc/upper")); err != nil {
+		return fmt.Errorf("the node's files of /etc (%s): %w", image.EtcDir, err)
+	}
 	etc := filepath.Join(root, "etc")
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", etc, filepath.Join(root, "run/kiln/etc/upper"), filepath.Join(root, "run/kiln/etc/work"))
 	if err := unix.Mount("etc", etc, "overlay", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mount the overlay on /etc: %w (is the overlay module in the initramfs?)", err)
 	}
 	return nil
+}
+
+// copyTree copies the directories, regular files and symlinks under src
+// into dst with their modes (the owner is root's: stage 1's). A missing
+// src copies nothing.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if errors.Is(err, os.ErrNotExist) && p == src {
+			return filepath.SkipDir
+		}
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			if err := os.MkdirAll(to, 0o700); err != nil {
+				return err
+			}
+			return os.Chmod(to, fi.Mode().Perm())
+		case d.Type()&os.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, to)
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(to, b, 0o600); err != nil {
+				return err
+			}
+			return os.Chmod(to, fi.Mode().Perm())
+		}
+		return nil
+	})
 }
 
 // freeInitramfs removes the initramfs' files (the kernel never frees

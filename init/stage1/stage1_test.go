@@ -70,3 +70,31 @@ func TestFreeInitramfs(t *testing.T) {
 		t.Errorf("the new root was touched: %v", err)
 	}
 }
+
+func TestCopyTree(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	os.MkdirAll(filepath.Join(src, "kiln/cluster/pki"), 0o700)
+	os.WriteFile(filepath.Join(src, "kiln/config.yaml"), []byte("role: master\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "kiln/cluster/pki/ca.key"), []byte("KEY"), 0o600)
+	os.Symlink("config.yaml", filepath.Join(src, "kiln/link"))
+	if err := copyTree(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]os.FileMode{
+		"kiln/config.yaml":        0o644,
+		"kiln/cluster":            os.ModeDir | 0o700,
+		"kiln/cluster/pki/ca.key": 0o600,
+		"kiln/link":               os.ModeSymlink | 0o777,
+	} {
+		fi, err := os.Lstat(filepath.Join(dst, p))
+		if err != nil || fi.Mode() != want {
+			t.Errorf("%s: %v %v, want %v", p, fi.Mode(), err, want)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "kiln/cluster/pki/ca.key")); string(b) != "KEY" {
+		t.Errorf("ca.key: %q", b)
+	}
+	if err := copyTree(filepath.Join(src, "none"), dst); err != nil {
+		t.Errorf("a missing source: %v", err)
+	}
+}
