@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"os/exec"
@@ -62,15 +63,18 @@ func checkKernel(k *kernel.Kernel) error {
 
 // rootImage is a root image written by writeRootImage.
 type rootImage struct {
-	path   string
-	SHA256 string `json:"sha256"`
-	Files  int    `json:"files"`
-	Raw    int64  `json:"rawBytes"` // bytes of the regular files in it
-	Size   int64  `json:"bytes"`    // bytes of the image
+	path  string
+	CRC32 uint32 `json:"crc32"`
+	Files int    `json:"files"`
+	Raw   int64  `json:"rawBytes"` // bytes of the regular files in it
+	Size  int64  `json:"bytes"`    // bytes of the image
 }
 
 // rootImageCache keeps this many root images (the newest used).
 const rootImageCache = 8
+
+// rootImageCacheFormat names the layout of a cache entry's JSON.
+const rootImageCacheFormat = "kiln root image cache v2 (crc32)"
 
 // cachedRootImage returns the root image of the tree a: from cacheDir when
 // a build made it before (same contents, same mksquashfs and arguments:
@@ -86,7 +90,9 @@ func cachedRootImage(ctx context.Context, a *initramfs.Archive, tmp, cacheDir st
 		return nil, false, fmt.Errorf("mksquashfs: %v (install squashfs-tools: make deps)", err)
 	}
 	first, _, _ := strings.Cut(string(version), "\n")
-	h := sha256.Sum256([]byte(digest + "\n" + first + "\n" + strings.Join(squashfsArgs, " ")))
+	// rootImageCacheFormat changes when what the cache keeps beside an
+	// image does (its JSON), so that older entries are not read.
+	h := sha256.Sum256([]byte(rootImageCacheFormat + "\n" + digest + "\n" + first + "\n" + strings.Join(squashfsArgs, " ")))
 	key := hex.EncodeToString(h[:])[:32]
 	img, meta := filepath.Join(cacheDir, key+".squashfs"), filepath.Join(cacheDir, key+".json")
 	if b, err := os.ReadFile(meta); err == nil {
@@ -162,25 +168,22 @@ func writeRootImage(ctx context.Context, a *initramfs.Archive, tmp string) (*roo
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mksquashfs: %v: %s", err, strings.TrimSpace(string(b)))
 	}
-	sum, size, err := sha256File(out)
+	sum, size, err := crc32File(out)
 	if err != nil {
 		return nil, err
 	}
-	return &rootImage{path: out, SHA256: sum, Files: files, Raw: raw, Size: size}, nil
+	return &rootImage{path: out, CRC32: sum, Files: files, Raw: raw, Size: size}, nil
 }
 
-func sha256File(p string) (string, int64, error) {
+func crc32File(p string) (uint32, int64, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return "", 0, err
+		return 0, 0, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := crc32.NewIEEE()
 	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", n, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return h.Sum32(), n, err
 }
 
 // stage1Archive is the initramfs: stage 1, its modules, the root image
@@ -193,7 +196,7 @@ func stage1Archive(k *kernel.Kernel, initBinary string, root *rootImage, nodeEtc
 	a.AddDevConsole()
 	a.FileFrom("init", initBinary, 0o755)
 	a.FileFrom(image.RootImageFile, root.path, 0o600)
-	a.File(image.RootImageSumFile, []byte(root.SHA256+"\n"), 0o644)
+	a.File(image.RootImageSumFile, []byte(fmt.Sprintf("%08x %d\n", root.CRC32, root.Size)), 0o644)
 	// The node's own files of /etc, under EtcDir ("etc/kiln/config.yaml"
 	// of the tree is EtcDir's "kiln/config.yaml").
 	a.Merge(nodeEtc, path.Dir(strings.TrimPrefix(image.EtcDir, "/")))

@@ -19,14 +19,12 @@
 package stage1
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -91,7 +89,7 @@ func run(con *console.Console) (err error) {
 	if err != nil {
 		return err
 	}
-	con.Stage("stage 1: root image %s checked (%.1f MB, sha256, %.2fs)", image.RootImageFile, float64(size)/1e6, time.Since(t).Seconds())
+	con.Stage("stage 1: root image %s checked (%.1f MB, CRC-32, %.2fs)", image.RootImageFile, float64(size)/1e6, time.Since(t).Seconds())
 
 	loop, err := attachLoop(image.RootImageFile)
 	if err != nil {
@@ -135,30 +133,34 @@ func CheckComplete(root string) error {
 		image.CompleteMarker, mem, image.MemoryAdvice())
 }
 
-// Verify checks the root image against the sha256 the builder wrote
-// beside it, and returns its size. A mismatch (a corrupt download, a
-// truncated copy, a bad disk) is an error that says to rebuild: mounting
-// such an image would fail later, at random, as read errors.
+// Verify checks the root image against the CRC-32 and size the builder
+// wrote beside it (image.RootImageSumFile), and returns its size. A
+// mismatch (a corrupt download, a truncated copy, a bad disk) is an error
+// that says to rebuild: mounting such an image would fail later, at
+// random, as read errors.
 func Verify(imagePath, sumPath string) (int64, error) {
 	want, err := os.ReadFile(sumPath)
 	if err != nil {
 		return 0, fmt.Errorf("the root image's checksum: %w (the initramfs is not one kiln build made: rebuild the image)", err)
+	}
+	var wantSum uint32
+	var wantSize int64
+	if _, err := fmt.Sscanf(string(want), "%08x %d", &wantSum, &wantSize); err != nil {
+		return 0, fmt.Errorf("the root image's checksum %s: %q: %v (rebuild the image)", sumPath, want, err)
 	}
 	f, err := os.Open(imagePath)
 	if err != nil {
 		return 0, fmt.Errorf("the root image: %w (rebuild the image)", err)
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := crc32.NewIEEE()
 	n, err := io.Copy(h, f)
 	if err != nil {
 		return n, fmt.Errorf("reading the root image %s: %w", imagePath, err)
 	}
-	got := hex.EncodeToString(h.Sum(nil))
-	wantHex := strings.TrimSpace(string(want))
-	if got != wantHex {
-		return n, fmt.Errorf("the root image %s is corrupt (%d bytes, sha256 %.12s…, the image was built with %.12s…): rebuild the image (make image), or copy it again",
-			imagePath, n, got, wantHex)
+	if got := h.Sum32(); got != wantSum || n != wantSize {
+		return n, fmt.Errorf("the root image %s is corrupt (%d bytes, CRC-32 %08x; the image was built with %d bytes, %08x): rebuild the image (make image), or copy it again",
+			imagePath, n, got, wantSize, wantSum)
 	}
 	return n, nil
 }
