@@ -33,8 +33,7 @@ const criNamespace = "k8s.io"
 const pinnedLabel = "io.cri-containerd.pinned"
 
 // runImportImages imports every image archive (*.tar) of a directory into
-// containerd and pins it (the CRI plugin unpacks it when a container first
-// needs it), so the
+// containerd, unpacks it for the overlayfs snapshotter and pins it, so the
 // kubelet's image garbage collection never deletes an image that could not
 // be pulled back.
 //
@@ -100,10 +99,10 @@ type importRecord struct {
 
 // imageImporter is containerd to importAll (tests fake it).
 type imageImporter interface {
-	// importArchive imports and pins the archive's images.
+	// importArchive imports, pins and unpacks the archive's images.
 	importArchive(ctx context.Context, path string) ([]importedImage, error)
 	// missing says why an image imported before cannot be used as it is
-	// (gone, another image under its name, not pinned), or
+	// (gone, another image under its name, not pinned, not unpacked), or
 	// "" if it can.
 	missing(ctx context.Context, img importedImage) string
 }
@@ -300,10 +299,10 @@ func (c containerdImporter) importArchive(ctx context.Context, path string) ([]i
 		if _, err := c.client.ImageService().Update(ctx, img, "labels."+pinnedLabel); err != nil {
 			return nil, fmt.Errorf("pinning %s: %w", img.Name, err)
 		}
-		// Not unpacked here: the CRI plugin unpacks an image when a
-		// container first needs it. On a diskless node the snapshots live
-		// in RAM, and most nodes never run most images (CoreDNS runs on
-		// one or two).
+		i := containerd.NewImageWithPlatform(c.client, img, platforms.DefaultStrict())
+		if err := i.Unpack(ctx, "overlayfs"); err != nil {
+			return nil, fmt.Errorf("unpacking %s: %w", img.Name, err)
+		}
 		out = append(out, importedImage{Name: img.Name, Digest: img.Target.Digest.String()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -320,6 +319,13 @@ func (c containerdImporter) missing(ctx context.Context, want importedImage) str
 	}
 	if img.Labels[pinnedLabel] != "pinned" {
 		return want.Name + " is not pinned"
+	}
+	unpacked, err := containerd.NewImageWithPlatform(c.client, img, platforms.DefaultStrict()).IsUnpacked(ctx, "overlayfs")
+	if err != nil {
+		return fmt.Sprintf("%s: %v", want.Name, err)
+	}
+	if !unpacked {
+		return want.Name + " is not unpacked"
 	}
 	return ""
 }

@@ -44,8 +44,8 @@ type fakeContainerd struct {
 }
 
 type fakeImage struct {
-	digest string
-	pinned bool
+	digest           string
+	pinned, unpacked bool
 }
 
 func (f *fakeContainerd) importArchive(_ context.Context, path string) ([]importedImage, error) {
@@ -55,7 +55,7 @@ func (f *fakeContainerd) importArchive(_ context.Context, path string) ([]import
 	}
 	name := "kiln.local/" + strings.TrimSuffix(filepath.Base(path), ".tar") + ":v1"
 	d := fmt.Sprintf("sha256:%x", sha256.Sum256(data))
-	f.images[name] = fakeImage{digest: d, pinned: true}
+	f.images[name] = fakeImage{digest: d, pinned: true, unpacked: true}
 	f.imports = append(f.imports, filepath.Base(path))
 	return []importedImage{{Name: name, Digest: d}}, nil
 }
@@ -69,6 +69,8 @@ func (f *fakeContainerd) missing(_ context.Context, img importedImage) string {
 		return img.Name + " is another image"
 	case !got.pinned:
 		return img.Name + " is not pinned"
+	case !got.unpacked:
+		return img.Name + " is not unpacked"
 	}
 	return ""
 }
@@ -117,8 +119,9 @@ func TestImportSkipsWhatContainerdHas(t *testing.T) {
 
 	for what, change := range map[string]func(){
 		"not in containerd": func() { delete(ctr.images, "kiln.local/a:v1") },
-		"another image":     func() { ctr.images["kiln.local/a:v1"] = fakeImage{digest: "sha256:00", pinned: true} },
+		"another image":     func() { ctr.images["kiln.local/a:v1"] = fakeImage{digest: "sha256:00", pinned: true, unpacked: true} },
 		"not pinned":        func() { i := ctr.images["kiln.local/a:v1"]; i.pinned = false; ctr.images["kiln.local/a:v1"] = i },
+		"not unpacked":      func() { i := ctr.images["kiln.local/a:v1"]; i.unpacked = false; ctr.images["kiln.local/a:v1"] = i },
 	} {
 		change()
 		if out := run(record, "a.tar"); !strings.Contains(out, "import-images: a.tar: imported again: kiln.local/a:v1 is "+what) {
