@@ -168,6 +168,29 @@ func TestRootImageCache(t *testing.T) {
 	if roots[0] != roots[1] {
 		t.Error("the two builds' root images differ")
 	}
+	// A damaged cache entry is made again, not handed to the nodes.
+	imgs, _ := filepath.Glob(filepath.Join(cache, "*.squashfs"))
+	if len(imgs) != 1 {
+		t.Fatalf("cache holds %v", imgs)
+	}
+	data, _ := os.ReadFile(imgs[0])
+	data[len(data)/2] ^= 0xff
+	os.WriteFile(imgs[0], data, 0o644)
+	req := testRequest(t, "worker", "kernel")
+	req.RootCacheDir = cache
+	var log strings.Builder
+	req.Progress = &log
+	res, err := Build(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(log.String(), "from the cache") {
+		t.Errorf("a damaged cache entry was used:\n%s", log.String())
+	}
+	outer, _ := readInitramfs(t, res.Initramfs)
+	if string(outer[strings.TrimPrefix(image.RootImageFile, "/")].data) != roots[0] {
+		t.Error("the root image made again differs from the first")
+	}
 }
 
 func TestImageContents(t *testing.T) {

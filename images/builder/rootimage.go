@@ -19,6 +19,7 @@ import (
 	"kiln/configs/image"
 	"kiln/images/initramfs"
 	"kiln/images/kernel"
+	"kiln/internal/fsutil"
 )
 
 // An image boots in two stages (configs/image): the initramfs holds stage
@@ -97,11 +98,15 @@ func cachedRootImage(ctx context.Context, a *initramfs.Archive, tmp, cacheDir st
 	img, meta := filepath.Join(cacheDir, key+".squashfs"), filepath.Join(cacheDir, key+".json")
 	if b, err := os.ReadFile(meta); err == nil {
 		var r rootImage
-		if json.Unmarshal(b, &r) == nil && fileSize(img) == r.Size {
-			r.path = img
-			now := time.Now()
-			_ = os.Chtimes(meta, now, now)
-			return &r, true, nil
+		// Checked again (a tenth of a second): a damaged cache entry
+		// would otherwise reach every node as a FATAL line at boot.
+		if json.Unmarshal(b, &r) == nil {
+			if sum, n, err := crc32File(img); err == nil && sum == r.CRC32 && n == r.Size {
+				r.path = img
+				now := time.Now()
+				_ = os.Chtimes(meta, now, now)
+				return &r, true, nil
+			}
 		}
 	}
 	r, err := writeRootImage(ctx, a, tmp)
@@ -118,7 +123,13 @@ func cachedRootImage(ctx context.Context, a *initramfs.Archive, tmp, cacheDir st
 		return nil, false, err
 	}
 	if err := os.Rename(r.path, img); err != nil {
-		return nil, false, err
+		// Another file system (--out elsewhere than the cache): copy.
+		if _, err := fsutil.CopyFile(img+".tmp", r.path, 0o644); err != nil {
+			return nil, false, err
+		}
+		if err := os.Rename(img+".tmp", img); err != nil {
+			return nil, false, err
+		}
 	}
 	if err := os.WriteFile(meta+".tmp", b, 0o644); err != nil {
 		return nil, false, err
