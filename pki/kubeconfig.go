@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 
 	"sigs.k8s.io/yaml"
 )
@@ -164,6 +165,24 @@ func (k Kubeconfig) TLSConfig() (*tls.Config, error) {
 		RootCAs:      roots,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
+}
+
+// LoadKubeconfigTLS reads a kiln kubeconfig file and returns its server
+// and TLSConfig: what a client of that server needs. Errors name the
+// file.
+func LoadKubeconfigTLS(path string) (server string, cfg *tls.Config, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	kc, err := ParseKubeconfig(data)
+	if err != nil {
+		return "", nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if cfg, err = kc.TLSConfig(); err != nil {
+		return "", nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return kc.Server, cfg, nil
 }
 
 // RewriteKubeconfigServer returns a kiln kubeconfig (see ParseKubeconfig)

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -130,5 +132,26 @@ func TestRewriteKubeconfigServer(t *testing.T) {
 	}
 	if _, err := RewriteKubeconfigServer([]byte("kind: Pod\n"), "https://127.0.0.1:1"); err == nil {
 		t.Error("not a kubeconfig: no error")
+	}
+}
+
+func TestLoadKubeconfigTLS(t *testing.T) {
+	kc := adminKubeconfig(t, newTestCA(t), "https://127.0.0.1:6443")
+	data, err := kc.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "admin.kubeconfig"), filepath.Join(dir, "bad.kubeconfig")
+	os.WriteFile(good, data, 0o600)
+	os.WriteFile(bad, []byte("apiVersion: v1\nkind: Config\n"), 0o600)
+	server, cfg, err := LoadKubeconfigTLS(good)
+	if err != nil || server != kc.Server || len(cfg.Certificates) != 1 || cfg.RootCAs == nil {
+		t.Fatalf("server %q, cfg %v, err %v", server, cfg, err)
+	}
+	for _, p := range []string{bad, filepath.Join(dir, "none")} {
+		if _, _, err := LoadKubeconfigTLS(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: %v, want an error naming the file", p, err)
+		}
 	}
 }

@@ -327,19 +327,11 @@ type Client struct {
 
 // NewClient reads a kiln kubeconfig.
 func NewClient(kubeconfig string) (*Client, error) {
-	data, err := os.ReadFile(kubeconfig)
+	server, cfg, err := pki.LoadKubeconfigTLS(kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	kc, err := pki.ParseKubeconfig(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
-	}
-	cfg, err := kc.TLSConfig()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
-	}
-	return &Client{server: kc.Server, http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+	return &Client{server: server, http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
 }
 
 // NodeStatus is a node as the API reports it.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"sync"
 	"time"
 
@@ -25,19 +24,11 @@ type apiClient struct {
 }
 
 func newAPIClient(kubeconfig string) (*apiClient, error) {
-	data, err := os.ReadFile(kubeconfig)
+	server, cfg, err := pki.LoadKubeconfigTLS(kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	kc, err := pki.ParseKubeconfig(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
-	}
-	cfg, err := kc.TLSConfig()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kubeconfig, err)
-	}
-	return &apiClient{server: kc.Server, http: &http.Client{Timeout: 20 * time.Second,
+	return &apiClient{server: server, http: &http.Client{Timeout: 20 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
 }
 
