@@ -65,13 +65,13 @@ const (
 // components until ctx is cancelled (poweroff/reboot request); then PID1
 // syncs, unmounts and powers off or reboots.
 func PID1(up func(ctx context.Context, n Node) error) {
-	ensureStdFds()
+	console.EnsureStdFds()
 	if os.Getenv("PATH") == "" {
 		// The kernel gives init no PATH; exec.LookPath and every child
 		// need one.
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
-	con := console.New(os.Stderr, kernelStart())
+	con := console.New(os.Stderr, console.KernelStart())
 	// Stage 1's lines, for the boot timeline of the node's status; not
 	// for the components' environment.
 	con.Record(console.DecodeStages(os.Getenv(console.StagesEnv)))
@@ -257,31 +257,4 @@ func (m *machine) finish(req powerRequest) {
 	for {
 		time.Sleep(time.Hour)
 	}
-}
-
-// ensureStdFds fills file descriptors 0-2 when the kernel could not open
-// /dev/console for init (an initramfs without it): otherwise the first
-// files PID 1 opens would land on them, and the console's Attach (dup3)
-// would close them behind their owners' backs.
-func ensureStdFds() {
-	for fd := 0; fd <= 2; fd++ {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
-			continue
-		}
-		// open returns the lowest free descriptor: this one.
-		if _, err := unix.Open("/", unix.O_RDONLY, 0); err != nil {
-			return
-		}
-	}
-}
-
-// kernelStart returns when the kernel started: now minus the time since
-// boot (CLOCK_BOOTTIME, what /proc/uptime shows), readable before /proc is
-// mounted.
-func kernelStart() time.Time {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return time.Now()
-	}
-	return time.Now().Add(-time.Duration(ts.Nano()))
 }

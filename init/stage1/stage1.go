@@ -41,8 +41,8 @@ const fatalRepeat = 30 * time.Second
 // Main is the whole life of stage 1: on success it does not return (the
 // process becomes kiln-node); on failure it reports forever.
 func Main() {
-	ensureStdFds()
-	con := console.New(os.Stderr, kernelStart())
+	console.EnsureStdFds()
+	con := console.New(os.Stderr, console.KernelStart())
 	err := run(con)
 	for {
 		con.Fatal(err)
@@ -357,28 +357,4 @@ func switchRoot(con *console.Console, root string, freed int64) error {
 	env := append(os.Environ(), console.StagesEnv+"="+console.EncodeStages(con.Stages()))
 	err := syscall.Exec(image.NodeInit, argv, env)
 	return fmt.Errorf("exec %s in the root image: %w: rebuild the image", image.NodeInit, err)
-}
-
-// ensureStdFds makes sure descriptors 0-2 are open (the kernel opens
-// /dev/console for init; without it they are closed, and the first file
-// opened would become standard input).
-func ensureStdFds() {
-	for fd := 0; fd <= 2; fd++ {
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
-			continue
-		}
-		if _, err := unix.Open("/", unix.O_RDONLY, 0); err != nil {
-			return
-		}
-	}
-}
-
-// kernelStart is when the kernel started: now minus CLOCK_BOOTTIME, so
-// stage 1's timestamps and kiln-node's share the kernel's origin.
-func kernelStart() time.Time {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return time.Now()
-	}
-	return time.Now().Add(-time.Duration(ts.Nano()))
 }

@@ -180,3 +180,30 @@ func (c *Console) Attach() error {
 	}
 	return nil
 }
+
+// EnsureStdFds fills file descriptors 0-2 when the kernel could not open
+// /dev/console for init (an initramfs without it): otherwise the first
+// files init (stage 1, PID 1) opens would land on them, and the console's
+// Attach (dup3) would close them behind their owners' backs.
+func EnsureStdFds() {
+	for fd := 0; fd <= 2; fd++ {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
+			continue
+		}
+		// open returns the lowest free descriptor: this one.
+		if _, err := unix.Open("/", unix.O_RDONLY, 0); err != nil {
+			return
+		}
+	}
+}
+
+// KernelStart returns when the kernel started: now minus the time since
+// boot (CLOCK_BOOTTIME, what /proc/uptime shows), readable before /proc is
+// mounted.
+func KernelStart() time.Time {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return time.Now()
+	}
+	return time.Now().Add(-time.Duration(ts.Nano()))
+}
