@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -54,6 +56,32 @@ type Status struct {
 type MachineMemory struct {
 	TotalBytes     uint64 `json:"totalBytes"`
 	AvailableBytes uint64 `json:"availableBytes"`
+}
+
+// ParseMeminfo reads MemTotal and MemAvailable (kB there) from the text of
+// /proc/meminfo; nil when it has no MemTotal.
+func ParseMeminfo(text string) *MachineMemory {
+	var m MachineMemory
+	for _, l := range strings.Split(text, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "MemTotal:":
+			m.TotalBytes = kb << 10
+		case "MemAvailable:":
+			m.AvailableBytes = kb << 10
+		}
+	}
+	if m.TotalBytes == 0 {
+		return nil
+	}
+	return &m
 }
 
 // ServiceStatus is a snapshot of one service.

@@ -49,3 +49,13 @@ func TestWriteStatus(t *testing.T) {
 		t.Errorf("broken body: %v", err)
 	}
 }
+
+func TestParseMeminfo(t *testing.T) {
+	m := ParseMeminfo("MemTotal:        3000000 kB\nMemFree: 1 kB\nMemAvailable:    2000000 kB\n")
+	if m == nil || m.TotalBytes != 3000000<<10 || m.AvailableBytes != 2000000<<10 {
+		t.Errorf("%+v", m)
+	}
+	if m := ParseMeminfo("MemFree: 1 kB\n"); m != nil {
+		t.Errorf("no MemTotal: %+v", m)
+	}
+}

@@ -332,27 +332,7 @@ func readMeminfo(path string) *nodeapi.MachineMemory {
 	if err != nil {
 		return nil
 	}
-	var m nodeapi.MachineMemory
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		kb, err := strconv.ParseUint(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case "MemTotal:":
-			m.TotalBytes = kb << 10
-		case "MemAvailable:":
-			m.AvailableBytes = kb << 10
-		}
-	}
-	if m.TotalBytes == 0 {
-		return nil
-	}
-	return &m
+	return nodeapi.ParseMeminfo(string(b))
 }
 
 // WaitReady blocks until every named service (every service, if none is

@@ -3,7 +3,6 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -269,26 +268,12 @@ func isBootStep(name string) bool {
 	return false
 }
 
-// meminfo returns MemTotal and MemAvailable in bytes.
+// meminfo returns MemTotal and MemAvailable in bytes (0 when absent).
 func meminfo(s string) (total, avail uint64) {
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 {
-			continue
-		}
-		kb, err := strconv.ParseUint(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case "MemTotal:":
-			total = kb << 10
-		case "MemAvailable:":
-			avail = kb << 10
-		}
+	if m := nodeapi.ParseMeminfo(s); m != nil {
+		return m.TotalBytes, m.AvailableBytes
 	}
-	return total, avail
+	return 0, 0
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%d", b>>20) }
