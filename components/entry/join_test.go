@@ -1,7 +1,6 @@
 package entry
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"kiln/internal/testutil"
 	"kiln/pki"
 )
 
@@ -265,25 +265,13 @@ func (m *fakeMaster) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// syncBuffer is the waiting lines, written by join while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// written is what join wrote to out (testutil.SyncBuffer: join writes
+// while the test reads), a line each.
+func written(out *testutil.SyncBuffer) []string {
+	return strings.Split(strings.TrimSpace(out.String()), "\n")
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Split(strings.TrimSpace(s.b.String()), "\n")
-}
-
-func testJoinOptions(t *testing.T, m *fakeMaster, out *syncBuffer) *joinOptions {
+func testJoinOptions(t *testing.T, m *fakeMaster, out *testutil.SyncBuffer) *joinOptions {
 	dir := t.TempDir()
 	return &joinOptions{
 		endpoint: m.endpoint, caHash: pki.CAHash(m.ca.Cert), token: testToken, clusterName: "kiln", nodeName: "w1",
@@ -301,14 +289,14 @@ func testJoinOptions(t *testing.T, m *fakeMaster, out *syncBuffer) *joinOptions 
 func TestJoinWaitsForTheMaster(t *testing.T) {
 	m := &fakeMaster{t: t, ca: newCA(t, "kiln-ca"), drops: 5, refusals: 5, forbidden: 5, undecided: 5}
 	m.start()
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	o := testJoinOptions(t, m, out)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := join(ctx, o); err != nil {
-		t.Fatalf("join: %v\n%s", err, strings.Join(out.lines(), "\n"))
+		t.Fatalf("join: %v\n%s", err, strings.Join(written(out), "\n"))
 	}
-	lines := out.lines()
+	lines := written(out)
 	want := []string{
 		"join: waiting for the master at " + m.host + ": not reachable: ",
 		"join: waiting for the master at " + m.host + ": it refused bootstrap token abcdef.<secret> (401 Unauthorized)",
@@ -357,7 +345,7 @@ func TestJoinDoesNotWaitForTheIncurable(t *testing.T) {
 			m := tc.m
 			m.t, m.ca = t, newCA(t, "kiln-ca")
 			m.start()
-			out := &syncBuffer{}
+			out := &testutil.SyncBuffer{}
 			o := testJoinOptions(t, m, out)
 			if tc.pin != "" {
 				o.caHash = tc.pin
@@ -385,7 +373,7 @@ func TestJoinDoesNotWaitForTheIncurable(t *testing.T) {
 func TestJoinGivesUpOnARefusedToken(t *testing.T) {
 	m := &fakeMaster{t: t, ca: newCA(t, "kiln-ca"), alwaysRefuse: true}
 	m.start()
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	o := testJoinOptions(t, m, out)
 	o.report, o.tokenPatience = 100*time.Millisecond, 550*time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -399,7 +387,7 @@ func TestJoinGivesUpOnARefusedToken(t *testing.T) {
 		!strings.Contains(err.Error(), "still so after waiting") {
 		t.Fatalf("err %v", err)
 	}
-	lines := out.lines()
+	lines := written(out)
 	polls := m.reviews.Load()
 	if len(lines) < 3 || len(lines) > 8 || int32(len(lines)) >= polls/3 {
 		t.Errorf("%d lines for %d polls:\n%s", len(lines), polls, strings.Join(lines, "\n"))
@@ -423,7 +411,7 @@ func TestJoinGivesUpOnAnUnreachableMaster(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens there now
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	dir := t.TempDir()
 	o := &joinOptions{endpoint: "https://" + addr, caHash: "sha256:00", token: testToken, nodeName: "w1",
 		caOut: filepath.Join(dir, "ca.crt"), kubeconfig: filepath.Join(dir, "kubelet.conf"), certDir: dir,
@@ -434,7 +422,7 @@ func TestJoinGivesUpOnAnUnreachableMaster(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot reach the master at "+addr) || !strings.Contains(err.Error(), "still so after waiting") {
 		t.Fatalf("err %v", err)
 	}
-	if lines := out.lines(); len(lines) != 1 || !strings.HasPrefix(lines[0], "join: waiting for the master at "+addr+": not reachable: ") {
+	if lines := written(out); len(lines) != 1 || !strings.HasPrefix(lines[0], "join: waiting for the master at "+addr+": not reachable: ") {
 		t.Errorf("lines %q, want one", lines)
 	}
 }
