@@ -57,15 +57,10 @@ func kernelFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "floor")
-	args := []string{"build", "--role", "master", "--node-binary", initBin, "--cluster", clusterDir,
-		"--config", cfg, "--format", "kernel", "--out", out}
-	// Where the initramfs' /init is a stage of its own (kiln-init, which
-	// mounts the root image and then runs the node binary), the trivial
-	// init is that /init too: the kernel runs it straight away.
-	if help, _ := e2e.Kiln("build", "--help"); strings.Contains(help, "--init-binary") {
-		args = append(args, "--init-binary", initBin)
-	}
-	e2e.MustKiln(t, args...)
+	// The trivial init is the initramfs' /init too (where kiln-init, stage
+	// 1, would mount the root image): the kernel runs it straight away.
+	e2e.MustKiln(t, "build", "--role", "master", "--node-binary", initBin, "--init-binary", initBin, "--cluster", clusterDir,
+		"--config", cfg, "--format", "kernel", "--out", out)
 	d, err := builder.Open(out)
 	if err != nil {
 		t.Fatal(err)
