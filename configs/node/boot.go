@@ -206,6 +206,7 @@ func (s Storage) validate() []error {
 func (c Config) Clone() Config {
 	out := c
 	out.PodSecurity.ExemptNamespaces = slices.Clone(c.PodSecurity.ExemptNamespaces)
+	out.ControlPlane.Masters = slices.Clone(c.ControlPlane.Masters)
 	if c.ExtraArgs != nil {
 		out.ExtraArgs = make(map[string]map[string]string, len(c.ExtraArgs))
 		for comp, flags := range c.ExtraArgs {

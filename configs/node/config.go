@@ -88,6 +88,46 @@ type Config struct {
 	// PodSecurity is the cluster-wide Pod Security Admission default (a
 	// master's API server), for namespaces that set no level of their own.
 	PodSecurity PodSecurity `yaml:"podSecurity,omitempty"`
+	// ControlPlane says where the cluster's masters are, for a cluster of
+	// more than one.
+	ControlPlane ControlPlane `yaml:"controlPlane,omitempty"`
+}
+
+// ControlPlane is what a node knows of the cluster's masters.
+type ControlPlane struct {
+	// Masters are the node addresses of every master of the cluster
+	// (this one's included, on a master), e.g. [10.0.0.10, 10.0.0.11,
+	// 10.0.0.12]. Empty: one master. On a master they are etcd's peers:
+	// a master with no etcd data joins the members it finds there, and
+	// only the first of the list may start a new cluster when none
+	// answers. On a worker they seed the node-local API load balancer
+	// until it learns the masters from the cluster.
+	Masters []string `yaml:"masters,omitempty"`
+}
+
+// PeerMasters are the masters other than this node, in the order of
+// controlPlane.masters.
+func (c *Config) PeerMasters() []string {
+	var out []string
+	for _, m := range c.ControlPlane.Masters {
+		if !sameIP(m, c.Address) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Bootstraps reports whether this master may start a new etcd cluster
+// when it has no data and no other master answers: the first of
+// controlPlane.masters, or the only master.
+func (c *Config) Bootstraps() bool {
+	m := c.ControlPlane.Masters
+	return c.Role == RoleMaster && (len(m) == 0 || sameIP(m[0], c.Address))
+}
+
+func sameIP(a, b string) bool {
+	x, y := net.ParseIP(a), net.ParseIP(b)
+	return x != nil && y != nil && x.Equal(y)
 }
 
 // PodSecurity levels: privileged, baseline or restricted.
@@ -423,6 +463,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("nodeSecret: %d characters; want 16 to 256 (e.g. the output of: head -c 32 /dev/urandom | base64)", n))
 	}
 	errs = append(errs, c.PodSecurity.validate()...)
+	errs = append(errs, c.validateControlPlane()...)
 	problems := make([]string, len(errs))
 	for i, e := range errs {
 		problems[i] = e.Error()
@@ -459,6 +500,30 @@ func validEndpoint(s string) error {
 		return errors.New("has no valid port (1-65535)")
 	}
 	return nil
+}
+
+func (c *Config) validateControlPlane() []error {
+	var errs []error
+	seen := map[string]bool{}
+	self := false
+	for i, m := range c.ControlPlane.Masters {
+		ip := net.ParseIP(m)
+		if ip == nil || ip.IsUnspecified() {
+			errs = append(errs, fmt.Errorf("controlPlane.masters[%d]: %s is not an IP address (list every master's node address, e.g. [10.0.0.10, 10.0.0.11, 10.0.0.12])", i, bounded.Quote(m)))
+			continue
+		}
+		if seen[ip.String()] {
+			errs = append(errs, fmt.Errorf("controlPlane.masters[%d]: %s is listed twice", i, m))
+		}
+		seen[ip.String()] = true
+		self = self || sameIP(m, c.Address)
+	}
+	// A loopback address is the default, before PID 1 has set the
+	// network's (DHCP): the list is checked again with the real one.
+	if ip := net.ParseIP(c.Address); c.Role == RoleMaster && len(c.ControlPlane.Masters) > 0 && !self && ip != nil && !ip.IsLoopback() {
+		errs = append(errs, fmt.Errorf("controlPlane.masters: this master's address %s is not in the list: list every master, this one included", bounded.Quote(c.Address)))
+	}
+	return errs
 }
 
 // podSecurityLevels are Pod Security Admission's levels.

@@ -153,3 +153,30 @@ func TestKnownComponentsIsACopy(t *testing.T) {
 		t.Fatal("KnownComponents returns the package's own slice")
 	}
 }
+
+func TestControlPlaneMasters(t *testing.T) {
+	cfg, err := Parse([]byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: master\naddress: 10.0.0.11\ncontrolPlane:\n  masters: [10.0.0.10, 10.0.0.11, 10.0.0.12]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.PeerMasters(); len(got) != 2 || got[0] != "10.0.0.10" || got[1] != "10.0.0.12" {
+		t.Errorf("PeerMasters = %v", got)
+	}
+	if cfg.Bootstraps() {
+		t.Error("the second master of the list bootstraps")
+	}
+	cfg.Address = "10.0.0.10"
+	if !cfg.Bootstraps() {
+		t.Error("the first master of the list does not bootstrap")
+	}
+	for doc, want := range map[string]string{
+		"address: 10.0.0.13\ncontrolPlane: {masters: [10.0.0.10]}": "this master's address",
+		"address: 10.0.0.10\ncontrolPlane: {masters: [10.0.0.10, x]}": "controlPlane.masters[1]",
+		"address: 10.0.0.10\ncontrolPlane: {masters: [10.0.0.10, 10.0.0.10]}": "listed twice",
+	} {
+		_, err := Parse([]byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: master\n" + doc + "\n"))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", doc, err, want)
+		}
+	}
+}

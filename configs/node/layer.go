@@ -20,6 +20,7 @@ type Layer struct {
 	APIEndpoint string                       `yaml:"apiEndpoint,omitempty"`
 	Network     *Network                     `yaml:"network,omitempty"`
 	ExtraArgs   map[string]map[string]string `yaml:"extraArgs,omitempty"`
+	ControlPlane *ControlPlane                `yaml:"controlPlane,omitempty"`
 	// NodeSecret makes a layer a secret: write it 0600.
 	NodeSecret string `yaml:"nodeSecret,omitempty"`
 }
