@@ -129,11 +129,12 @@ run: deps bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOO
 bench: deps build ## measure sizes, host-mode up → /readyz and memory, and a master + worker in QEMU: image sizes, boot → Ready, memory
 	$(GO) test -tags bench -count=1 -timeout 60m -v ./tests/bench/ -bin $(CURDIR)/bin
 
+MASTERS ?= 1
 WORKERS ?= 1
-cluster: deps build ## boot a master and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl
+cluster: deps build ## boot MASTERS=1 masters and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl
 	@$(MAKE) --no-print-directory image ROLE=master FORMAT=kernel
 	@$(MAKE) --no-print-directory image ROLE=worker FORMAT=kernel
-	bin/kiln cluster up --workers $(WORKERS)
+	bin/kiln cluster up --masters $(MASTERS) --workers $(WORKERS)
 
 cluster-down: ## power off the VMs of make cluster
 	bin/kiln cluster down

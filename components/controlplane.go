@@ -63,9 +63,7 @@ func (ControllerManager) Flags(env *Env) map[string]string {
 		"cluster-cidr":                     env.Cluster.PodCIDR,
 		"service-cluster-ip-range":         env.Cluster.ServiceCIDR,
 		"cluster-name":                     env.Cluster.Name,
-		// One master: no one to elect, and electing delays a restart by
-		// the lease duration.
-		"leader-elect": "false",
+		"leader-elect": leaderElect(env),
 		"profiling":    "false",
 	}
 }
@@ -108,7 +106,7 @@ func (Scheduler) Flags(env *Env) map[string]string {
 		"cert-dir":                     env.Path("pki/kube-scheduler"),
 		"client-ca-file":               env.Path(apiCACert),
 		"requestheader-client-ca-file": env.Path(frontProxyCACert),
-		"leader-elect":                 "false",
+		"leader-elect":                 leaderElect(env),
 		"profiling":                    "false",
 	}
 }
@@ -134,4 +132,11 @@ func freshCertDir(dir string) error {
 		return fmt.Errorf("clearing %s: %w", dir, err)
 	}
 	return nil
+}
+
+// leaderElect: with several masters one controller-manager and one
+// scheduler act at a time, elected through a Lease. One master has no one
+// to elect, and electing would delay its restart by the lease duration.
+func leaderElect(env *Env) string {
+	return strconv.FormatBool(len(env.Config.ControlPlane.Masters) > 1)
 }

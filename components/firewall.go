@@ -24,7 +24,7 @@ import (
 //     five, on a worker the status port (nothing else of those listens
 //     there);
 //   - etcd answers only loopback and the masters' addresses
-//     (etcdClientAddresses; the masters are this one today);
+//     (etcdClientAddresses: this one and controlPlane.masters);
 //   - everything else is left alone: the API server's port (pods reach it
 //     through the kubernetes Service, which kube-proxy DNATs to a master's
 //     address:6443; the input hook sees the DNATed port, so a Service
@@ -89,17 +89,23 @@ func (Firewall) Prepare(env *Env) error {
 	return nil
 }
 
-// masterAddresses are the masters' node addresses: this node's on a
-// master. A cluster of several masters lists them all here (etcd peers
-// and the API servers, etcd's only clients). A variable for the tests.
+// masterAddresses are the masters' node addresses: controlPlane.masters,
+// and always this node's on a master (etcd peers and the API servers,
+// etcd's only clients). A variable for the tests.
 var masterAddresses = func(env *Env) []netip.Addr {
-	if env.Config.Role != node.RoleMaster {
-		return nil
+	var out []netip.Addr
+	add := func(s string) {
+		if ip, err := netip.ParseAddr(s); err == nil && !slices.Contains(out, ip.Unmap()) {
+			out = append(out, ip.Unmap())
+		}
 	}
-	if ip, err := netip.ParseAddr(env.Config.Address); err == nil {
-		return []netip.Addr{ip.Unmap()}
+	if env.Config.Role == node.RoleMaster {
+		add(env.Config.Address)
+		for _, m := range env.Config.ControlPlane.Masters {
+			add(m)
+		}
 	}
-	return nil
+	return out
 }
 
 // etcdClientAddresses are the sources etcd's client and peer ports

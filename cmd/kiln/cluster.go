@@ -25,7 +25,7 @@ import (
 
 // clusterFlags are kiln cluster up's (and the daemon's) flags.
 type clusterFlags struct {
-	workers, masterMemory, workerMemory, cpus, apiPort int
+	masters, workers, masterMemory, workerMemory, cpus, apiPort int
 	clusterDir, state, masterImage, workerImage        string
 	timeout                                            time.Duration
 }
@@ -41,6 +41,8 @@ type clusterState struct {
 type clusterVMRow struct {
 	Name, Role, Address, Console string
 	PID                          int
+	// NodeAPIPort is the host port forwarded to a master's node API.
+	NodeAPIPort int `json:",omitempty"`
 }
 
 const (
@@ -61,6 +63,7 @@ func clusterCommand() *cobra.Command {
 
 func (f *clusterFlags) register(c *cobra.Command) {
 	fl := c.Flags()
+	fl.IntVar(&f.masters, "masters", 1, "number of masters (3 for a control plane that survives losing one)")
 	fl.IntVar(&f.workers, "workers", 1, "number of workers")
 	fl.StringVar(&f.clusterDir, "cluster", defaultClusterDir, "cluster directory the images were built from")
 	fl.StringVar(&f.state, "state", "out/cluster-vms", "where the VMs' consoles, config drives and the daemon's log go")
@@ -74,7 +77,7 @@ func (f *clusterFlags) register(c *cobra.Command) {
 }
 
 func (f *clusterFlags) args() []string {
-	return []string{"--workers", strconv.Itoa(f.workers), "--cluster", f.clusterDir, "--state", f.state,
+	return []string{"--masters", strconv.Itoa(f.masters), "--workers", strconv.Itoa(f.workers), "--cluster", f.clusterDir, "--state", f.state,
 		"--master-image", f.masterImage, "--worker-image", f.workerImage,
 		"--master-memory", strconv.Itoa(f.masterMemory), "--worker-memory", strconv.Itoa(f.workerMemory),
 		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String()}
@@ -84,18 +87,25 @@ func clusterUpCommand() *cobra.Command {
 	var f clusterFlags
 	c := &cobra.Command{
 		Use:   "up",
-		Short: "Boot a master and workers in QEMU and wait until every node is Ready",
-		Long: `Boot the master image and --workers worker images in QEMU, each VM on a
-private L2 network with the others (10.120.0.0/24: the master is .10, worker N
-is .10+N), the master's API server forwarded to 127.0.0.1 on the host. The
-VMs keep running after this command returns, under a background process
-whose log is STATE/daemon.log; "kiln cluster down" stops them.
+		Short: "Boot masters and workers in QEMU and wait until every node is Ready",
+		Long: `Boot --masters master images and --workers worker images in QEMU, each VM
+on a private L2 network with the others (10.120.0.0/24: master M is .9+M,
+named kiln-master, kiln-master-2, …; worker N follows the masters, .10+N with
+one master), the API server forwarded to 127.0.0.1 on the host. With several
+masters the first starts etcd and the others join it; the host's API port
+is then an endpoint that passes each connection to a master that answers,
+and workers reach the masters through their node-local load balancer. Each
+master's node API (kiln status --node, kiln etcd) is forwarded to a port of
+its own: "kiln cluster status" lists them. The VMs keep running after this
+command returns, under a background process whose log is STATE/daemon.log;
+"kiln cluster down" stops them.
 
 Each VM gets its node config (role, name, static address) on a small config
 drive; the images are the ones "make image" builds (FORMAT=kernel is enough).
 QEMU's user networking is restricted: the VMs reach nothing but each other
 and the forwarded port.`,
 		Example: `  kiln cluster up --workers 2
+  kiln cluster up --masters 3 --workers 1
   kubectl --kubeconfig out/cluster/admin.kubeconfig get nodes -o wide
   kiln cluster down`,
 		Args: noArgs,
@@ -248,7 +258,7 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	// (QEMU started with ctx would be killed the moment ctx ends).
 	c, err := vmcluster.Up(context.Background(), vmcluster.Options{
 		MasterImage: f.masterImage, WorkerImage: f.workerImage, ClusterDir: f.clusterDir, StateDir: f.state,
-		Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
+		Masters: f.masters, Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
 		APIPort: f.apiPort, Progress: out,
 	})
 	if err != nil {
@@ -257,7 +267,7 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	}
 	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig}
 	for _, n := range c.Nodes {
-		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: string(n.Role), Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID()})
+		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: string(n.Role), Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID(), NodeAPIPort: n.NodeAPIPort})
 	}
 	data, _ := json.MarshalIndent(st, "", "  ")
 	statePath := filepath.Join(f.state, stateFile)
@@ -326,13 +336,17 @@ func clusterStatus(out io.Writer, state string) error {
 		return err
 	}
 	fmt.Fprintf(out, "daemon pid %d (alive: %t), API on 127.0.0.1:%d, kubeconfig %s\n\n", st.PID, alive(st.PID), st.APIPort, st.Kubeconfig)
-	fmt.Fprintf(out, "%-16s %-7s %-12s %-8s %-10s %s\n", "VM", "ROLE", "ADDRESS", "PID", "RSS", "CONSOLE")
+	fmt.Fprintf(out, "%-16s %-7s %-12s %-8s %-10s %-16s %s\n", "VM", "ROLE", "ADDRESS", "PID", "RSS", "NODE API", "CONSOLE")
 	for _, n := range st.Nodes {
 		rss := "-"
 		if alive(n.PID) {
 			rss = vmRSS(n.PID)
 		}
-		fmt.Fprintf(out, "%-16s %-7s %-12s %-8d %-10s %s\n", n.Name, n.Role, n.Address, n.PID, rss, n.Console)
+		nodeAPI := "-"
+		if n.NodeAPIPort != 0 {
+			nodeAPI = fmt.Sprintf("127.0.0.1:%d", n.NodeAPIPort)
+		}
+		fmt.Fprintf(out, "%-16s %-7s %-12s %-8d %-10s %-16s %s\n", n.Name, n.Role, n.Address, n.PID, rss, nodeAPI, n.Console)
 	}
 	client, err := vmcluster.NewClient(st.Kubeconfig)
 	if err != nil {

@@ -110,39 +110,13 @@ func nodeHostPort(addr string) (string, error) {
 const maxStatusBytes = 8 << 20
 
 // nodeGet fetches a path of the status server at hostPort (checked by
-// nodeHostPort).
+// nodeHostPort), at most maxStatusBytes of it.
 func nodeGet(hostPort, clusterDir, path string) ([]byte, error) {
-	kcPath := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
-	data, err := pki.ReadFile(kcPath)
-	if err != nil {
-		return nil, fmt.Errorf("admin credentials: %w (give the cluster directory with --cluster)", err)
-	}
-	kc, err := pki.ParseKubeconfig(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kcPath, err)
-	}
-	cert, err := kc.ClientCertificate()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kcPath, err)
-	}
-	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		// The node's certificate is self-signed, not the cluster CA's
-		// (kc.TLSConfig would check that); see the command's help.
-		InsecureSkipVerify: true,
-	}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	// url.URL escapes what a host may hold that a URL may not (an IPv6
-	// zone's '%').
-	u := &url.URL{Scheme: "https", Host: hostPort, Path: path}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	resp, err := nodeDo(ctx, hostPort, clusterDir, http.MethodGet, path)
 	if err != nil {
-		return nil, fmt.Errorf("node %s: %w", hostPort, err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: %v (is it up, and is %s the right cluster?)", hostPort, err, clusterDir)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes+1))
@@ -156,4 +130,41 @@ func nodeGet(hostPort, clusterDir, path string) ([]byte, error) {
 		return nil, fmt.Errorf("node %s: %s: %s", hostPort, resp.Status, bounded.Shorten(strings.TrimSpace(string(body)), 512))
 	}
 	return body, nil
+}
+
+// nodeDo sends a request to the node API at hostPort with the cluster's
+// admin credentials. The caller reads and closes the body, whatever the
+// status.
+func nodeDo(ctx context.Context, hostPort, clusterDir, method, path string) (*http.Response, error) {
+	kcPath := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
+	data, err := pki.ReadFile(kcPath)
+	if err != nil {
+		return nil, fmt.Errorf("admin credentials: %w (give the cluster directory with --cluster)", err)
+	}
+	kc, err := pki.ParseKubeconfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kcPath, err)
+	}
+	cert, err := kc.ClientCertificate()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", kcPath, err)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		// The node's certificate is self-signed, not the cluster CA's
+		// (kc.TLSConfig would check that); see kiln status --help.
+		InsecureSkipVerify: true,
+	}}}
+	// url.URL escapes what a host may hold that a URL may not (an IPv6
+	// zone's '%').
+	u := &url.URL{Scheme: "https", Host: hostPort, Path: path}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", hostPort, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %v (is it up, and is %s the right cluster?)", hostPort, err, clusterDir)
+	}
+	return resp, nil
 }

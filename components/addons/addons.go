@@ -131,10 +131,16 @@ const (
 	OnceRecord     = "kiln-applied-once"
 )
 
-// Apply applies every object with server-side apply (field manager "kiln",
-// forcing ownership of the fields kiln sets), and creates the ones marked
-// OnceAnnotation: once only if they were never created before.
-func Apply(ctx context.Context, client dynamic.Interface, objs []*unstructured.Unstructured) error {
+// FieldManager is the server-side apply field manager of the add-ons a
+// master applies: one per master, because each master applies its own
+// name into kiln-node-identities, and with one shared manager every
+// master's apply would drop the names the others own.
+func FieldManager(masterName string) string { return "kiln/" + masterName }
+
+// Apply applies every object with server-side apply (field manager
+// manager, forcing ownership of the fields kiln sets), and creates the
+// ones marked OnceAnnotation: once only if they were never created before.
+func Apply(ctx context.Context, client dynamic.Interface, manager string, objs []*unstructured.Unstructured) error {
 	for _, o := range objs {
 		gvr, ok := resources[o.GetAPIVersion()+"/"+o.GetKind()]
 		if !ok {
@@ -155,7 +161,7 @@ func Apply(ctx context.Context, client dynamic.Interface, objs []*unstructured.U
 			return err
 		}
 		force := true
-		if _, err := ri.Patch(ctx, o.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "kiln", Force: &force}); err != nil {
+		if _, err := ri.Patch(ctx, o.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: manager, Force: &force}); err != nil {
 			return fmt.Errorf("applying %s %s: %w", o.GetKind(), o.GetName(), err)
 		}
 	}
@@ -190,7 +196,7 @@ type Retry struct {
 // the API server just started, kube-system not there yet, a timeout) for
 // up to r.For. It says so on r.Out when it starts retrying and then every
 // 30 s at most; a failure that is not transient is returned at once.
-func ApplyRetrying(ctx context.Context, client dynamic.Interface, objs []*unstructured.Unstructured, r Retry) error {
+func ApplyRetrying(ctx context.Context, client dynamic.Interface, manager string, objs []*unstructured.Unstructured, r Retry) error {
 	every := r.Every
 	if every <= 0 {
 		every = time.Second
@@ -198,7 +204,7 @@ func ApplyRetrying(ctx context.Context, client dynamic.Interface, objs []*unstru
 	start := time.Now()
 	var lastLine time.Time
 	for {
-		err := Apply(ctx, client, objs)
+		err := Apply(ctx, client, manager, objs)
 		if err == nil || !Transient(err) || ctx.Err() != nil || time.Since(start) >= r.For {
 			return err
 		}

@@ -98,26 +98,26 @@ func TestTokenSecretCreatedOnce(t *testing.T) {
 		}
 		return out
 	}
-	if err := Apply(ctx, client, token("abcdef")); err != nil {
+	if err := Apply(ctx, client, "kiln/m0", token("abcdef")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := secrets.Get(ctx, "bootstrap-token-abcdef", metav1.GetOptions{}); err != nil {
 		t.Fatalf("first boot: %v", err)
 	}
 	// Applied again (a reboot): still there, untouched.
-	if err := Apply(ctx, client, token("abcdef")); err != nil {
+	if err := Apply(ctx, client, "kiln/m0", token("abcdef")); err != nil {
 		t.Fatal(err)
 	}
 	if err := secrets.Delete(ctx, "bootstrap-token-abcdef", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Apply(ctx, client, token("abcdef")); err != nil {
+	if err := Apply(ctx, client, "kiln/m0", token("abcdef")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := secrets.Get(ctx, "bootstrap-token-abcdef", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("a deleted token came back at the next apply: %v", err)
 	}
-	if err := Apply(ctx, client, token("ghijkl")); err != nil {
+	if err := Apply(ctx, client, "kiln/m0", token("ghijkl")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := secrets.Get(ctx, "bootstrap-token-ghijkl", metav1.GetOptions{}); err != nil {
@@ -208,7 +208,7 @@ func TestApplyRetrying(t *testing.T) {
 		return false, nil, nil
 	})
 	var out strings.Builder
-	if err := ApplyRetrying(ctx, client, join, Retry{For: 10 * time.Second, Every: time.Millisecond, Out: &out}); err != nil {
+	if err := ApplyRetrying(ctx, client, "kiln/m0", join, Retry{For: 10 * time.Second, Every: time.Millisecond, Out: &out}); err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(out.String(), "\n"); n != 1 || !strings.Contains(out.String(), "addons: retrying") {
@@ -224,7 +224,7 @@ func TestApplyRetrying(t *testing.T) {
 		tries++
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "x", errors.New("no"))
 	})
-	if err := ApplyRetrying(ctx, forbidden, join, Retry{For: 10 * time.Second, Every: time.Millisecond}); !apierrors.IsForbidden(err) || tries != 1 {
+	if err := ApplyRetrying(ctx, forbidden, "kiln/m0", join, Retry{For: 10 * time.Second, Every: time.Millisecond}); !apierrors.IsForbidden(err) || tries != 1 {
 		t.Errorf("forbidden: %v after %d tries, want it at once", err, tries)
 	}
 }

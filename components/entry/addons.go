@@ -61,12 +61,12 @@ func runAddons(args []string) int {
 	// else in the add-ons is worth making them wait for.
 	joinObjs, rest := addons.JoinFirst(objs)
 	start := time.Now()
-	if err := addons.ApplyRetrying(ctx, dyn, joinObjs, addons.Retry{For: addonsRetry, Out: os.Stderr}); err != nil {
+	if err := addons.ApplyRetrying(ctx, dyn, addons.FieldManager(*masterName), joinObjs, addons.Retry{For: addonsRetry, Out: os.Stderr}); err != nil {
 		fmt.Fprintf(os.Stderr, "addons: %v\n", err)
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "addons: workers may join: bootstrap token %s, join RBAC and node identities applied (%d objects, %.1fs)\n", id, len(joinObjs), time.Since(start).Seconds())
-	if err := addons.ApplyRetrying(ctx, dyn, rest, addons.Retry{For: addonsRetry, Out: os.Stderr}); err != nil {
+	if err := addons.ApplyRetrying(ctx, dyn, addons.FieldManager(*masterName), rest, addons.Retry{For: addonsRetry, Out: os.Stderr}); err != nil {
 		fmt.Fprintf(os.Stderr, "addons: %v\n", err)
 		return 1
 	}

@@ -1,6 +1,8 @@
-// Package vmcluster boots a kiln cluster in QEMU on one host: a master and
-// N workers on a private L2 (qemu.Hub), each VM given its node config on a
-// config drive, the master's API forwarded to the host. It is what
+// Package vmcluster boots a kiln cluster in QEMU on one host: one or more
+// masters and N workers on a private L2 (qemu.Hub), each VM given its node
+// config on a config drive, the masters' API forwarded to the host (through
+// a host-side endpoint that fails over between masters when there are
+// several). It is what
 // "kiln cluster up" runs and what the VM tests use. It talks to the API
 // with net/http and the cluster's admin certificate: the host CLI links no
 // Kubernetes code.
@@ -27,22 +29,37 @@ import (
 	"kiln/configs/cluster"
 	"kiln/configs/image"
 	"kiln/configs/node"
+	"kiln/configs/nodeapi"
 	"kiln/images/builder"
 	"kiln/pki"
 	"kiln/qemu"
 )
 
-// The private L2: the master is .10, worker N is .10+N. It must stay out
-// of the cluster's service and pod ranges (10.96.0.0/12, 10.244.0.0/16 by
-// default): kube-proxy drops traffic to unallocated service IPs.
+// The private L2: master M is .9+M (the first .10), worker N is
+// .9+MASTERS+N (.10+N with one master). It must stay out of the cluster's
+// service and pod ranges (10.96.0.0/12, 10.244.0.0/16 by default):
+// kube-proxy drops traffic to unallocated service IPs.
 const (
 	subnetPrefix  = "10.120.0."
 	masterHost    = 10
 	apiGuestPort  = 6443
 	userNetGuest  = "10.0.2.15/24" // QEMU user networking's guest address
-	MasterName    = "kiln-master"
+	MasterName    = "kiln-master"  // the first master
+	masterNameFmt = "kiln-master-%d"
 	workerNameFmt = "kiln-worker-%d"
+	// MaxMasters bounds --masters: etcd is meant for 3 or 5 members, 7
+	// at most.
+	MaxMasters = 7
 )
+
+// MasterNameOf is the name of master i (1-based): kiln-master, then
+// kiln-master-2, kiln-master-3, …
+func MasterNameOf(i int) string {
+	if i <= 1 {
+		return MasterName
+	}
+	return fmt.Sprintf(masterNameFmt, i)
+}
 
 // Guest memory in MiB: the master runs the control plane and pods, a
 // worker pods only.
@@ -57,7 +74,11 @@ type Options struct {
 	WorkerImage string // of the workers (default out/worker)
 	ClusterDir  string // the cluster directory both were built from (default out/cluster)
 	StateDir    string // console logs, config drives, kubeconfig (default out/cluster-vms)
-	Workers     int
+	// Masters is the number of masters (default 1). The first starts
+	// etcd, the others join it; with more than one, the API on the host
+	// is an endpoint that fails over between them.
+	Masters int
+	Workers int
 	// Memory in MiB; defaults DefaultMasterMemory and DefaultWorkerMemory.
 	MasterMemory, WorkerMemory int
 	CPUs                       int // per VM, default 2
@@ -89,6 +110,9 @@ func (o *Options) defaults() {
 	if o.CPUs == 0 {
 		o.CPUs = 2
 	}
+	if o.Masters == 0 {
+		o.Masters = 1
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -102,6 +126,10 @@ type Node struct {
 	// Hostname is the node name the machine asks for: its Name, unless it
 	// was booted to claim another's (AddWorker).
 	Hostname string
+	// NodeAPIPort is the host port (127.0.0.1) forwarded to a master's
+	// node API (kiln status --node, kiln etcd); 0 on workers, whose only
+	// network is the cluster's L2.
+	NodeAPIPort int
 	image    *builder.Dir // what it boots
 	secret   string       // its node secret (workers)
 	mu       sync.Mutex
@@ -122,6 +150,7 @@ type Cluster struct {
 	APIPort    int
 	Kubeconfig string // admin kubeconfig for the forwarded API
 	hub        *qemu.Hub
+	endpoint   *endpoint // the host's API endpoint with several masters
 	opts       Options
 	api        *Client
 	started    time.Time
@@ -143,6 +172,9 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if o.Workers < 0 || o.Workers > 200 {
 		return nil, fmt.Errorf("workers: %d is not between 0 and 200", o.Workers)
 	}
+	if o.Masters < 1 || o.Masters > MaxMasters {
+		return nil, fmt.Errorf("masters: %d is not between 1 and %d (etcd wants an odd number: 1, 3 or 5)", o.Masters, MaxMasters)
+	}
 	cl, err := cluster.Load(o.ClusterDir)
 	if err != nil {
 		return nil, err
@@ -162,10 +194,14 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{hub: hub, opts: o, started: time.Now(), ctx: ctx}
-	nodes := []*Node{{Name: MasterName, Role: node.RoleMaster, image: master, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost)}}
-	for i := 1; i <= o.Workers; i++ {
-		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, image: worker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i)})
+	var nodes []*Node
+	for i := 1; i <= o.Masters; i++ {
+		nodes = append(nodes, &Node{Name: MasterNameOf(i), Role: node.RoleMaster, image: master, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i-1)})
 	}
+	for i := 1; i <= o.Workers; i++ {
+		nodes = append(nodes, &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, image: worker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+o.Masters-1+i)})
+	}
+	c.Nodes = nodes
 	for i, n := range nodes {
 		n.MAC = fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i)
 		n.ConsoleLog = filepath.Join(o.StateDir, n.Name+".console.log")
@@ -174,14 +210,24 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	c.Nodes = nodes
+	if o.Masters > 1 {
+		// Several masters: the host's API port is kiln's own endpoint,
+		// which passes each connection to a master that answers.
+		if c.endpoint, err = newEndpoint(o.APIPort, c.masterAPIs); err != nil {
+			hub.Close()
+			return nil, err
+		}
+		c.APIPort = c.endpoint.port
+	}
 	for _, n := range nodes {
 		if err := c.boot(n); err != nil {
 			c.Close()
 			return nil, err
 		}
-		if n.Role == node.RoleMaster {
-			c.APIPort = n.VM().HostPort(apiGuestPort)
+		if n.Role == node.RoleMaster && n.Name == MasterName {
+			if c.endpoint == nil {
+				c.APIPort = n.VM().HostPort(apiGuestPort)
+			}
 			if err := c.writeKubeconfig(cl); err != nil {
 				c.Close()
 				return nil, err
@@ -189,6 +235,30 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// Masters are the cluster's masters, the first first.
+func (c *Cluster) Masters() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes {
+		if n.Role == node.RoleMaster {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// masterAPIs are the host addresses of the running masters' forwarded
+// API ports, with a channel closed when that VM stops: the endpoint's
+// backends.
+func (c *Cluster) masterAPIs() []backend {
+	var out []backend
+	for _, n := range c.Masters() {
+		if vm := n.VM(); vm != nil {
+			out = append(out, backend{name: n.Name, addr: fmt.Sprintf("127.0.0.1:%d", vm.HostPort(apiGuestPort)), gone: vm.Done()})
+		}
+	}
+	return out
 }
 
 // openImage opens an image directory that must hold a kernel-format image
@@ -213,6 +283,13 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 	l := node.NewLayer(n.Role, n.hostname())
 	l.Network = &node.Network{Interface: "eth0", Address: n.Address + "/24"}
 	l.NodeSecret = n.secret
+	if c.opts.Masters > 1 {
+		cp := &node.ControlPlane{}
+		for _, m := range c.Masters() {
+			cp.Masters = append(cp.Masters, m.Address)
+		}
+		l.ControlPlane = cp
+	}
 	if n.Role == node.RoleMaster {
 		// eth1 is QEMU's user network, only for the API forward: the API
 		// server listens there too.
@@ -261,9 +338,27 @@ func (c *Cluster) prepare(n *Node) error {
 		qemu.WithSerialLog(n.ConsoleLog),
 	}
 	if n.Role == node.RoleMaster {
+		// One master: the host's API port is its forward. Several: each
+		// forwards a free port, and the cluster's endpoint spreads over
+		// them.
+		apiPort := c.opts.APIPort
+		if c.opts.Masters > 1 {
+			apiPort = 0
+		}
+		if n.NodeAPIPort == 0 {
+			// Chosen once, so it stays the node's across restarts.
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			n.NodeAPIPort = p
+		}
 		n.opts = append(n.opts, qemu.WithUserNetConfig(qemu.UserNet{ // eth1
-			MAC:      fmt.Sprintf("52:54:00:98:00:%02x", masterHost),
-			Forwards: []qemu.Forward{{HostAddr: "127.0.0.1", HostPort: c.opts.APIPort, GuestPort: apiGuestPort}},
+			MAC: fmt.Sprintf("52:54:00:98:00:%s", n.MAC[len(n.MAC)-2:]),
+			Forwards: []qemu.Forward{
+				{HostAddr: "127.0.0.1", HostPort: apiPort, GuestPort: apiGuestPort},
+				{HostAddr: "127.0.0.1", HostPort: n.NodeAPIPort, GuestPort: nodeapi.Port},
+			},
 		}))
 	}
 	return nil
@@ -494,6 +589,35 @@ func (c *Cluster) Restart(ctx context.Context, name string, hard bool) error {
 	return c.boot(n)
 }
 
+// Kill powers a node off hard (QEMU killed: no shutdown, as a power
+// cut), and waits until its QEMU is gone. Boot starts it again.
+func (c *Cluster) Kill(name string) error {
+	n := c.Node(name)
+	if n == nil {
+		return fmt.Errorf("no node %s", name)
+	}
+	vm := n.VM()
+	vm.Kill()
+	<-vm.Done()
+	c.say("%s: killed", n.Name)
+	return nil
+}
+
+// Boot starts a node that was killed again, with the same config: a
+// diskless node starts afresh.
+func (c *Cluster) Boot(name string) error {
+	n := c.Node(name)
+	if n == nil {
+		return fmt.Errorf("no node %s", name)
+	}
+	select {
+	case <-n.VM().Done():
+	default:
+		return fmt.Errorf("%s is running", name)
+	}
+	return c.boot(n)
+}
+
 // Close powers every VM off, workers first, then the master, and stops
 // the hub.
 func (c *Cluster) Close() error {
@@ -512,6 +636,9 @@ func (c *Cluster) Close() error {
 		c.say("%s: powered off", n.Name)
 	}
 	c.hub.Close()
+	if c.endpoint != nil {
+		c.endpoint.Close()
+	}
 	return errors.Join(errs...)
 }
 
@@ -521,7 +648,7 @@ func (c *Cluster) Close() error {
 // secret of its own.
 func (c *Cluster) AddWorker(image, hostname string) (*Node, error) {
 	i := len(c.Nodes)
-	n := &Node{Name: fmt.Sprintf(workerNameFmt, i), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
+	n := &Node{Name: fmt.Sprintf(workerNameFmt, i+1-c.opts.Masters), Role: node.RoleWorker, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i),
 		MAC: fmt.Sprintf("52:54:00:99:00:%02x", masterHost+i), Hostname: hostname}
 	n.ConsoleLog = filepath.Join(c.opts.StateDir, n.Name+".console.log")
 	var err error
