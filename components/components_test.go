@@ -38,7 +38,7 @@ func TestForRoleOrderAndDependencies(t *testing.T) {
 			"containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
 		{"master without pods", noPods, []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver"}},
 		{"worker", func() node.Config { c := node.Default(); c.Role = node.RoleWorker; c.RunPods = false; return c }(),
-			[]string{"join", "containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
+			[]string{"api-lb", "join", "containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
 	} {
 		var names []string
 		comps := For(&tc.cfg)
@@ -214,5 +214,55 @@ func TestPodSecurityAndAuditPolicy(t *testing.T) {
 	argv, _ := Args(APIServer{}, env)
 	if !slices.Contains(argv, "--audit-log-path="+AuditLog(env)) || !slices.Contains(argv, "--kubelet-certificate-authority="+env.Path(apiCACert)) {
 		t.Errorf("apiserver flags: %v", argv)
+	}
+}
+
+// A worker's node components reach the API through its load balancer,
+// which starts from controlPlane.masters, else apiEndpoint, else the
+// cluster's endpoint; a master's use its own API server and run none.
+func TestAPILB(t *testing.T) {
+	env := testEnv(t)
+	env.Config.Role = node.RoleWorker
+	lb := "127.0.0.1:6444"
+	for _, tc := range []struct {
+		name        string
+		masters     []string
+		apiEndpoint string
+		want        string
+	}{
+		{"cluster endpoint", nil, "", "master.example:6443"},
+		{"apiEndpoint", nil, "https://10.1.0.5:443", "10.1.0.5:443"},
+		{"masters", []string{"10.0.0.10", "10.0.0.11", "fd00::12"}, "https://10.1.0.5:443", "10.0.0.10:6443,10.0.0.11:6443,[fd00::12]:6443"},
+	} {
+		env.Config.ControlPlane.Masters, env.Config.APIEndpoint = tc.masters, tc.apiEndpoint
+		f := APILB{}.Flags(env)
+		if f["seeds"] != tc.want || f["listen"] != lb || f["kubeconfig"] != KubeletKubeconfig(env) {
+			t.Errorf("%s: flags %v, want seeds %s", tc.name, f, tc.want)
+		}
+		if j := (Join{}).Flags(env); j["endpoint"] != "https://"+lb || j["masters"] != tc.want {
+			t.Errorf("%s: join's endpoint %s and masters %s, want https://%s and %s", tc.name, j["endpoint"], j["masters"], lb, tc.want)
+		}
+	}
+	if l := (APILB{}).Listens(env); !slices.Equal(l, []string{lb}) || hostPort(loopback, APILBPort) != lb {
+		t.Errorf("listens on %v", l)
+	}
+	worker := node.Default()
+	worker.Role = node.RoleWorker
+	for _, c := range For(&worker) {
+		if n := c.Name(); n == node.ComponentJoin || n == node.ComponentKubelet || n == node.ComponentKubeProxy || n == node.ComponentFlannel {
+			if !slices.Contains(c.DependsOn(), node.ComponentAPILB) {
+				t.Errorf("%s does not wait for the API load balancer", n)
+			}
+		}
+	}
+	master := node.Default()
+	for _, c := range For(&master) {
+		if c.Name() == node.ComponentAPILB {
+			t.Error("a master runs the API load balancer")
+		}
+	}
+	env.Config.Role = node.RoleMaster
+	if got := apiEndpoint(env); got != "https://192.0.2.10:6443" {
+		t.Errorf("a master's endpoint %s, want its own API server", got)
 	}
 }

@@ -63,8 +63,8 @@ func (ControllerManager) Flags(env *Env) map[string]string {
 		"cluster-cidr":                     env.Cluster.PodCIDR,
 		"service-cluster-ip-range":         env.Cluster.ServiceCIDR,
 		"cluster-name":                     env.Cluster.Name,
-		"leader-elect": leaderElect(env),
-		"profiling":    "false",
+		"leader-elect":                     leaderElect(env),
+		"profiling":                        "false",
 	}
 }
 

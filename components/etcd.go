@@ -3,7 +3,14 @@ package components
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 
@@ -127,24 +134,88 @@ func (e Etcd) Prepare(env *Env) error {
 }
 
 // Flags: etcd reads everything from its config file; extraArgs for etcd are
-// not flags but are rejected by the embed entry point if unknown.
+// not flags but are rejected by the embed entry point if unknown. With
+// other masters, the entry point also gets their etcd: a master without
+// data joins their cluster (see components/etcdmember.PlanStart), with
+// the API server's etcd client certificate, which the etcd CA signed.
 func (Etcd) Flags(env *Env) map[string]string {
-	return map[string]string{"config-file": env.Path(etcdConfigFile)}
+	flags := map[string]string{"config-file": env.Path(etcdConfigFile)}
+	peers := env.Config.PeerMasters()
+	if len(peers) == 0 {
+		return flags
+	}
+	urls := make([]string, len(peers))
+	for i, p := range peers {
+		// The peers' serving certificates carry their node address
+		// (nodeIPs), which the client checks.
+		urls[i] = "https://" + hostPort(p, env.Config.Ports.EtcdClient)
+	}
+	flags["peers"] = strings.Join(urls, ",")
+	flags["bootstrap"] = strconv.FormatBool(env.Config.Bootstraps())
+	flags["peer-client-cert"] = env.Path(etcdClientCert)
+	flags["peer-client-key"] = env.Path(etcdClientKey)
+	flags["peer-trusted-ca"] = env.Path(etcdCACert)
+	return flags
 }
 
-// Ready asks etcd's /health with the apiserver's client certificate: it is
-// true only once the member has a leader and serves reads.
+// Ready is true only once this member votes and has a leader, and serves
+// reads: the API server on this master uses this etcd alone, and a member
+// that joined the cluster is a learner first, which refuses the API
+// server's requests until it is promoted. It asks etcd's status (through
+// the gRPC gateway) and /health with the API server's client certificate.
 func (Etcd) Ready(ctx context.Context, env *Env) error {
 	cert, err := tls.LoadX509KeyPair(env.Path(etcdClientCert), env.Path(etcdClientKey))
 	if err != nil {
 		return err
 	}
-	u, _ := url.JoinPath(env.URL(env.Config.Ports.EtcdClient), "health")
-	return probeHTTPS(ctx, u, &tls.Config{
+	tlsConfig := &tls.Config{
 		RootCAs:      caPool(env.Cluster.EtcdCA.CertPEM),
 		Certificates: []tls.Certificate{cert},
 		ServerName:   "localhost",
-	}, `"health":"true"`)
+	}
+	base := env.URL(env.Config.Ports.EtcdClient)
+	status, _ := url.JoinPath(base, "v3/maintenance/status")
+	if err := probeEtcdVoting(ctx, status, tlsConfig); err != nil {
+		return err
+	}
+	health, _ := url.JoinPath(base, "health")
+	return probeHTTPS(ctx, health, tlsConfig, `"health":"true"`)
+}
+
+// probeEtcdVoting POSTs an empty status request to etcd's gRPC gateway at
+// url and wants a voting member with a leader. The gateway writes the
+// StatusResponse as JSON with its proto field names; false and zero
+// fields are left out (components/etcdmember's tests check a learner's).
+func probeEtcdVoting(ctx context.Context, url string, tlsConfig *tls.Config) error {
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig, DisableKeepAlives: true}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var st struct {
+		IsLearner bool   `json:"isLearner"`
+		Leader    string `json:"leader"` // a uint64: a JSON string
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("%s: unexpected answer %q: %w", url, strings.TrimSpace(string(body)), err)
+	}
+	if st.IsLearner {
+		return errors.New("etcd is a learner: it joined the cluster and votes once it has caught up with the leader and is promoted")
+	}
+	if st.Leader == "" || st.Leader == "0" {
+		return errors.New("etcd has no leader: fewer than a quorum of the masters' etcd members answer")
+	}
+	return nil
 }
 
 func etcdServers(env *Env) string { return env.URL(env.Config.Ports.EtcdClient) }

@@ -33,7 +33,7 @@ var _ Task = Join{}
 
 func (Join) Name() string        { return node.ComponentJoin }
 func (Join) Roles() []node.Role  { return []node.Role{node.RoleWorker} }
-func (Join) DependsOn() []string { return nil }
+func (Join) DependsOn() []string { return []string{node.ComponentAPILB} }
 func (Join) Task()               {}
 func (Join) Prepare(env *Env) error {
 	if err := mkdirs(env.Path("pki"), env.Path(kubeletDir), env.Path("identity")); err != nil {
@@ -53,6 +53,9 @@ func (Join) Flags(env *Env) map[string]string {
 		"identity-file": env.Path(nodeSecretFile),
 		"kubeconfig":    KubeletKubeconfig(env),
 		"cert-dir":      env.Path(kubeletDir, "pki"),
+		// The masters behind the endpoint (the API load balancer), for
+		// the messages about reaching them.
+		"masters": strings.Join(apiLBSeeds(env), ","),
 	}
 }
 

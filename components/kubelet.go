@@ -30,7 +30,9 @@ var _ Listener = Kubelet{}
 func (Kubelet) Name() string                  { return node.ComponentKubelet }
 func (Kubelet) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (Kubelet) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (Kubelet) DependsOn() []string           { return []string{node.ComponentImportImages, node.ComponentJoin} }
+func (Kubelet) DependsOn() []string {
+	return []string{node.ComponentImportImages, node.ComponentJoin, node.ComponentAPILB}
+}
 func (Kubelet) Listens(env *Env) []string {
 	return []string{hostPort(env.Config.Address, KubeletPort), hostPort("127.0.0.1", kubeletHealthzPort)}
 }
@@ -52,15 +54,16 @@ const (
 // which kube-proxy and the pod network use too.
 func KubeletKubeconfig(env *Env) string { return env.Path(kubeletDir, "kubeconfig") }
 
-// apiEndpoint is the API server this node's node-side components use.
+// apiEndpoint is the API server this node's node-side components use: a
+// master's own, a worker's API load balancer (APILB, which reaches the
+// masters at apiLBSeeds and those it learns). The join writes it into the
+// node's kubeconfig, which the kubelet, kube-proxy, the pod network and
+// the network policies use.
 func apiEndpoint(env *Env) string {
 	if env.Config.Role == node.RoleMaster {
 		return env.URL(env.Config.Ports.APIServer)
 	}
-	if env.Config.APIEndpoint != "" {
-		return env.Config.APIEndpoint
-	}
-	return env.Cluster.Endpoint
+	return apiLBURL()
 }
 
 // kubeletSysctls are the kernel settings the kubelet insists on with
@@ -254,7 +257,7 @@ const (
 func (KubeProxy) Name() string                  { return node.ComponentKubeProxy }
 func (KubeProxy) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (KubeProxy) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (KubeProxy) DependsOn() []string           { return []string{node.ComponentKubelet} }
+func (KubeProxy) DependsOn() []string           { return []string{node.ComponentKubelet, node.ComponentAPILB} }
 func (KubeProxy) Listens(env *Env) []string {
 	return []string{hostPort("127.0.0.1", kubeProxyHealthzPort), hostPort("127.0.0.1", kubeProxyMetricsPort)}
 }
@@ -303,7 +306,7 @@ const podNetworkConfig = "config/flannel-net.json"
 func (PodNetwork) Name() string                  { return node.ComponentFlannel }
 func (PodNetwork) Roles() []node.Role            { return []node.Role{node.RoleMaster, node.RoleWorker} }
 func (PodNetwork) Enabled(cfg *node.Config) bool { return cfg.RunsPods() }
-func (PodNetwork) DependsOn() []string           { return []string{node.ComponentKubelet} }
+func (PodNetwork) DependsOn() []string           { return []string{node.ComponentKubelet, node.ComponentAPILB} }
 
 // CNIConfFile is the pod network's CNI configuration; the node is Ready
 // (NetworkReady) once it exists.

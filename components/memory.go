@@ -81,6 +81,7 @@ var memoryTable = map[string]memoryRow{
 	node.ComponentKubeProxy:         {div: 32, floor: 32 * mib},
 	node.ComponentFlannel:           {div: 32, floor: 32 * mib},
 	node.ComponentNetworkPolicy:     {div: 32, floor: 32 * mib},
+	node.ComponentAPILB:             {div: 64, floor: 32 * mib}, // grows with its connections, not with the node
 	// Tasks: a Go limit only; they end.
 	node.ComponentFirewall:     {div: 32, floor: 32 * mib},
 	node.ComponentAddons:       {div: 32, floor: 32 * mib},

@@ -120,13 +120,13 @@ func TestKubeletReserved(t *testing.T) {
 		kube, sys, evict  uint64 // MiB
 		logSize, logFiles int
 	}{
-		// kubelet 24 + containerd 24 + 3 × 16 protected.
-		{"384 MiB worker", node.RoleWorker, 384 * mib, 100 * mib, 96, 132, 24, 3, 2},
+		// kubelet 24 + containerd 24 + 4 × 16 protected.
+		{"384 MiB worker", node.RoleWorker, 384 * mib, 100 * mib, 112, 132, 24, 3, 2},
 		// Much in use at start: the pods keep a quarter all the same.
-		{"384 MiB worker, full", node.RoleWorker, 384 * mib, 250 * mib, 96, 168, 24, 3, 2},
+		{"384 MiB worker, full", node.RoleWorker, 384 * mib, 250 * mib, 112, 152, 24, 3, 2},
 		{"1 GiB master", node.RoleMaster, 1 * gib, 200 * mib, 368, 264, 64, 8, 2},
 		{"2 GiB master", node.RoleMaster, 2 * gib, 250 * mib, 736, 378, 100, 10, 5},
-		{"16 GiB worker", node.RoleWorker, 16 * gib, 1 * gib, 448, 2048, 100, 10, 5},
+		{"16 GiB worker", node.RoleWorker, 16 * gib, 1 * gib, 480, 2048, 100, 10, 5},
 	} {
 		env := memEnv(t, tc.role, tc.total, tc.used)
 		km, ok := kubeletReserved(env)
@@ -144,7 +144,7 @@ func TestKubeletReserved(t *testing.T) {
 func TestKubeletMemoryConfig(t *testing.T) {
 	env := memEnv(t, node.RoleWorker, 384*mib, 100*mib)
 	conf := kubeletConfiguration(env)
-	for _, want := range []string{"kubeReserved:\n  memory: 96Mi\n", "systemReserved:\n  memory: 132Mi\n",
+	for _, want := range []string{"kubeReserved:\n  memory: 112Mi\n", "systemReserved:\n  memory: 132Mi\n",
 		"evictionHard:\n  memory.available: 24Mi\n", "mergeDefaultEvictionSettings: true\n",
 		"containerLogMaxSize: 3Mi\n", "containerLogMaxFiles: 2\n"} {
 		if !strings.Contains(conf, want) {

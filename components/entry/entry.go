@@ -46,6 +46,7 @@ var entries = map[string]Func{
 	node.ComponentKubeProxy:         runKubeProxy,
 	node.ComponentFirewall:          runFirewall,
 	node.ComponentNetworkPolicy:     runNetworkPolicy,
+	node.ComponentAPILB:             runAPILB,
 }
 
 // Lookup returns the entry point of a component by its name.

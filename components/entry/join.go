@@ -61,6 +61,7 @@ func runJoin(args []string) int {
 	identityFile := fs.String("identity-file", "", "file holding the node's secret, from which its identity key is derived")
 	kubeconfigOut := fs.String("kubeconfig", "", "where to write the kubelet's kubeconfig")
 	certDir := fs.String("cert-dir", "", "the kubelet's certificate directory (a valid certificate there is kept)")
+	masters := fs.String("masters", "", "the masters' API servers behind --endpoint when it is the node's API load balancer, HOST:PORT,... (named in the messages)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -88,6 +89,11 @@ func runJoin(args []string) int {
 		nodeName: *nodeName, identity: approve.IdentityKey(secret),
 		caOut: *caOut, kubeconfig: *kubeconfigOut, certDir: *certDir,
 		out: os.Stderr,
+	}
+	for _, m := range strings.Split(*masters, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			o.masters = append(o.masters, m)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), joinPatience)
 	defer cancel()
@@ -131,6 +137,10 @@ type joinOptions struct {
 	identity                                       ed25519.PrivateKey
 	caOut, kubeconfig, certDir                     string
 	out                                            io.Writer // progress lines
+	// masters are the API servers behind endpoint when it is the node's
+	// API load balancer (components/apilb): the messages name them, the
+	// balancer's own address says little.
+	masters []string
 
 	poll, report, request, tokenPatience time.Duration
 }
@@ -176,7 +186,21 @@ func join(ctx context.Context, o *joinOptions) error {
 	}
 	user := "system:node:" + o.nodeName
 	if until, ok := validKubeletCert(filepath.Join(o.certDir, "kubelet-client-current.pem"), ca, user); ok {
-		if _, err := os.Stat(o.kubeconfig); err == nil {
+		if kc, err := readKubeconfig(o.kubeconfig); err == nil {
+			// An earlier boot's kubeconfig may name another endpoint (a
+			// worker of an older kiln reached the master directly; now
+			// through its API load balancer): the node's components
+			// follow this boot's.
+			if kc.Server != o.endpoint {
+				kc.Server = o.endpoint
+				data, err := kc.Marshal()
+				if err == nil {
+					err = pki.WriteFile(o.kubeconfig, data, true)
+				}
+				if err != nil {
+					return fmt.Errorf("pointing the kubeconfig at %s: %w", o.endpoint, err)
+				}
+			}
 			w.done()
 			fmt.Fprintf(o.out, "join: master %s verified (CA %s), bootstrap token %s accepted; the kubelet's certificate of an earlier boot is valid until %s\n",
 				o.endpoint, o.caHash, tokenID, until.UTC().Format(time.RFC3339))
@@ -207,6 +231,7 @@ func join(ctx context.Context, o *joinOptions) error {
 type pendingErr struct {
 	kind, reason string
 	err          error
+	cause        error // of a waitReachable: what the connection failed with
 }
 
 func (p *pendingErr) Error() string { return p.err.Error() }
@@ -225,7 +250,8 @@ const (
 // joinWaiter retries a step and prints the waiting lines.
 type joinWaiter struct {
 	o                                    *joinOptions
-	host                                 string
+	where                                string // "the master at HOST", or the masters through the balancer
+	lbHost                               string // the balancer's HOST:PORT, when there are masters behind it
 	poll, report, request, tokenPatience time.Duration
 	started, lastLine                    time.Time // zero until the first wait
 	seen                                 map[string]bool
@@ -238,7 +264,11 @@ func newJoinWaiter(o *joinOptions) *joinWaiter {
 	if u, err := url.Parse(o.endpoint); err == nil && u.Host != "" {
 		host = u.Host
 	}
-	w := &joinWaiter{o: o, host: host, seen: map[string]bool{}}
+	w := &joinWaiter{o: o, where: "the master at " + host, seen: map[string]bool{}}
+	if len(o.masters) > 0 {
+		w.lbHost = host
+		w.where = fmt.Sprintf("the masters (%s) through the node's API load balancer at %s", strings.Join(o.masters, ", "), host)
+	}
 	w.poll, w.report, w.request, w.tokenPatience = o.timings()
 	return w
 }
@@ -255,6 +285,9 @@ func (w *joinWaiter) until(ctx context.Context, step func(context.Context) error
 		var p *pendingErr
 		if !errors.As(err, &p) {
 			return err
+		}
+		if p.kind == waitReachable && w.lbHost != "" && p.cause != nil {
+			p = w.unreachableVia(p)
 		}
 		// A request cut by the run's own deadline says less than the
 		// reason seen before it.
@@ -284,9 +317,9 @@ func (w *joinWaiter) note(p *pendingErr) {
 	switch {
 	case w.started.IsZero():
 		w.started = now
-		fmt.Fprintf(w.o.out, "join: waiting for the master at %s: %s\n", w.host, p.reason)
+		fmt.Fprintf(w.o.out, "join: waiting for %s: %s\n", w.where, p.reason)
 	case !w.seen[p.kind] || now.Sub(w.lastLine) >= w.report:
-		fmt.Fprintf(w.o.out, "join: waiting for the master at %s: %s (%s)\n", w.host, p.reason, w.waited(now))
+		fmt.Fprintf(w.o.out, "join: waiting for %s: %s (%s)\n", w.where, p.reason, w.waited(now))
 	default:
 		return
 	}
@@ -311,13 +344,22 @@ func (w *joinWaiter) gaveUp(p *pendingErr) error {
 // done prints how long join waited, if it did.
 func (w *joinWaiter) done() {
 	if !w.started.IsZero() {
-		fmt.Fprintf(w.o.out, "join: the master at %s answered after %s of waiting\n", w.host, w.waited(time.Now()))
+		fmt.Fprintf(w.o.out, "join: %s answered after %s of waiting\n", w.where, w.waited(time.Now()))
 	}
 }
 
 func unreachable(host string, err error) *pendingErr {
-	return &pendingErr{kind: waitReachable, reason: "not reachable: " + err.Error(),
+	return &pendingErr{kind: waitReachable, reason: "not reachable: " + err.Error(), cause: err,
 		err: fmt.Errorf("cannot reach the master at %s: %v (is the master up, and is apiEndpoint right?)", host, err)}
+}
+
+// unreachableVia is unreachable when the endpoint is the node's API load
+// balancer: it took the connection and closed it (an EOF) when no master
+// answered, so the fix is with the masters or the balancer's seeds.
+func (w *joinWaiter) unreachableVia(p *pendingErr) *pendingErr {
+	return &pendingErr{kind: p.kind, reason: p.reason, cause: p.cause,
+		err: fmt.Errorf("cannot reach a master through the node's API load balancer at %s (masters %s): %v (are the masters up, and are controlPlane.masters or apiEndpoint right? kiln-node logs api-lb says which it tried)",
+			w.lbHost, strings.Join(w.o.masters, ", "), p.cause)}
 }
 
 func notReady(endpoint, why string) *pendingErr {
@@ -579,4 +621,13 @@ func readyz(ctx context.Context, c *http.Client, base string) string {
 		return ""
 	}
 	return "readyz: " + resp.Status
+}
+
+// readKubeconfig reads a kubeconfig kiln wrote.
+func readKubeconfig(path string) (pki.Kubeconfig, error) {
+	data, err := pki.ReadFile(path)
+	if err != nil {
+		return pki.Kubeconfig{}, err
+	}
+	return pki.ParseKubeconfig(data)
 }

@@ -22,6 +22,9 @@ const (
 	// ComponentNetworkPolicy enforces NetworkPolicy objects on the node
 	// (kube-network-policies).
 	ComponentNetworkPolicy = "network-policy"
+	// ComponentAPILB is a worker's node-local load balancer in front of
+	// the masters' API servers (127.0.0.1:6444).
+	ComponentAPILB = "api-lb"
 
 	// Tasks: they run to completion and take no extraArgs.
 	ComponentAddons       = "addons"
@@ -37,7 +40,7 @@ const (
 var knownComponents = []string{
 	ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler,
 	ComponentKubelet, ComponentKubeProxy, ComponentContainerd, ComponentFlannel,
-	ComponentCSRApprover, ComponentNetworkPolicy,
+	ComponentCSRApprover, ComponentNetworkPolicy, ComponentAPILB,
 }
 
 // KnownComponents lists the components whose flags extraArgs may override,

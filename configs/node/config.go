@@ -68,10 +68,12 @@ type Config struct {
 	Network Network `yaml:"network,omitempty"`
 	// Storage is where an appliance keeps its state (/var/lib).
 	Storage Storage `yaml:"storage,omitempty"`
-	// APIEndpoint is the API server this node's kubelet, kube-proxy and pod
-	// network talk to, https://HOST:PORT; empty means the cluster's endpoint
-	// (cluster.yaml). Workers behind a different route than the users' (a
-	// private L2, an internal load balancer) set it.
+	// APIEndpoint is where a worker's node-local API load balancer
+	// (127.0.0.1:6444, which its kubelet, kube-proxy, pod network and join
+	// use) starts when controlPlane.masters is empty: https://HOST:PORT;
+	// empty means the cluster's endpoint (cluster.yaml). Workers behind a
+	// different route than the users' (a private L2, an internal load
+	// balancer) set it.
 	APIEndpoint string `yaml:"apiEndpoint,omitempty"`
 	// RunPods makes a master a node too: it also runs containerd, the
 	// kubelet, kube-proxy and the pod network, so one machine is a whole

@@ -170,8 +170,8 @@ func TestControlPlaneMasters(t *testing.T) {
 		t.Error("the first master of the list does not bootstrap")
 	}
 	for doc, want := range map[string]string{
-		"address: 10.0.0.13\ncontrolPlane: {masters: [10.0.0.10]}": "this master's address",
-		"address: 10.0.0.10\ncontrolPlane: {masters: [10.0.0.10, x]}": "controlPlane.masters[1]",
+		"address: 10.0.0.13\ncontrolPlane: {masters: [10.0.0.10]}":            "this master's address",
+		"address: 10.0.0.10\ncontrolPlane: {masters: [10.0.0.10, x]}":         "controlPlane.masters[1]",
 		"address: 10.0.0.10\ncontrolPlane: {masters: [10.0.0.10, 10.0.0.10]}": "listed twice",
 	} {
 		_, err := Parse([]byte("apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: master\n" + doc + "\n"))

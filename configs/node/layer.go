@@ -12,14 +12,14 @@ import (
 // everything else keeps the image's value (a full Config would write
 // runPods: false over a master's default, for one).
 type Layer struct {
-	APIVersion  string                       `yaml:"apiVersion"`
-	Kind        string                       `yaml:"kind"`
-	Role        Role                         `yaml:"role"`
-	Hostname    string                       `yaml:"hostname,omitempty"`
-	Address     string                       `yaml:"address,omitempty"`
-	APIEndpoint string                       `yaml:"apiEndpoint,omitempty"`
-	Network     *Network                     `yaml:"network,omitempty"`
-	ExtraArgs   map[string]map[string]string `yaml:"extraArgs,omitempty"`
+	APIVersion   string                       `yaml:"apiVersion"`
+	Kind         string                       `yaml:"kind"`
+	Role         Role                         `yaml:"role"`
+	Hostname     string                       `yaml:"hostname,omitempty"`
+	Address      string                       `yaml:"address,omitempty"`
+	APIEndpoint  string                       `yaml:"apiEndpoint,omitempty"`
+	Network      *Network                     `yaml:"network,omitempty"`
+	ExtraArgs    map[string]map[string]string `yaml:"extraArgs,omitempty"`
 	ControlPlane *ControlPlane                `yaml:"controlPlane,omitempty"`
 	// NodeSecret makes a layer a secret: write it 0600.
 	NodeSecret string `yaml:"nodeSecret,omitempty"`

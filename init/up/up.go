@@ -166,7 +166,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer stopStatus()
 	// The same status, over TLS to the cluster's admins (kiln status --node).
-	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), sup.Handler(), con.panic)
+	// On a master, etcd's members and snapshots too (kiln etcd).
+	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), withEtcd(env, sup.Handler()), con.panic)
 	if err != nil {
 		return err
 	}
