@@ -26,8 +26,8 @@ import (
 // clusterFlags are kiln cluster up's (and the daemon's) flags.
 type clusterFlags struct {
 	masters, workers, masterMemory, workerMemory, cpus, apiPort int
-	clusterDir, state, masterImage, workerImage        string
-	timeout                                            time.Duration
+	clusterDir, state, masterImage, workerImage                 string
+	timeout                                                     time.Duration
 }
 
 // clusterState is what the daemon leaves in the state directory.

@@ -130,11 +130,11 @@ type Node struct {
 	// node API (kiln status --node, kiln etcd); 0 on workers, whose only
 	// network is the cluster's L2.
 	NodeAPIPort int
-	image    *builder.Dir // what it boots
-	secret   string       // its node secret (workers)
-	mu       sync.Mutex
-	vm       *qemu.VM
-	opts     []qemu.Option
+	image       *builder.Dir // what it boots
+	secret      string       // its node secret (workers)
+	mu          sync.Mutex
+	vm          *qemu.VM
+	opts        []qemu.Option
 }
 
 // VM is the node's running QEMU (a new one after Restart).
