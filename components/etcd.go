@@ -63,6 +63,9 @@ type etcdConfig struct {
 	LogLevel                 string   `json:"log-level"`
 	// Sized to the node (memory.go); omitted: etcd's defaults.
 	SnapshotCount     uint64 `json:"snapshot-count,omitempty"`
+	// Raft timing in milliseconds; omitted: etcd's 100 and 1000.
+	HeartbeatInterval uint `json:"heartbeat-interval,omitempty"`
+	ElectionTimeout   uint `json:"election-timeout,omitempty"`
 	QuotaBackendBytes int64  `json:"quota-backend-bytes,omitempty"`
 	MaxWALs           uint   `json:"max-wals,omitempty"`
 }
@@ -126,12 +129,28 @@ func (e Etcd) Prepare(env *Env) error {
 		QuotaBackendBytes: int64(quota),
 		MaxWALs:           maxWALs,
 	}
+	if len(env.Config.PeerMasters()) > 0 {
+		// Several members hold elections. etcd's defaults (a heartbeat
+		// every 100 ms, an election after 1 s of silence) suit a quiet
+		// data-centre network; a small or busy node (or a VM without
+		// KVM, ~12x slower) misses heartbeats under load, and every
+		// missed one starts an election that stops all writes. Five
+		// times slower raft costs a few seconds of failover when the
+		// leader dies, and keeps the cluster writable the rest of the time.
+		cfg.HeartbeatInterval, cfg.ElectionTimeout = etcdHeartbeatMS, etcdElectionMS
+	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err
 	}
 	return pki.WriteFile(env.Path(etcdConfigFile), data, false)
 }
+
+// Raft timing with several masters (see Prepare).
+const (
+	etcdHeartbeatMS = 500
+	etcdElectionMS  = 5000
+)
 
 // Flags: etcd reads everything from its config file; extraArgs for etcd are
 // not flags but are rejected by the embed entry point if unknown. With

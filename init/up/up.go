@@ -167,11 +167,13 @@ func Run(ctx context.Context, o Options) error {
 	defer stopStatus()
 	// The same status, over TLS to the cluster's admins (kiln status --node).
 	// On a master, etcd's members and snapshots too (kiln etcd).
-	stopRemote, err := serveRemoteStatus(net.JoinHostPort(cfg.Address, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), withEtcd(env, sup.Handler()), con.panic)
-	if err != nil {
-		return err
+	for _, addr := range nodeAPIAddresses(&cfg) {
+		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), withEtcd(env, sup.Handler()), con.panic)
+		if err != nil {
+			return err
+		}
+		defer stopRemote()
 	}
-	defer stopRemote()
 
 	// Every goroutine here runs under panics.Guard: under PID 1 a panic
 	// that got out would end PID 1 and reboot the node. The supervisor
@@ -189,6 +191,19 @@ func Run(ctx context.Context, o Options) error {
 	err = <-done
 	con.stage("all components stopped, in order: %s", strings.Join(stopOrder(sup.Status()), ", "))
 	return err
+}
+
+// nodeAPIAddresses are where the node API listens: the node's address,
+// and the addresses of its additional NICs (network.additional), such as
+// the management network a kiln cluster master's API is forwarded from.
+func nodeAPIAddresses(cfg *node.Config) []string {
+	out := []string{cfg.Address}
+	for _, a := range cfg.Network.Additional {
+		if p, err := netip.ParsePrefix(a.Address); err == nil && p.Addr().String() != cfg.Address {
+			out = append(out, p.Addr().String())
+		}
+	}
+	return out
 }
 
 // memoryEnv is a component's Go memory settings as environment

@@ -7,6 +7,7 @@ import (
 
 	"kiln/components"
 	"kiln/configs/cluster"
+	"kiln/configs/node"
 	"kiln/init/supervisor"
 )
 
@@ -70,5 +71,14 @@ func TestMemoryLine(t *testing.T) {
 	}
 	if got := memoryLine(components.NodeMemory{}, specs); got != "" {
 		t.Errorf("memory unknown: %q", got)
+	}
+}
+
+func TestNodeAPIAddresses(t *testing.T) {
+	cfg := node.Default()
+	cfg.Address = "10.120.0.10"
+	cfg.Network.Additional = []node.Network{{Interface: "eth1", Address: "10.0.2.15/24"}, {Interface: "eth2", Address: "10.120.0.10/24"}}
+	if got := nodeAPIAddresses(&cfg); len(got) != 2 || got[0] != "10.120.0.10" || got[1] != "10.0.2.15" {
+		t.Errorf("nodeAPIAddresses = %v, want the node's address and eth1's", got)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -85,6 +86,9 @@ type Options struct {
 	// APIPort is the host port (127.0.0.1) forwarded to the master's API
 	// server; 0 picks a free one.
 	APIPort int
+	// Later names nodes Up prepares but does not boot: Boot starts them
+	// (a cluster that grows, masters started together on a running one).
+	Later []string
 	// Append adds kernel arguments to every VM.
 	Append []string
 	// Progress receives one line per step.
@@ -220,6 +224,9 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		c.APIPort = c.endpoint.port
 	}
 	for _, n := range nodes {
+		if slices.Contains(o.Later, n.Name) {
+			continue
+		}
 		if err := c.boot(n); err != nil {
 			c.Close()
 			return nil, err
@@ -603,17 +610,19 @@ func (c *Cluster) Kill(name string) error {
 	return nil
 }
 
-// Boot starts a node that was killed again, with the same config: a
-// diskless node starts afresh.
+// Boot starts a node that was killed, or one Up left for later
+// (Options.Later), with its config: a diskless node starts afresh.
 func (c *Cluster) Boot(name string) error {
 	n := c.Node(name)
 	if n == nil {
 		return fmt.Errorf("no node %s", name)
 	}
-	select {
-	case <-n.VM().Done():
-	default:
-		return fmt.Errorf("%s is running", name)
+	if vm := n.VM(); vm != nil {
+		select {
+		case <-vm.Done():
+		default:
+			return fmt.Errorf("%s is running", name)
+		}
 	}
 	return c.boot(n)
 }
