@@ -62,12 +62,12 @@ type etcdConfig struct {
 	LogOutputs               []string `json:"log-outputs"`
 	LogLevel                 string   `json:"log-level"`
 	// Sized to the node (memory.go); omitted: etcd's defaults.
-	SnapshotCount     uint64 `json:"snapshot-count,omitempty"`
+	SnapshotCount uint64 `json:"snapshot-count,omitempty"`
 	// Raft timing in milliseconds; omitted: etcd's 100 and 1000.
-	HeartbeatInterval uint `json:"heartbeat-interval,omitempty"`
-	ElectionTimeout   uint `json:"election-timeout,omitempty"`
-	QuotaBackendBytes int64  `json:"quota-backend-bytes,omitempty"`
-	MaxWALs           uint   `json:"max-wals,omitempty"`
+	HeartbeatInterval uint  `json:"heartbeat-interval,omitempty"`
+	ElectionTimeout   uint  `json:"election-timeout,omitempty"`
+	QuotaBackendBytes int64 `json:"quota-backend-bytes,omitempty"`
+	MaxWALs           uint  `json:"max-wals,omitempty"`
 }
 
 type etcdTLS struct {
