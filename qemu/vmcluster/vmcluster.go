@@ -148,6 +148,16 @@ func (n *Node) VM() *qemu.VM {
 	return n.vm
 }
 
+// APIHostPort is the host port (127.0.0.1) forwarded to a master's own
+// API server, 0 when it is not running.
+func (n *Node) APIHostPort() int {
+	vm := n.VM()
+	if vm == nil || n.Role != node.RoleMaster {
+		return 0
+	}
+	return vm.HostPort(apiGuestPort)
+}
+
 // Cluster is a booted set of VMs.
 type Cluster struct {
 	Nodes      []*Node
@@ -262,7 +272,7 @@ func (c *Cluster) masterAPIs() []backend {
 	var out []backend
 	for _, n := range c.Masters() {
 		if vm := n.VM(); vm != nil {
-			out = append(out, backend{name: n.Name, addr: fmt.Sprintf("127.0.0.1:%d", vm.HostPort(apiGuestPort)), gone: vm.Done()})
+			out = append(out, backend{name: n.Name, addr: fmt.Sprintf("127.0.0.1:%d", n.APIHostPort()), gone: vm.Done()})
 		}
 	}
 	return out
