@@ -183,7 +183,7 @@ func TestHA(t *testing.T) {
 			t.Fatal(err)
 		}
 		newID := memberID(t, allVoting(second, 10*time.Minute), first.Name)
-		apiReady(t, c.Kubeconfig, first, 5*time.Minute)
+		apiReady(t, c.Kubeconfig, first, 10*time.Minute)
 		t.Logf("FIGURE ha: a master booted again empty to voting member and its API server ready: %s", time.Since(back).Round(time.Second))
 		if newID == oldID {
 			t.Errorf("%s is etcd member %s again: its stale member was not replaced", first.Name, newID)
