@@ -13,6 +13,8 @@ import (
 	"os"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"kiln/configs/nodeapi"
 )
 
 // Snapshot writes a point-in-time copy of the cluster's database to w in
@@ -85,28 +87,15 @@ func VerifySnapshotFile(path string) error {
 }
 
 // VerifySnapshot checks a snapshot of size bytes read from r, as Snapshot
-// writes it, without etcd: the sha256 at its end matches the rest, and
-// the rest is a whole bolt database (its meta page is sound, and the
-// pages it counts are all there).
+// writes it, without etcd: the sha256 at its end matches the rest (the
+// host CLI's check, nodeapi.CheckSnapshotHash), and the rest is a whole
+// bolt database (its meta page is sound, and the pages it counts are all
+// there).
 func VerifySnapshot(r io.ReaderAt, size int64) error {
-	// etcd's format: a bolt database is whole pages (multiples of 512
-	// bytes); the snapshot adds its sha256.
-	if size < sha256.Size || size%512 != sha256.Size {
-		return fmt.Errorf("etcd snapshot of %d bytes: not a database followed by its sha256; it was cut short, or is not a snapshot (a copy of member/snap/db has no sha256)", size)
+	if err := nodeapi.CheckSnapshotHash(r, size); err != nil {
+		return err
 	}
-	dbSize := size - sha256.Size
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(r, 0, dbSize)); err != nil {
-		return fmt.Errorf("etcd snapshot: reading it: %w", err)
-	}
-	want := make([]byte, sha256.Size)
-	if _, err := r.ReadAt(want, dbSize); err != nil {
-		return fmt.Errorf("etcd snapshot: reading its sha256: %w", err)
-	}
-	if !bytes.Equal(h.Sum(nil), want) {
-		return errors.New("etcd snapshot: its sha256 does not match its content: the file is corrupted; take a new snapshot")
-	}
-	return checkBolt(r, dbSize)
+	return checkBolt(r, size-sha256.Size)
 }
 
 // A bolt database (go.etcd.io/bbolt) starts with two meta pages; the

@@ -85,18 +85,18 @@ type SnapshotInfo struct {
 // file fails it.
 func CheckSnapshotHash(r io.ReaderAt, size int64) error {
 	if size < 512+sha256.Size || size%512 != sha256.Size {
-		return fmt.Errorf("%d bytes is not the size of an etcd snapshot (a whole number of 512-byte pages and a 32-byte sha256): truncated, or not a snapshot", size)
+		return fmt.Errorf("etcd snapshot of %d bytes: not a database (whole 512-byte pages) followed by its 32-byte sha256: it was cut short, or is not a snapshot (truncated; a copy of member/snap/db has no sha256)", size)
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(r, 0, size-sha256.Size)); err != nil {
-		return err
+		return fmt.Errorf("etcd snapshot: reading it: %w", err)
 	}
 	want := make([]byte, sha256.Size)
 	if _, err := r.ReadAt(want, size-sha256.Size); err != nil {
-		return err
+		return fmt.Errorf("etcd snapshot: reading its sha256: %w", err)
 	}
 	if !bytes.Equal(h.Sum(nil), want) {
-		return errors.New("its sha256 does not match the one etcd appended: the file is damaged")
+		return errors.New("etcd snapshot: its sha256 does not match its content: the file is damaged; take a new snapshot")
 	}
 	return nil
 }
