@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -206,20 +205,9 @@ func (Etcd) Ready(ctx context.Context, env *Env) error {
 // StatusResponse as JSON with its proto field names; false and zero
 // fields are left out (components/etcdmember's tests check a learner's).
 func probeEtcdVoting(ctx context.Context, url string, tlsConfig *tls.Config) error {
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig, DisableKeepAlives: true}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+	body, err := askHTTPS(ctx, http.MethodPost, url, "{}", tlsConfig)
 	if err != nil {
 		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
 	}
 	var st struct {
 		IsLearner bool   `json:"isLearner"`
