@@ -44,6 +44,10 @@ func kernelAppend(c *Config) string {
 	return strings.Join(args, " ")
 }
 
+// FreeTCPPort is a TCP port free on addr when asked, for a caller that
+// binds it (or gives it to QEMU) soon after and must know it beforehand.
+func FreeTCPPort(addr string) (int, error) { return pickPort("tcp", addr) }
+
 // pickPort finds a free port on addr for a forward with HostPort 0. The port
 // is free when checked; QEMU binds it right after.
 func pickPort(proto, addr string) (int, error) {

@@ -65,7 +65,7 @@ type etcdMaster struct {
 
 func (f etcdFiles) master(t *testing.T, name string) etcdMaster {
 	t.Helper()
-	client, peer := "https://"+freeAddr(t), "https://"+freeAddr(t)
+	client, peer := "https://"+testutil.FreeAddr(t), "https://"+testutil.FreeAddr(t)
 	tls := fmt.Sprintf("{cert-file: %s, key-file: %s, client-cert-auth: true, trusted-ca-file: %s}", f.cert, f.key, f.ca)
 	config := strings.Join([]string{
 		"name: " + name,
@@ -105,16 +105,6 @@ func (f etcdFiles) args(m etcdMaster, bootstrap bool, peers ...etcdMaster) []str
 			"--peer-client-cert="+f.clientCert, "--peer-client-key="+f.clientKey, "--peer-trusted-ca="+f.ca)
 	}
 	return args
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // captureStderr points os.Stderr at a file until the test ends and

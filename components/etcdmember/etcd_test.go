@@ -94,20 +94,10 @@ func (c *testCA) member(t *testing.T, name string) *testMember {
 	t.Helper()
 	return &testMember{
 		name:      name,
-		clientURL: "https://" + freeAddr(t),
-		peerURL:   "https://" + freeAddr(t),
+		clientURL: "https://" + testutil.FreeAddr(t),
+		peerURL:   "https://" + testutil.FreeAddr(t),
 		dir:       filepath.Join(t.TempDir(), name),
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // start starts m and waits until it serves; initialCluster "" starts a

@@ -118,14 +118,3 @@ func (e *endpoint) Close() {
 		c.Close()
 	}
 }
-
-// freePort is a free TCP port on 127.0.0.1 (free when asked: the caller
-// binds it soon after).
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}

@@ -364,7 +364,7 @@ func (c *Cluster) prepare(n *Node) error {
 		}
 		if n.NodeAPIPort == 0 {
 			// Chosen once, so it stays the node's across restarts.
-			p, err := freePort()
+			p, err := qemu.FreeTCPPort("127.0.0.1")
 			if err != nil {
 				return err
 			}
