@@ -42,6 +42,8 @@ const (
 	etcdCACert     = "pki/etcd/ca.crt"
 	etcdClientCert = "pki/apiserver-etcd-client.crt" // also used by the readiness probe
 	etcdClientKey  = "pki/apiserver-etcd-client.key"
+	// EtcdSnapshotDir holds the scheduled snapshots, on a state disk.
+	EtcdSnapshotDir = "etcd-snapshots"
 )
 
 // etcdConfig mirrors the part of etcd's YAML config file kiln sets.
@@ -102,7 +104,7 @@ func (e Etcd) Prepare(env *Env) error {
 	peer := env.URL(env.Config.Ports.EtcdPeer)
 	cfg := etcdConfig{
 		Name:                     env.NodeName,
-		DataDir:                  env.Path("etcd"),
+		DataDir:                  EtcdDataDir(env),
 		ListenClientURLs:         client,
 		AdvertiseClientURLs:      client,
 		ListenPeerURLs:           peer,
@@ -145,6 +147,11 @@ func (e Etcd) Prepare(env *Env) error {
 	return pki.WriteFile(env.Path(etcdConfigFile), data, false)
 }
 
+// EtcdDataDir is etcd's data dir, DATA/etcd; the node API leaves a
+// snapshot to restore and the reset marker beside it
+// (etcdmember.Files).
+func EtcdDataDir(env *Env) string { return env.Path("etcd") }
+
 // Raft timing with several masters (see Prepare).
 const (
 	etcdHeartbeatMS = 500
@@ -156,8 +163,21 @@ const (
 // other masters, the entry point also gets their etcd: a master without
 // data joins their cluster (see components/etcdmember.PlanStart), with
 // the API server's etcd client certificate, which the etcd CA signed.
+//
+// Scheduled snapshots: a master with a state disk takes them into
+// DATA/etcd-snapshots (controlPlane.snapshots); a diskless one is told
+// the interval without a directory, and says once why it takes none.
 func (Etcd) Flags(env *Env) map[string]string {
 	flags := map[string]string{"config-file": env.Path(etcdConfigFile)}
+	if snaps := env.Config.ControlPlane.Snapshots; snaps.Interval > 0 {
+		flags["snapshot-interval"] = snaps.Interval.String()
+		if env.Config.Storage.StateDisk != "" {
+			flags["snapshot-dir"] = env.Path(EtcdSnapshotDir)
+			flags["snapshot-keep"] = strconv.Itoa(snaps.Keep)
+			flags["cluster-name"] = env.Cluster.Name
+			flags["ca-hash"] = env.Cluster.CAHash
+		}
+	}
 	peers := env.Config.PeerMasters()
 	if len(peers) == 0 {
 		return flags

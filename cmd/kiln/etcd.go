@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -43,13 +45,13 @@ func (f *etcdFlags) hostPort() (string, error) {
 func etcdCommand() *cobra.Command {
 	c := groupCommand(&cobra.Command{
 		Use:   "etcd",
-		Short: "The masters' etcd: members, removing one, snapshots",
+		Short: "The masters' etcd: members, removing one, snapshots, restore, reset",
 		Long: `Manage the cluster's etcd through a master's node API (port 10260, the
 cluster's admin certificate): etcd itself is never exposed to the host.`,
 	})
 	snap := groupCommand(&cobra.Command{Use: "snapshot", Short: "etcd snapshots"})
 	snap.AddCommand(etcdSnapshotSaveCommand())
-	c.AddCommand(etcdMembersCommand(), etcdRemoveCommand(), snap)
+	c.AddCommand(etcdMembersCommand(), etcdRemoveCommand(), snap, etcdRestoreCommand(), etcdResetCommand())
 	return c
 }
 
@@ -117,14 +119,7 @@ that will not return.`,
 			if err != nil {
 				return err
 			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-			msg := strings.TrimSpace(string(body))
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("node %s: %s", hp, bounded.Shorten(msg, 1024))
-			}
-			fmt.Fprintln(c.OutOrStdout(), msg)
-			return nil
+			return printNodeAnswer(c, hp, resp)
 		},
 	}
 	f.register(c)
@@ -215,7 +210,7 @@ func saveSnapshot(hostPort, clusterDir, out string) (*nodeapi.SnapshotInfo, erro
 		Node: resp.Header.Get(nodeapi.HeaderNode), Taken: time.Now().UTC(), Size: n, SHA256: hex.EncodeToString(h.Sum(nil)),
 	}
 	meta, _ := json.MarshalIndent(info, "", "  ")
-	if err := os.WriteFile(out+".json", append(meta, '\n'), 0o600); err != nil {
+	if err := os.WriteFile(nodeapi.SnapshotInfoFile(out), append(meta, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
@@ -236,4 +231,155 @@ func verifySnapshotFile(path string) error {
 		return err
 	}
 	return nodeapi.CheckSnapshotHash(f, st.Size())
+}
+
+func etcdRestoreCommand() *cobra.Command {
+	var f etcdFlags
+	c := &cobra.Command{
+		Use:   "restore FILE --node HOST[:PORT]",
+		Short: "Restore etcd on a master from a snapshot of this cluster (disaster recovery)",
+		Long: `Send FILE, a snapshot taken with kiln etcd snapshot save (or a master's
+scheduled one, copied from its DATA/etcd-snapshots with its .json), to the master at --node, whose
+etcd restarts from it as a cluster of that master alone. Every write since
+the snapshot is lost.
+
+FILE is checked first: its own sha256 (etcd's, at its end, and the one its
+record FILE.json names), and FILE.json's CA hash against --cluster's: a
+snapshot of another cluster, or one without FILE.json, is refused here and
+nothing is sent. The node checks both again, and the snapshot once
+received, before it keeps it; etcd checks it again before it restores.
+
+On the node: the data before is kept in DATA/etcd.before-restore (the last
+one only); etcd's revision moves a billion forward and is marked compacted,
+so every watch lists again; the API server restarts. The other masters'
+etcd, with their data of the cluster before, set it aside
+(DATA/etcd.removed) and join the restored cluster as learners, one at a
+time, within a minute of noticing.`,
+		Example: `  kiln etcd restore etcd-2026-01-02.db --node 192.168.1.10`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			hp, err := f.hostPort()
+			if err != nil {
+				return err
+			}
+			cl, err := cluster.Load(f.clusterDir)
+			if err != nil {
+				return err
+			}
+			file := args[0]
+			info, err := checkRestoreFile(file, cl.CAHash)
+			if err != nil {
+				return err
+			}
+			in, err := os.Open(file)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+			defer cancel()
+			header := http.Header{}
+			header.Set(nodeapi.HeaderCAHash, info.CAHash)
+			header.Set(nodeapi.HeaderSnapshotSHA256, info.SHA256)
+			header.Set("Content-Type", "application/octet-stream")
+			fmt.Fprintf(c.ErrOrStderr(), "kiln etcd: sending %s (%s, taken on %s at %s) to %s; etcd restarts from it\n", file, bounded.Size(info.Size), info.Node, info.Taken.Format(time.RFC3339), hp)
+			resp, err := nodeSend(ctx, hp, f.clusterDir, http.MethodPost, nodeapi.PathEtcdRestore, in, header)
+			if err != nil {
+				return err
+			}
+			return printNodeAnswer(c, hp, resp)
+		},
+	}
+	f.register(c)
+	return c
+}
+
+func etcdResetCommand() *cobra.Command {
+	var f etcdFlags
+	c := &cobra.Command{
+		Use:   "reset --node HOST[:PORT]",
+		Short: "Restart a master's etcd as a cluster of its own from its data, after the quorum is lost for good",
+		Long: `When too many masters are gone for etcd to have a quorum (two of three, say),
+and will not come back, restart the etcd of the master at --node as a
+cluster of that member alone from its own data (etcd's --force-new-cluster,
+what k3s calls a cluster reset). Writes it had not received are lost.
+
+Refused while any master's etcd answers with a leader: then the cluster
+has a quorum, and a master that lost its data rejoins by itself (remove
+the members of machines gone for good with kiln etcd remove). The other
+masters, when they return, set their data aside (DATA/etcd.removed) and
+join the reset cluster as learners.`,
+		Example: `  kiln etcd reset --node 192.168.1.10`,
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			hp, err := f.hostPort()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+			defer cancel()
+			resp, err := nodeDo(ctx, hp, f.clusterDir, http.MethodPost, nodeapi.PathEtcdReset)
+			if err != nil {
+				return err
+			}
+			return printNodeAnswer(c, hp, resp)
+		},
+	}
+	f.register(c)
+	return c
+}
+
+// printNodeAnswer prints a node's answer to a request that changes
+// something, or returns it as the error when it is not 200 OK.
+func printNodeAnswer(c *cobra.Command, hostPort string, resp *http.Response) error {
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	msg := strings.TrimSpace(string(body))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("node %s: %s", hostPort, bounded.Shorten(msg, 2048))
+	}
+	fmt.Fprintln(c.OutOrStdout(), msg)
+	return nil
+}
+
+// checkRestoreFile checks a snapshot before it is sent: its record
+// FILE.json says it is of the cluster whose CA hash is caHash, and the
+// file is whole (etcd's sha256 at its end, and the size and sha256 the
+// record names). It returns the record.
+func checkRestoreFile(file, caHash string) (*nodeapi.SnapshotInfo, error) {
+	recordPath := nodeapi.SnapshotInfoFile(file)
+	data, err := os.ReadFile(recordPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s has no record %s saying which cluster it is of: kiln restores only snapshots it took (kiln etcd snapshot save, or a master's scheduled ones, each with its FILE.json)", file, recordPath)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var info nodeapi.SnapshotInfo
+	if err := json.Unmarshal(data, &info); err != nil {
+		return nil, fmt.Errorf("%s: %w", recordPath, err)
+	}
+	if info.CAHash != caHash {
+		return nil, fmt.Errorf("%s is a snapshot of cluster %s (CA %s), not of the cluster at --cluster (CA %s): refusing to restore it", file, bounded.Quote(info.Cluster), bounded.Quote(info.CAHash), caHash)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if err := nodeapi.CheckSnapshotHash(f, st.Size()); err != nil {
+		return nil, fmt.Errorf("%s: %w; take a new snapshot", file, err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, st.Size())); err != nil {
+		return nil, err
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); st.Size() != info.Size || sum != info.SHA256 {
+		return nil, fmt.Errorf("%s (%d bytes, sha256 %s) is not the snapshot %s records (%d bytes, sha256 %s): it changed since it was saved", file, st.Size(), sum, recordPath, info.Size, bounded.Quote(info.SHA256))
+	}
+	return &info, nil
 }

@@ -136,6 +136,11 @@ func nodeGet(hostPort, clusterDir, path string) ([]byte, error) {
 // admin credentials. The caller reads and closes the body, whatever the
 // status.
 func nodeDo(ctx context.Context, hostPort, clusterDir, method, path string) (*http.Response, error) {
+	return nodeSend(ctx, hostPort, clusterDir, method, path, nil, nil)
+}
+
+// nodeSend is nodeDo with a request body and headers (nil: none).
+func nodeSend(ctx context.Context, hostPort, clusterDir, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
 	kcPath := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
 	data, err := pki.ReadFile(kcPath)
 	if err != nil {
@@ -158,9 +163,12 @@ func nodeDo(ctx context.Context, hostPort, clusterDir, method, path string) (*ht
 	// url.URL escapes what a host may hold that a URL may not (an IPv6
 	// zone's '%').
 	u := &url.URL{Scheme: "https", Host: hostPort, Path: path}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", hostPort, err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -4,10 +4,15 @@
 // (Join, Promote, PlanStart); members are listed with their health (List)
 // and removed only when the cluster keeps its quorum (Remove); the
 // database is saved to a snapshot that can be checked without etcd
-// (Snapshot, VerifySnapshot).
+// (Snapshot, VerifySnapshot). For disaster recovery, a member restores a
+// snapshot as a cluster of itself alone before etcd starts
+// (ApplyPendingRestore), a member whose data is no longer its cluster's
+// sets it aside and joins again (Peers.Displaced), and snapshots are
+// taken on a schedule (Schedule).
 //
-// It talks to etcd through its client (go.etcd.io/etcd/client/v3) only:
-// the etcd entry point (components/entry) and kiln's node API both use it.
+// It talks to running etcd through its client (go.etcd.io/etcd/client/v3)
+// only, and restores with etcdutl, offline: the etcd entry point
+// (components/entry) and kiln's node API both use it.
 package etcdmember
 
 import (

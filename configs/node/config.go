@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -105,6 +106,67 @@ type ControlPlane struct {
 	// answers. On a worker they seed the node-local API load balancer
 	// until it learns the masters from the cluster.
 	Masters []string `yaml:"masters,omitempty"`
+	// Snapshots are a master's scheduled etcd snapshots, kept on its
+	// state disk (DATA/etcd-snapshots); a diskless master takes none
+	// (they would be in RAM beside the data they are meant to outlive).
+	Snapshots Snapshots `yaml:"snapshots,omitempty"`
+}
+
+// Snapshots schedule a master's etcd snapshots.
+type Snapshots struct {
+	// Interval between two snapshots, e.g. 6h or 90m; 0 turns them off.
+	// Default 6h.
+	Interval Duration `yaml:"interval"`
+	// Keep is how many snapshots are kept, the newest (1 to 100).
+	// Default 5.
+	Keep int `yaml:"keep"`
+}
+
+// Defaults and bounds of controlPlane.snapshots.
+const (
+	DefaultSnapshotInterval = 6 * time.Hour
+	DefaultSnapshotKeep     = 5
+	MinSnapshotInterval     = time.Minute
+	MaxSnapshotKeep         = 100
+)
+
+// Duration is a time.Duration written as Go writes one ("6h", "90m",
+// "1h30m"); the number 0 is a duration too (off).
+type Duration time.Duration
+
+// UnmarshalYAML reads "6h" or 0 (yaml.v3 reads neither a bare 0 nor
+// "6h" into a time.Duration by itself the way a config wants).
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a duration such as 6h or 90m (or 0)", n.Line)
+	}
+	if n.Value == "0" {
+		*d = 0
+		return nil
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %s is not a duration: want a number and a unit, such as 6h, 90m or 1h30m (or 0)", n.Line, bounded.Quote(n.Value))
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as Go does ("6h0m0s").
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// String is the duration as Go writes it.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+func (s Snapshots) validate() []error {
+	var errs []error
+	if iv := time.Duration(s.Interval); iv != 0 && iv < MinSnapshotInterval {
+		errs = append(errs, fmt.Errorf("controlPlane.snapshots.interval: %s is shorter than %s; write 0 to turn scheduled snapshots off, or e.g. 6h", iv, MinSnapshotInterval))
+	}
+	if s.Keep < 1 || s.Keep > MaxSnapshotKeep {
+		errs = append(errs, fmt.Errorf("controlPlane.snapshots.keep: %d; want 1 to %d (the newest kept, e.g. %d)", s.Keep, MaxSnapshotKeep, DefaultSnapshotKeep))
+	}
+	return errs
 }
 
 // PeerMasters are the masters other than this node, in the order of
@@ -169,6 +231,9 @@ func Default() Config {
 		PodSecurity: PodSecurity{
 			Enforce: "baseline", Warn: "restricted", Audit: "restricted",
 			ExemptNamespaces: []string{"kube-system"},
+		},
+		ControlPlane: ControlPlane{
+			Snapshots: Snapshots{Interval: Duration(DefaultSnapshotInterval), Keep: DefaultSnapshotKeep},
 		},
 		Ports: Ports{
 			APIServer:         6443,
@@ -520,6 +585,7 @@ func (c *Config) validateControlPlane() []error {
 		seen[ip.String()] = true
 		self = self || sameIP(m, c.Address)
 	}
+	errs = append(errs, c.ControlPlane.Snapshots.validate()...)
 	// A loopback address is the default, before PID 1 has set the
 	// network's (DHCP): the list is checked again with the real one.
 	if ip := net.ParseIP(c.Address); c.Role == RoleMaster && len(c.ControlPlane.Masters) > 0 && !self && ip != nil && !ip.IsLoopback() {

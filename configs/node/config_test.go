@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseEmptyIsDefault(t *testing.T) {
@@ -178,5 +179,49 @@ func TestControlPlaneMasters(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want %q", doc, err, want)
 		}
+	}
+}
+
+func TestControlPlaneSnapshots(t *testing.T) {
+	head := "apiVersion: kiln.dev/v1alpha1\nkind: NodeConfig\nrole: master\naddress: 10.0.0.10\n"
+	for doc, want := range map[string]Snapshots{
+		"":                                     {Interval: Duration(6 * time.Hour), Keep: 5},
+		"controlPlane: {masters: [10.0.0.10]}": {Interval: Duration(6 * time.Hour), Keep: 5},
+		"controlPlane: {snapshots: {interval: 90m}}":         {Interval: Duration(90 * time.Minute), Keep: 5},
+		"controlPlane: {snapshots: {interval: 0}}":           {Keep: 5},
+		"controlPlane: {snapshots: {interval: 0s, keep: 1}}": {Keep: 1},
+		"controlPlane: {snapshots: {keep: 100}}":             {Interval: Duration(6 * time.Hour), Keep: 100},
+		"controlPlane: {snapshots: {interval: null}}":        {Interval: Duration(6 * time.Hour), Keep: 5},
+	} {
+		cfg, err := Parse([]byte(head + doc + "\n"))
+		if err != nil {
+			t.Errorf("%q: %v", doc, err)
+			continue
+		}
+		if got := cfg.ControlPlane.Snapshots; got != want {
+			t.Errorf("%q: snapshots %+v, want %+v", doc, got, want)
+		}
+	}
+	for doc, want := range map[string]string{
+		"controlPlane: {snapshots: {interval: 30s}}":  "controlPlane.snapshots.interval: 30s is shorter than 1m0s; write 0 to turn scheduled snapshots off",
+		"controlPlane: {snapshots: {interval: -1h}}":  "controlPlane.snapshots.interval: -1h0m0s is shorter than 1m0s",
+		"controlPlane: {snapshots: {interval: 6}}":    `"6" is not a duration: want a number and a unit, such as 6h`,
+		"controlPlane: {snapshots: {interval: [1]}}":  "want a duration such as 6h",
+		"controlPlane: {snapshots: {keep: 0}}":        "controlPlane.snapshots.keep: 0; want 1 to 100",
+		"controlPlane: {snapshots: {keep: 101}}":      "controlPlane.snapshots.keep: 101; want 1 to 100",
+		"controlPlane: {snapshots: {every: 6h}}":      `unknown field "every"`,
+		"controlPlane: {snapshots: {interval: soon}}": `"soon" is not a duration`,
+	} {
+		_, err := Parse([]byte(head + doc + "\n"))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", doc, err, want)
+		}
+	}
+	// A layer (kiln cluster's, kiln pxe serve's) that sets the masters
+	// writes no snapshots: the image's stay.
+	l := NewLayer(RoleMaster, "m1")
+	l.ControlPlane = &ControlPlane{Masters: []string{"10.0.0.10"}}
+	if y := string(l.YAML("test")); strings.Contains(y, "snapshots") {
+		t.Errorf("layer:\n%s\nwants no snapshots", y)
 	}
 }

@@ -23,6 +23,17 @@ const (
 	// (etcd's own format: the database with its sha256 appended), with
 	// the cluster's identity in the headers below.
 	PathEtcdSnapshot = "/etcd/snapshot"
+	// PathEtcdRestore: POST, the body a snapshot (as PathEtcdSnapshot
+	// streams it), HeaderCAHash its cluster's CA hash (from its
+	// FILE.json) and HeaderSnapshotSHA256 the file's sha256: the node
+	// checks both, keeps the snapshot once verified, and restarts its
+	// etcd from it as a cluster of one. 409 Conflict: another cluster's
+	// snapshot, or a restore or reset under way.
+	PathEtcdRestore = "/etcd/restore"
+	// PathEtcdReset: POST, the node's etcd restarts as a cluster of one
+	// from its own data (etcd's --force-new-cluster). 409 Conflict while
+	// a member with a leader answers: then there is nothing to reset.
+	PathEtcdReset = "/etcd/reset"
 )
 
 // Headers of a snapshot answer: whose cluster it is.
@@ -30,7 +41,14 @@ const (
 	HeaderCluster = "Kiln-Cluster"
 	HeaderCAHash  = "Kiln-Ca-Hash"
 	HeaderNode    = "Kiln-Node"
+	// HeaderSnapshotSHA256 is a restore's: the hex sha256 of the whole
+	// snapshot file, as its SnapshotInfo records it.
+	HeaderSnapshotSHA256 = "Kiln-Snapshot-Sha256"
 )
+
+// SnapshotInfoFile is where SnapshotInfo of the snapshot at path is
+// kept: beside it, path + ".json".
+func SnapshotInfoFile(path string) string { return path + ".json" }
 
 // EtcdMember is one member of a master's etcd cluster.
 type EtcdMember struct {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,13 @@ type service struct {
 	stopCh  chan struct{} // closed by Run when this service's turn to stop has come
 	done    chan struct{} // closed when runService has returned (no process left)
 	stopped chan struct{} // closed when the service is marked stopped; dependencies wait for it
+
+	// Restart's requests (restart.go): restartSig wakes the run or the
+	// backoff wait; restartReq, closed by the next start, is what the
+	// callers wait for (nil: none pending).
+	restartMu  sync.Mutex
+	restartReq chan struct{}
+	restartSig chan struct{}
 }
 
 func newService(sp Spec, opts Options, out *prefixWriter) *service {
@@ -42,6 +50,7 @@ func newService(sp Spec, opts Options, out *prefixWriter) *service {
 		stopCh:      make(chan struct{}),
 		done:        make(chan struct{}),
 		stopped:     make(chan struct{}),
+		restartSig:  make(chan struct{}, 1),
 	}
 	if sv.stopTimeout <= 0 {
 		sv.stopTimeout = opts.StopTimeout
@@ -78,6 +87,10 @@ func (s *Supervisor) runService(ctx context.Context, sv *service) {
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
+		case <-sv.restartSig:
+			// Restart asked for: start now. The start serves the
+			// request (takeRestart).
+			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
 			return
@@ -92,6 +105,21 @@ func (s *Supervisor) ended(sv *service, r runResult, shortRuns *int) (time.Durat
 	what := "exited: " + r.exit
 	if r.startErr {
 		what = "start failed: " + r.exit
+	}
+	if r.restarted && !s.stopping.Load() {
+		// Asked for (Restart): no crash, no backoff; "started"
+		// follows at once.
+		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
+			st.State = nodeapi.StateBackoff
+			st.PID = 0
+			st.StartedAt = time.Time{}
+			st.LastExit = r.exit
+			st.LastExitAt = now
+			st.NextStart = now
+			st.Backoff = 0
+			return []event{{what: "exited for the restart: " + r.exit}}
+		})
+		return 0, true
 	}
 	if r.stopped || s.stopping.Load() {
 		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
@@ -169,10 +197,11 @@ func (s *Supervisor) waitDeps(ctx context.Context, sv *service) bool {
 
 // runResult is how one run of a service ended.
 type runResult struct {
-	exit     string        // "exit status 1", "signal: killed", or the start error
-	startErr bool          // the process could not be started at all
-	ran      time.Duration // from start to exit
-	stopped  bool          // ended because Run stopped the service
+	exit      string        // "exit status 1", "signal: killed", or the start error
+	startErr  bool          // the process could not be started at all
+	ran       time.Duration // from start to exit
+	stopped   bool          // ended because Run stopped the service
+	restarted bool          // ended because Restart stopped it
 }
 
 // runOnce starts the service's process once and waits for it to end, or
@@ -244,10 +273,13 @@ func (s *Supervisor) startGated(ctx context.Context, sv *service) (*process, err
 
 // runProcess is runOnce's work; rn tracks what it has started.
 func (s *Supervisor) runProcess(ctx context.Context, sv *service, restart bool, rn *run) (runResult, bool) {
+	// This start serves every Restart asked for so far.
+	served := sv.takeRestart()
 	p, err, ok := s.startGated(ctx, sv)
 	if !ok {
 		return runResult{}, false
 	}
+	defer served()
 	startedAt := time.Now()
 	if err != nil {
 		s.update(sv, func(st *nodeapi.ServiceStatus) []event {
@@ -287,10 +319,26 @@ func (s *Supervisor) runProcess(ctx context.Context, sv *service, restart bool, 
 	callHook(hookRun, sv.spec.Name)
 
 	var waitErr error
-	stopped := false
+	stopped, restarted := false, false
+	// The run has started: the Restarts that asked for it may return.
+	served()
 	select {
 	case <-p.exited:
 		waitErr = p.waitErr
+	case <-sv.restartSig:
+		restarted = true
+		stopProbe()
+		<-probeDone
+		s.update(sv, func(*nodeapi.ServiceStatus) []event {
+			return []event{{what: "restarting", detail: fmt.Sprintf("asked for; SIGTERM to pid %d", p.pid)}}
+		})
+		var killed bool
+		waitErr, killed = p.terminate(sv.stopTimeout)
+		if killed {
+			s.update(sv, func(*nodeapi.ServiceStatus) []event {
+				return []event{{what: "killed", detail: fmt.Sprintf("still running %s after SIGTERM", sv.stopTimeout)}}
+			})
+		}
 	case <-sv.stopCh:
 		stopped, rn.stopped = true, true
 		// Stop probing first, so no probe result turns "stopping" back.
@@ -313,7 +361,7 @@ func (s *Supervisor) runProcess(ctx context.Context, sv *service, restart bool, 
 	<-probeDone
 	rn.p = nil // cleaned up here, once, even if the clean-up panics
 	p.cleanup()
-	return runResult{exit: describeExit(waitErr), ran: ran, stopped: stopped}, true
+	return runResult{exit: describeExit(waitErr), ran: ran, stopped: stopped, restarted: restarted}, true
 }
 
 // describeExit words how a process ended the way exec does ("exit status

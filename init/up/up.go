@@ -168,7 +168,7 @@ func Run(ctx context.Context, o Options) error {
 	// The same status, over TLS to the cluster's admins (kiln status --node).
 	// On a master, etcd's members and snapshots too (kiln etcd).
 	for _, addr := range nodeAPIAddresses(&cfg) {
-		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), withEtcd(env, sup.Handler()), con.panic)
+		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), withEtcd(env, sup, sup.Handler()), con.panic)
 		if err != nil {
 			return err
 		}
