@@ -21,6 +21,7 @@ type Layer struct {
 	Network      *Network                     `yaml:"network,omitempty"`
 	ExtraArgs    map[string]map[string]string `yaml:"extraArgs,omitempty"`
 	ControlPlane *ControlPlane                `yaml:"controlPlane,omitempty"`
+	Storage      *Storage                     `yaml:"storage,omitempty"`
 	// NodeSecret makes a layer a secret: write it 0600.
 	NodeSecret string `yaml:"nodeSecret,omitempty"`
 }

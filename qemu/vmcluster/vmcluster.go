@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -89,6 +90,11 @@ type Options struct {
 	// Later names nodes Up prepares but does not boot: Boot starts them
 	// (a cluster that grows, masters started together on a running one).
 	Later []string
+	// MasterStateDisk gives each master a blank state disk of this many
+	// MiB (a sparse file beside its console log), formatted at its first
+	// boot: its etcd and snapshots outlive a power-off. 0: diskless
+	// masters, which start afresh at every boot.
+	MasterStateDisk int
 	// Append adds kernel arguments to every VM.
 	Append []string
 	// Progress receives one line per step.
@@ -307,6 +313,10 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 		}
 		l.ControlPlane = cp
 	}
+	if n.Role == node.RoleMaster && c.opts.MasterStateDisk > 0 {
+		// The second virtio disk: the config drive is the first.
+		l.Storage = &node.Storage{StateDisk: "/dev/vdb", Format: node.FormatAuto}
+	}
 	if n.Role == node.RoleMaster {
 		// eth1 is QEMU's user network, only for the API forward: the API
 		// server listens there too.
@@ -353,6 +363,15 @@ func (c *Cluster) prepare(n *Node) error {
 		qemu.WithSocketNet(c.hub.Addr(), n.MAC), // eth0: the cluster's L2
 		qemu.WithDrive(qemu.Disk{Path: drive, Format: "raw", ReadOnly: true}),
 		qemu.WithSerialLog(n.ConsoleLog),
+	}
+	if n.Role == node.RoleMaster && c.opts.MasterStateDisk > 0 {
+		disk := c.stateDisk(n)
+		if _, err := os.Stat(disk); errors.Is(err, fs.ErrNotExist) {
+			if err := blankDisk(disk, c.opts.MasterStateDisk); err != nil {
+				return err
+			}
+		}
+		n.opts = append(n.opts, qemu.WithDrive(qemu.Disk{Path: disk, Format: "raw"}))
 	}
 	if n.Role == node.RoleMaster {
 		// One master: the host's API port is its forward. Several: each
@@ -618,6 +637,46 @@ func (c *Cluster) Kill(name string) error {
 	<-vm.Done()
 	c.say("%s: killed", n.Name)
 	return nil
+}
+
+// WipeStateDisk replaces a stopped master's state disk by a blank one:
+// the machine boots next as a master whose disk was changed, knowing
+// nothing of its cluster but its config.
+func (c *Cluster) WipeStateDisk(name string) error {
+	n := c.Node(name)
+	if n == nil || n.Role != node.RoleMaster || c.opts.MasterStateDisk == 0 {
+		return fmt.Errorf("%s: no master with a state disk", name)
+	}
+	if vm := n.VM(); vm != nil {
+		select {
+		case <-vm.Done():
+		default:
+			return fmt.Errorf("%s is running", name)
+		}
+	}
+	if err := blankDisk(c.stateDisk(n), c.opts.MasterStateDisk); err != nil {
+		return err
+	}
+	c.say("%s: state disk wiped", n.Name)
+	return nil
+}
+
+func (c *Cluster) stateDisk(n *Node) string {
+	return filepath.Join(c.opts.StateDir, n.Name+".state.img")
+}
+
+// blankDisk (re)creates a sparse file of mib MiB: all zeros, which PID 1
+// formats (storage.format: auto).
+func blankDisk(path string, mib int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(int64(mib) << 20); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Boot starts a node that was killed, or one Up left for later

@@ -59,7 +59,11 @@ func TestHA(t *testing.T) {
 		MasterImage: master, WorkerImage: worker, ClusterDir: clusterDir,
 		StateDir: filepath.Join(dir, "vms"), Masters: 3, Workers: 1, CPUs: 1,
 		MasterMemory: haMasterMemory, WorkerMemory: smallWorkerMemory,
-		Progress: testLog{t}, Append: vmAppend(),
+		// Masters keep etcd on a disk, as servers do: a master powered
+		// off comes back with its data, and disaster recovery has data
+		// to set aside.
+		MasterStateDisk: 2048,
+		Progress:        testLog{t}, Append: vmAppend(),
 		// The first master and the worker first: a cluster of one
 		// master, running, that two more then join. (Three control
 		// planes starting at once on this machine's two cores, under
@@ -129,6 +133,11 @@ func TestHA(t *testing.T) {
 		return ms
 	}
 
+	// written are the ConfigMaps the API acknowledged before the
+	// snapshot; snapshot is the snapshot saved to the host.
+	var written []string
+	var snapshot string
+
 	t.Run("two masters started together both become voting members", func(t *testing.T) {
 		allVoting(first, 10*time.Minute)
 		t.Logf("FIGURE ha: two more masters booted to 3 voting etcd members: %s", time.Since(grow).Round(time.Second))
@@ -170,15 +179,22 @@ func TestHA(t *testing.T) {
 		w.stop()
 		gap := w.longestGap()
 		acked := w.acked()
+		for _, a := range acked {
+			written = append(written, a.name)
+		}
 		lost := w.missing(t)
 		t.Logf("FIGURE ha: API write gap when a master died: %s (longest between acknowledged writes); %d acknowledged writes checked, %d lost", gap.Round(100*time.Millisecond), len(acked), len(lost))
 		if len(lost) > 0 {
 			t.Errorf("acknowledged writes lost: %v", lost)
 		}
 
-		// The master boots again, empty (diskless), and takes its
-		// place back: its stale member is replaced with no manual step.
+		// The master boots again with an empty disk (a replaced disk,
+		// or a new machine under the same name), and takes its place
+		// back: its stale member is replaced with no manual step.
 		back := time.Now()
+		if err := c.WipeStateDisk(first.Name); err != nil {
+			t.Fatal(err)
+		}
 		if err := c.Boot(first.Name); err != nil {
 			t.Fatal(err)
 		}
@@ -218,7 +234,188 @@ func TestHA(t *testing.T) {
 			t.Errorf("%s.json: %+v; want cluster %s, CA %s, node %s, size %d", file, info, cl.Name, cl.CAHash, second.Name, st.Size())
 		}
 		t.Logf("FIGURE ha: etcd snapshot to the host: %s in %s", bounded.Size(st.Size()), time.Since(took).Round(100*time.Millisecond))
+		snapshot = file
+
+		// A master with a state disk took a scheduled snapshot of its
+		// own when it became a voting member (the first is due at once).
+		testutil.Eventually(t, 3*time.Minute, 5*time.Second, second.Name+"'s scheduled snapshot", func() error {
+			log, err := nodeLog(clusterDir, second, "etcd")
+			if err != nil {
+				return err
+			}
+			for _, line := range strings.Split(log, "\n") {
+				if strings.Contains(line, "scheduled snapshot ") && strings.Contains(line, "verified") {
+					t.Logf("%s: %s", second.Name, line)
+					return nil
+				}
+			}
+			return fmt.Errorf("no scheduled snapshot in its etcd log")
+		})
 	})
+
+	t.Run("all masters lost, one restored from the snapshot, the others rejoin", func(t *testing.T) {
+		if snapshot == "" || len(written) == 0 {
+			t.Fatal("needs the snapshot and the writes of the scenarios before")
+		}
+		// A write after the snapshot: the restore takes it back.
+		if out, err := kc.Run("create", "configmap", "after-snapshot", "-n", "default"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		for _, m := range c.Masters() {
+			if err := c.Kill(m.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The first comes back with its data: its etcd has no quorum,
+		// and waits for peers that will not come.
+		if err := c.Boot(first.Name); err != nil {
+			t.Fatal(err)
+		}
+		node := fmt.Sprintf("127.0.0.1:%d", first.NodeAPIPort)
+		testutil.Eventually(t, 5*time.Minute, 3*time.Second, first.Name+"'s node API", func() error {
+			_, err := nodeLog(clusterDir, first, "etcd")
+			return err
+		})
+
+		// Refused before anything changes: a damaged snapshot, and one
+		// of another cluster.
+		damaged := filepath.Join(dir, "damaged.db")
+		foreign := filepath.Join(dir, "foreign.db")
+		data, err := os.ReadFile(snapshot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		record, err := os.ReadFile(snapshot + ".json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info nodeapi.SnapshotInfo
+		if err := json.Unmarshal(record, &info); err != nil {
+			t.Fatal(err)
+		}
+		bad := bytes.Clone(data)
+		bad[len(bad)/2] ^= 0xff
+		other := info
+		other.CAHash = strings.Repeat("0", len(info.CAHash))
+		otherRecord, _ := json.Marshal(other)
+		for _, f := range []struct {
+			path        string
+			data, rec   []byte
+			want, label string
+		}{
+			{damaged, bad, record, "sha256", "a damaged snapshot"},
+			{foreign, data, otherRecord, "not of the cluster", "a snapshot of another cluster"},
+		} {
+			if err := os.WriteFile(f.path, f.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(f.path+".json", f.rec, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := e2e.Kiln("etcd", "restore", f.path, "--node", node, "--cluster", clusterDir)
+			t.Logf("%s: %s", f.label, strings.TrimSpace(out))
+			if err == nil {
+				t.Fatalf("%s was restored", f.label)
+			}
+			if !strings.Contains(out, f.want) {
+				t.Errorf("%s refused without saying %q: %s", f.label, f.want, out)
+			}
+		}
+		// The node checks again on its own, for a client that skips
+		// the CLI's checks.
+		for _, f := range []struct {
+			data     []byte
+			ca, want string
+			label    string
+		}{
+			{bad, info.CAHash, "damaged", "a damaged snapshot"},
+			{data, other.CAHash, "another cluster", "a snapshot of another cluster"},
+		} {
+			h := http.Header{}
+			h.Set(nodeapi.HeaderCAHash, f.ca)
+			answer, err := nodeRequest(clusterDir, first, http.MethodPost, nodeapi.PathEtcdRestore, bytes.NewReader(f.data), h)
+			t.Logf("%s sent to the node: %v", f.label, err)
+			if err == nil {
+				t.Fatalf("the node restored %s: %s", f.label, answer)
+			}
+			if !strings.Contains(err.Error(), f.want) {
+				t.Errorf("the node refused %s without saying %q: %v", f.label, f.want, err)
+			}
+		}
+
+		restored := time.Now()
+		out := e2e.MustKiln(t, "etcd", "restore", snapshot, "--node", node, "--cluster", clusterDir)
+		t.Logf("kiln etcd restore: %s", strings.TrimSpace(out))
+		apiReady(t, c.Kubeconfig, first, 10*time.Minute)
+		t.Logf("FIGURE ha: restore sent to the first master's API server ready: %s", time.Since(restored).Round(time.Second))
+		own := kubectl(c.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", first.APIHostPort()))
+		names, err := own.Run("get", "configmaps", "-n", "default", "-o", "name")
+		if err != nil {
+			t.Fatalf("%v: %s", err, names)
+		}
+		have := map[string]bool{}
+		for _, n := range strings.Fields(names) {
+			have[strings.TrimPrefix(n, "configmap/")] = true
+		}
+		var lost []string
+		for _, n := range written {
+			if !have[n] {
+				lost = append(lost, n)
+			}
+		}
+		t.Logf("FIGURE ha: after the restore, %d of %d ConfigMaps written before the snapshot are back", len(written)-len(lost), len(written))
+		if len(lost) > 0 {
+			t.Errorf("written before the snapshot, missing after the restore: %v", lost)
+		}
+		if have["after-snapshot"] {
+			t.Error("a ConfigMap written after the snapshot is there after the restore")
+		}
+
+		// The other two come back with the data of the cluster before:
+		// they set it aside and join the restored one.
+		for _, m := range []*vmcluster.Node{second, c.Node(vmcluster.MasterNameOf(3))} {
+			if err := c.Boot(m.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		allVoting(first, 15*time.Minute)
+		t.Logf("FIGURE ha: restore sent to 3 voting etcd members: %s", time.Since(restored).Round(time.Second))
+		waitNodes(t, ctx, c, 5*time.Minute, "kiln-worker-1")
+	})
+}
+
+// nodeLog reads a component's recent output from a master's node API.
+func nodeLog(clusterDir string, n *vmcluster.Node, component string) (string, error) {
+	return nodeRequest(clusterDir, n, http.MethodGet, nodeapi.PathLogs+component, nil, nil)
+}
+
+// nodeRequest asks a master's node API, with the cluster's admin
+// credentials; an answer other than 200 OK is the error.
+func nodeRequest(clusterDir string, n *vmcluster.Node, method, path string, body io.Reader, header http.Header) (string, error) {
+	_, cfg, err := pki.LoadKubeconfigTLS(filepath.Join(clusterDir, cluster.AdminKubeconfigFile))
+	if err != nil {
+		return "", err
+	}
+	// The node's serving certificate is its own (kiln status --help).
+	cfg.InsecureSkipVerify = true
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: cfg}}
+	req, err := http.NewRequest(method, fmt.Sprintf("https://127.0.0.1:%d%s", n.NodeAPIPort, path), body)
+	if err != nil {
+		return "", err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(answer))
+	}
+	return string(answer), err
 }
 
 // apiReady waits until a master's own API server answers /readyz ok,
