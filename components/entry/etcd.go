@@ -2,6 +2,7 @@ package entry
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -154,6 +155,7 @@ func serveEtcd(args []string, sigs <-chan os.Signal) int {
 			return usageError("etcd", err)
 		}
 		defer s.peers.Close()
+		s.peerTLS = tlsConfig
 		s.each = etcdmember.NewPeers(endpoints, tlsConfig)
 	}
 	if f.snapshotDir == "" && f.snapshotInterval > 0 {
@@ -180,8 +182,9 @@ type etcdServe struct {
 	log io.Writer
 	// peers reaches the other masters' etcd, each asks one of them
 	// (Displaced); both nil without --peers.
-	peers *clientv3.Client
-	each  *etcdmember.Peers
+	peers   *clientv3.Client
+	peerTLS *tls.Config
+	each    *etcdmember.Peers
 	// A reset asked for (the marker's line), until a start from it is
 	// ready.
 	reset      string
@@ -214,6 +217,7 @@ func (s *etcdServe) start(cfg *embed.Config) (code int, again bool) {
 			JoinOptions: etcdmember.JoinOptions{Name: cfg.Name, PeerURL: cfg.AdvertisePeerUrls[0].String(), Log: s.log},
 			Bootstrap:   s.f.bootstrap,
 			Grace:       s.f.bootstrapGrace,
+			TLS:         s.peerTLS,
 		})
 		switch {
 		case ctx.Err() != nil:

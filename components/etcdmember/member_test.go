@@ -360,3 +360,31 @@ func TestPlanStartJoins(t *testing.T) {
 	}
 	checkVoting(t, ctx, ca.client(t, m1, m2), "m1", "m2")
 }
+
+// The masters' etcd is another cluster's (another CA: this master's
+// image was built from another cluster directory): PlanStart says so
+// and ends, whether or not this member may bootstrap, and starts
+// nothing.
+func TestPlanStartRefusesAnotherClustersPeer(t *testing.T) {
+	t.Parallel()
+	theirs, ours := newTestCA(t), newTestCA(t)
+	ctx := testContext(t)
+	m1 := theirs.member(t, "m1")
+	theirs.start(t, m1, "")
+	cli := ours.client(t, m1)
+	for _, bootstrap := range []bool{false, true} {
+		var log testutil.SyncBuffer
+		p, err := PlanStart(ctx, cli, StartOptions{
+			JoinOptions: JoinOptions{Name: "m2", PeerURL: "https://127.0.0.1:1", Log: &log, Retry: 50 * time.Millisecond},
+			Bootstrap:   bootstrap, Grace: 100 * time.Millisecond, TLS: ours.clientTLS,
+		})
+		if err == nil || p.New || ctx.Err() != nil {
+			t.Fatalf("bootstrap %t: PlanStart beside another cluster's etcd = %+v, %v; want an error at once", bootstrap, p, err)
+		}
+		for _, want := range []string{"the etcd at " + m1.clientURL + " is another cluster's", "not signed by this master's etcd CA", "kiln build --cluster"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("bootstrap %t: error %q, want %q", bootstrap, err, want)
+			}
+		}
+	}
+}

@@ -2,6 +2,9 @@ package etcdmember
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -23,6 +26,12 @@ type StartOptions struct {
 	// Grace is how long a member that may bootstrap looks for running
 	// peers first; zero: DefaultGrace.
 	Grace time.Duration
+	// TLS is the client TLS of the peers (cli's). With it, a peer that
+	// accepts connections but does not answer is asked for its
+	// certificate: one this member's etcd CA did not sign is another
+	// cluster's, and PlanStart ends with an error that says so instead
+	// of waiting for it.
+	TLS *tls.Config
 }
 
 // Plan is how a member without data starts.
@@ -61,11 +70,16 @@ func PlanStart(ctx context.Context, cli *clientv3.Client, opts StartOptions) (Pl
 		lastErr, lastMute string
 	)
 	for {
-		r := reachPeers(ctx, cli)
+		r := reachPeers(ctx, cli, opts.TLS)
 		if r.answering || r.listening {
 			seen = true
 		}
 		switch {
+		case !r.answering && r.foreign != nil:
+			// Another CA's etcd does not become this cluster's by
+			// waiting: the image is wrong. The error is the run's last
+			// line, which the console shows.
+			return Plan{}, fmt.Errorf("the etcd at %s is another cluster's: its certificate is not signed by this master's etcd CA (%v). This master's image was built from another cluster directory than the masters at %s: build it from theirs (kiln build --cluster DIR). Nothing was changed: this master has no etcd data, and started and joined no cluster", r.listeningAt, r.foreign, peers)
 		case r.answering:
 			j, err := Join(ctx, cli, opts.JoinOptions)
 			if err == nil {
@@ -111,11 +125,15 @@ type reach struct {
 	// without answering; listeningAt is its URL.
 	listening   bool
 	listeningAt string
+	// foreign: the one at listeningAt presented a certificate this
+	// member's CA did not sign (the handshake's error).
+	foreign error
 }
 
 // reachPeers asks each of cli's endpoints for its status and, when it
-// does not answer, whether it accepts a connection at all.
-func reachPeers(ctx context.Context, cli *clientv3.Client) reach {
+// does not answer, whether it accepts a connection at all and, with
+// tlsConfig, whether its certificate is of this member's CA.
+func reachPeers(ctx context.Context, cli *clientv3.Client, tlsConfig *tls.Config) reach {
 	var (
 		mu sync.Mutex
 		r  reach
@@ -138,14 +156,33 @@ func reachPeers(ctx context.Context, cli *clientv3.Client) reach {
 			if err != nil {
 				return
 			}
+			foreign := foreignCA(ctx, conn, u.Hostname(), tlsConfig)
 			conn.Close()
 			mu.Lock()
 			if !r.listening || ep < r.listeningAt {
-				r.listening, r.listeningAt = true, ep
+				r.listening, r.listeningAt, r.foreign = true, ep, foreign
 			}
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	return r
+}
+
+// foreignCA shakes hands over conn and returns the error when the peer's
+// certificate is not signed by tlsConfig's CAs; nil for anything else (a
+// peer still starting, a handshake cut short), and without tlsConfig.
+func foreignCA(ctx context.Context, conn net.Conn, host string, tlsConfig *tls.Config) error {
+	if tlsConfig == nil {
+		return nil
+	}
+	cfg := tlsConfig.Clone()
+	cfg.ServerName = host
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	err := tls.Client(conn, cfg).HandshakeContext(ctx)
+	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
+		return err
+	}
+	return nil
 }
