@@ -131,6 +131,9 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 		if d.Snapshot {
 			opt += ",snapshot=on"
 		}
+		if d.Cache != "" {
+			opt += ",cache=" + d.Cache
+		}
 		a = append(a, "-drive", opt)
 	}
 	if c.CDROM != "" {

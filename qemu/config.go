@@ -45,6 +45,12 @@ type Disk struct {
 	// Snapshot writes to a temporary overlay, leaving Path unchanged
 	// (boot the same built image several times).
 	Snapshot bool
+	// Cache is QEMU's cache mode ("" for QEMU's default, writeback).
+	// "unsafe" ignores the guest's flushes: what the guest wrote stays
+	// in the host's page cache and outlives a killed QEMU, only not a
+	// host crash, and an fsync no longer costs a host disk flush (etcd
+	// makes one per write).
+	Cache string
 }
 
 // netdev is one guest NIC and its host side.

@@ -30,6 +30,7 @@ func TestBuildArgs(t *testing.T) {
 		WithSocketNet("127.0.0.1:9000", "52:54:00:00:00:02"),
 		WithTapNet("tap-w1", "52:54:00:00:00:03"),
 		WithDisk("/d.qcow2", ""), WithCDROM("/c,d.iso"),
+		WithDrive(Disk{Path: "/state.img", Cache: "unsafe"}),
 	} {
 		if err := o(&cfg); err != nil {
 			t.Fatal(err)
@@ -51,6 +52,7 @@ func TestBuildArgs(t *testing.T) {
 		"-device virtio-net-pci,netdev=net2,mac=52:54:00:00:00:03",
 		"file=/d.qcow2,format=qcow2,if=virtio",
 		"file=/c,,d.iso,media=cdrom",
+		"file=/state.img,format=raw,if=virtio,id=disk1,cache=unsafe",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("args lack %q:\n%s", want, s)
