@@ -2,14 +2,19 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"kiln/configs/cluster"
 	"kiln/configs/image"
 	"kiln/configs/node"
 	"kiln/init/boot/blkdev"
@@ -116,7 +121,52 @@ func (m *machine) network(ctx context.Context) error {
 		m.cfg.Address = p.Addr.Addr().String()
 		m.con.Stage("config: address %s (from %s; set address: in the config to choose another)", m.cfg.Address, p.Interface)
 	}
+	// Last: the node's address and whether it runs kube-proxy are known
+	// only now (a fetched config may set either).
+	m.serviceRoute()
 	return nil
+}
+
+// serviceRoute makes the network keep a route for the node's own traffic
+// to the cluster's Services when nothing else covers the range
+// (netconf/svcroute.go), before any component starts: a master's API
+// server calls webhooks at their ClusterIPs from its first minute. Not
+// being able to is a warning: only that traffic depends on it.
+func (m *machine) serviceRoute() {
+	want, ok, err := serviceRange(m.cfg, image.ClusterDir)
+	switch {
+	case err != nil:
+		m.con.Warn("network: no route for the cluster's Services: %v", err)
+	case ok:
+		m.net.SetServiceRange(m.con, want)
+	}
+}
+
+// serviceRange is the range a node's own traffic to Services needs a
+// route for, from the cluster's cluster.yaml in clusterDir (the image's
+// cluster directory), and the node's address. ok is false on a node that
+// runs no kube-proxy (a control-plane-only master: nothing there would
+// DNAT a ClusterIP, so a route would only send the packets onto the
+// wire), and on an image with no cluster directory (test images; the
+// bring-up reports a real image without one).
+func serviceRange(cfg node.Config, clusterDir string) (want netconf.ServiceRange, ok bool, err error) {
+	if !cfg.RunsPods() {
+		return want, false, nil
+	}
+	if _, err := os.Stat(filepath.Join(clusterDir, cluster.ConfigFile)); errors.Is(err, fs.ErrNotExist) {
+		return want, false, nil
+	}
+	cl, err := cluster.LoadForWorker(clusterDir)
+	if err != nil {
+		return want, false, err
+	}
+	if want.CIDR, err = netip.ParsePrefix(cl.ServiceCIDR); err != nil {
+		return want, false, fmt.Errorf("cluster serviceCIDR: %w", err)
+	}
+	if want.NodeIP, err = netip.ParseAddr(cfg.Address); err != nil {
+		return want, false, fmt.Errorf("node address: %w", err)
+	}
+	return want, true, nil
 }
 
 // remoteConfig fetches kiln.config=URL and stacks it before the command

@@ -251,6 +251,40 @@ func TestCluster(t *testing.T) {
 		mustK("delete", "pod", "apparmor", "--wait=false")
 	})
 
+	t.Run("host network reaches a ClusterIP", func(t *testing.T) {
+		// Issue 13: the cluster's L2 has no default route, and the kernel
+		// routes a packet the node sends itself before kube-proxy's DNAT,
+		// so without PID 1's route for the service range a ClusterIP
+		// answered "connect: network is unreachable" from the node's own
+		// network namespace (hostNetwork pods, and on the master the API
+		// server calling webhooks and aggregated APIs), while the pod IP
+		// behind it answered. A hostNetwork pod on each node reaches the
+		// echo Service by its ClusterIP (TCP), then by its DNS name
+		// (kube-dns's ClusterIP over UDP, then TCP).
+		kt := func(args ...string) string { t.Helper(); return kc.Must(t, args...) }
+		apply(t, kt, hostNetManifest)
+		defer func() {
+			// Foreground: the pods are gone before the next step (the
+			// worker runs in 512 MiB).
+			if _, err := kd("delete", "daemonset", "hostnet", "--cascade=foreground"); err != nil {
+				t.Errorf("deleting the hostNetwork pods: %v", err)
+			}
+		}()
+		clusterIP := kt("get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}")
+		for _, p := range waitPods(t, kd, "app=hostnet", 2, 5*time.Minute) {
+			// In the node's network namespace, or this checks nothing.
+			if want := c.Node(p.node).Address; p.ip != want {
+				t.Fatalf("pod %s on %s has IP %s, want the node's %s (hostNetwork)", p.name, p.node, p.ip, want)
+			}
+			if out, err := kd("exec", p.name, "--", "kiln-echo", "get", "http://"+clusterIP+"/"); err != nil || !strings.Contains(out, "echo-") {
+				t.Errorf("%s: from the node's network namespace to the echo Service's ClusterIP %s: %v %q", p.node, clusterIP, err, out)
+			}
+			if out, err := kd("exec", p.name, "--", "kiln-echo", "get", "http://echo.default.svc.cluster.local/"); err != nil || !strings.Contains(out, "echo-") {
+				t.Errorf("%s: from the node's network namespace to the echo Service by DNS name: %v %q", p.node, err, out)
+			}
+		}
+	})
+
 	// Kill -9 containerd, then the kubelet, on the worker (from the debug
 	// pod there): both restart, the pods keep running.
 	killer := debugOn["kiln-worker-1"]
@@ -395,6 +429,29 @@ spec:
       volumes:
       - name: log
         hostPath: {path: /var/lib/kiln/log}
+`
+
+// hostNetManifest is a pod in the node's network namespace on every node
+// (Pod Security lets kiln-debug run it). It resolves names with the
+// cluster DNS (ClusterFirstWithHostNet); its server listens on loopback,
+// on a port of its own, so it takes nothing of the node's.
+const hostNetManifest = `
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: hostnet, namespace: kiln-debug}
+spec:
+  selector: {matchLabels: {app: hostnet}}
+  template:
+    metadata: {labels: {app: hostnet}}
+    spec:
+      hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
+      tolerations: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]
+      containers:
+      - name: client
+        image: kiln.local/kiln-echo:v1
+        imagePullPolicy: Never
+        args: [serve, -listen, "127.0.0.1:18080"]
 `
 
 // privilegedPod is what Pod Security's baseline level refuses in default.

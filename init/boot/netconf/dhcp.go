@@ -67,6 +67,10 @@ func (k *DHCP) apply(lease *nclient4.Lease) error {
 	}
 	k.lease, k.plan = lease, &p
 	k.state.set(&p)
+	// A lease can change what covers the service range (a router now,
+	// or none), and a lease got again after one expired has its address
+	// back without the route the kernel removed with it.
+	k.state.syncServiceRoute(k.con)
 	return nil
 }
 

@@ -1,8 +1,10 @@
 // Package netconf configures the node's network for PID 1: loopback, the
 // main interface (static, or DHCP with a lease kept in the background),
-// the additional interfaces, resolv.conf and the hosts files. It turns the
-// config's network section and DHCP answers into plans (Plan) and applies
-// them with netlink; it knows nothing of the boot's sequence.
+// the additional interfaces, resolv.conf and the hosts files, and the route
+// the node's own traffic to the cluster's Services needs on a network
+// without a default route (svcroute.go). It turns the config's network
+// section and DHCP answers into plans (Plan) and applies them with
+// netlink; it knows nothing of the boot's sequence.
 package netconf
 
 import (
@@ -35,10 +37,18 @@ const (
 )
 
 // State is the main interface's plan as the network left it; the DHCP
-// keeper changes it when the lease does. The zero value is ready to use.
+// keeper changes it when the lease does. It also holds the service range
+// the node keeps a route for (SetServiceRange). The zero value is ready to
+// use.
 type State struct {
 	mu   sync.Mutex
 	plan *Plan // nil: no address (yet)
+
+	// routeMu serializes the service route's decisions: the boot sets
+	// the range while the DHCP keeper may apply a lease.
+	routeMu  sync.Mutex
+	service  *ServiceRange // nil: no route to keep
+	routeWhy string        // the reason last said on the console
 }
 
 // Get returns the main interface's plan, nil when it has no address.
