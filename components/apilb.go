@@ -64,14 +64,20 @@ func (APILB) Ready(ctx context.Context, env *Env) error {
 func apiLBURL() string { return loopbackURL(APILBPort) }
 
 // apiLBSeeds are the API servers (HOST:PORT) the balancer starts from:
-// every master of controlPlane.masters at ports.apiServer; else the node's
-// apiEndpoint; else the cluster's endpoint.
+// every master of controlPlane.masters and the virtual IP
+// (controlPlane.vip) at ports.apiServer; else the node's apiEndpoint;
+// else the cluster's endpoint. The VIP is one seed more, not the only one:
+// it is down for the seconds a takeover takes, while the masters that are
+// up still answer at their own addresses.
 func apiLBSeeds(env *Env) []string {
-	if m := env.Config.ControlPlane.Masters; len(m) > 0 {
-		out := make([]string, len(m))
-		for i, a := range m {
-			out[i] = hostPort(a, env.Config.Ports.APIServer)
-		}
+	var out []string
+	for _, a := range env.Config.ControlPlane.Masters {
+		out = append(out, hostPort(a, env.Config.Ports.APIServer))
+	}
+	if vip, ok := env.Config.VIPAddr(); ok {
+		out = append(out, hostPort(vip.String(), env.Config.Ports.APIServer))
+	}
+	if len(out) > 0 {
 		return out
 	}
 	if ep := env.Config.APIEndpoint; ep != "" {

@@ -28,7 +28,20 @@ func (APIServer) Name() string        { return node.ComponentAPIServer }
 func (APIServer) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
 func (APIServer) DependsOn() []string { return []string{node.ComponentEtcd} }
 func (APIServer) Listens(env *Env) []string {
-	return []string{hostPort(env.Config.Address, env.Config.Ports.APIServer)}
+	return []string{hostPort(apiBindAddress(env), env.Config.Ports.APIServer)}
+}
+
+// apiBindAddress is where the API server listens: the node's address;
+// every address with a virtual IP (controlPlane.vip), which comes and goes
+// with the Lease (components/vip) while the API server runs, and which the
+// API server could not bind before it is there. (kubeadm binds every
+// address by default; port 6443 is open on every address anyway, the
+// firewall leaves it so.)
+func apiBindAddress(env *Env) string {
+	if env.Config.ControlPlane.VIP != "" {
+		return "0.0.0.0"
+	}
+	return env.Config.Address
 }
 
 const (
@@ -194,8 +207,10 @@ const (
 func AuditLog(env *Env) string { return env.Path("log", "audit.log") }
 
 // apiServerSANs are every name and address a client may use to reach the
-// API: the in-cluster service names, its first service IP, this node, and
-// the cluster endpoint's host.
+// API: the in-cluster service names, its first service IP, this node, the
+// cluster endpoint's host, and the virtual IP. (The certificate is issued
+// here, at every start of a master, by the cluster CA the master image
+// holds: a VIP added to the node config later is in it after a restart.)
 func apiServerSANs(env *Env) ([]string, []net.IP, error) {
 	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc",
 		"kubernetes.default.svc." + env.Cluster.ClusterDomain, "localhost", env.NodeName}
@@ -212,6 +227,9 @@ func apiServerSANs(env *Env) ([]string, []net.IP, error) {
 			dns = append(dns, host)
 		}
 	}
+	if vip, ok := env.Config.VIPAddr(); ok {
+		ips = append(ips, net.IP(vip.AsSlice()))
+	}
 	return dns, ips, nil
 }
 
@@ -219,7 +237,7 @@ func (APIServer) Flags(env *Env) map[string]string {
 	c := env.Cluster
 	flags := map[string]string{
 		"advertise-address":                  env.Config.Address,
-		"bind-address":                       env.Config.Address,
+		"bind-address":                       apiBindAddress(env),
 		"secure-port":                        strconv.Itoa(env.Config.Ports.APIServer),
 		"etcd-servers":                       etcdServers(env),
 		"etcd-cafile":                        env.Path(etcdCACert),

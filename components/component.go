@@ -100,6 +100,7 @@ func All() []Component {
 		Scheduler{},
 		Addons{},
 		CSRApprover{},
+		VIP{},
 		APILB{},
 		Join{},
 		Containerd{},

@@ -82,6 +82,7 @@ var memoryTable = map[string]memoryRow{
 	node.ComponentFlannel:           {div: 32, floor: 32 * mib},
 	node.ComponentNetworkPolicy:     {div: 32, floor: 32 * mib},
 	node.ComponentAPILB:             {div: 64, floor: 32 * mib}, // grows with its connections, not with the node
+	node.ComponentVIP:               {div: 64, floor: 32 * mib}, // one Lease and one address
 	// Tasks: a Go limit only; they end.
 	node.ComponentFirewall:     {div: 32, floor: 32 * mib},
 	node.ComponentAddons:       {div: 32, floor: 32 * mib},

@@ -173,6 +173,9 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 				}
 				nd += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", f.Proto, host, f.HostPort, f.GuestPort)
 			}
+			for _, g := range n.user.GuestForwards {
+				nd += "," + escape(g.arg())
+			}
 			if n.user.TFTPRoot != "" {
 				nd += ",tftp=" + escape(n.user.TFTPRoot)
 			}

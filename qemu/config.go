@@ -4,7 +4,8 @@
 // usable and TCG otherwise.
 //
 // Network safety: user-mode networking is always started with restrict=on,
-// so no guest traffic leaves the host; port forwards still work.
+// so no guest traffic leaves the host; port forwards still work, and a
+// guest forward (GuestForward) reaches only the host program it names.
 package qemu
 
 import (
@@ -29,7 +30,11 @@ type Forward struct {
 // always set.
 type UserNet struct {
 	Forwards []Forward
-	MAC      string // default 52:54:00:12:34:56 (+ interface index)
+	// GuestForwards are the guest's only way out under restrict=on: each
+	// hands the guest's connections to one address of the user network
+	// to a program on the host (see GuestForward).
+	GuestForwards []GuestForward
+	MAC           string // default 52:54:00:12:34:56 (+ interface index)
 	// TFTPRoot and BootFile enable slirp's built-in TFTP server and the
 	// DHCP boot file name, for PXE tests.
 	TFTPRoot string
@@ -229,7 +234,8 @@ func WithUserNet(forwards ...Forward) Option {
 	return WithUserNetConfig(UserNet{Forwards: forwards})
 }
 
-// WithUserNetConfig is WithUserNet with a MAC address and PXE settings.
+// WithUserNetConfig is WithUserNet with a MAC address, PXE settings and
+// guest forwards.
 func WithUserNetConfig(u UserNet) Option {
 	return func(c *Config) error {
 		for i, f := range u.Forwards {
@@ -249,6 +255,9 @@ func WithUserNetConfig(u UserNet) Option {
 				return fmt.Errorf("qemu: forward host address %q is not an IP address", f.HostAddr)
 			}
 			u.Forwards[i] = f
+		}
+		if err := checkGuestForwards(u.GuestForwards); err != nil {
+			return err
 		}
 		if u.TFTPRoot != "" {
 			abs, err := filepath.Abs(u.TFTPRoot)

@@ -26,7 +26,7 @@ import (
 // clusterFlags are kiln cluster up's (and the daemon's) flags.
 type clusterFlags struct {
 	masters, workers, masterMemory, workerMemory, cpus, apiPort int
-	clusterDir, state, masterImage, workerImage                 string
+	clusterDir, state, masterImage, workerImage, vip            string
 	timeout                                                     time.Duration
 }
 
@@ -35,6 +35,7 @@ type clusterState struct {
 	PID        int            `json:"pid"`
 	APIPort    int            `json:"apiPort"`
 	Kubeconfig string         `json:"kubeconfig"`
+	VIP        string         `json:"vip,omitempty"`
 	Nodes      []clusterVMRow `json:"nodes"`
 }
 
@@ -74,13 +75,29 @@ func (f *clusterFlags) register(c *cobra.Command) {
 	fl.IntVar(&f.cpus, "cpus", 2, "virtual CPUs per VM")
 	fl.IntVar(&f.apiPort, "api-port", 0, "host port on 127.0.0.1 forwarded to the API server (default: the cluster endpoint's port when it is on loopback, else any free port)")
 	fl.DurationVar(&f.timeout, "timeout", 25*time.Minute, "how long to wait for every node to be Ready (no KVM: boots are ~12x slower)")
+	fl.StringVar(&f.vip, "vip", "auto", "the API's virtual IP with several masters: auto ("+vmcluster.DefaultVIP+"), none, or an address of 10.120.0.1 to 10.120.0.9")
+}
+
+// clusterVIP is --vip as vmcluster takes it: auto is DefaultVIP with
+// several masters and none with one; none is "".
+func clusterVIP(flag string, masters int) string {
+	switch flag {
+	case "auto":
+		if masters > 1 {
+			return vmcluster.DefaultVIP
+		}
+		return ""
+	case "none":
+		return ""
+	}
+	return flag
 }
 
 func (f *clusterFlags) args() []string {
 	return []string{"--masters", strconv.Itoa(f.masters), "--workers", strconv.Itoa(f.workers), "--cluster", f.clusterDir, "--state", f.state,
 		"--master-image", f.masterImage, "--worker-image", f.workerImage,
 		"--master-memory", strconv.Itoa(f.masterMemory), "--worker-memory", strconv.Itoa(f.workerMemory),
-		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String()}
+		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String(), "--vip", f.vip}
 }
 
 func clusterUpCommand() *cobra.Command {
@@ -94,7 +111,12 @@ named kiln-master, kiln-master-2, …; worker N follows the masters, .10+N with
 one master), the API server forwarded to 127.0.0.1 on the host. With several
 masters the first starts etcd and the others join it; the host's API port
 is then an endpoint that passes each connection to a master that answers,
-and workers reach the masters through their node-local load balancer. Each
+and workers reach the masters through their node-local load balancer.
+With several masters they also share a virtual IP for the API (--vip,
+10.120.0.5 by default), held by one master at a time and moved when it
+dies: the workers' load balancers have it as a seed, and the host's
+endpoint, which cannot reach the VMs' network, sends each connection to
+the master that holds it (as each master's node API says). Each
 master's node API (kiln status --node, kiln etcd) is forwarded to a port of
 its own: "kiln cluster status" lists them. The VMs keep running after this
 command returns, under a background process whose log is STATE/daemon.log;
@@ -259,13 +281,13 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	c, err := vmcluster.Up(context.Background(), vmcluster.Options{
 		MasterImage: f.masterImage, WorkerImage: f.workerImage, ClusterDir: f.clusterDir, StateDir: f.state,
 		Masters: f.masters, Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
-		APIPort: f.apiPort, Progress: out,
+		APIPort: f.apiPort, VIP: clusterVIP(f.vip, f.masters), Progress: out,
 	})
 	if err != nil {
 		fmt.Fprintf(out, "%s: %v\n", failedMark, err)
 		return err
 	}
-	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig}
+	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig, VIP: c.VIP()}
 	for _, n := range c.Nodes {
 		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: string(n.Role), Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID(), NodeAPIPort: n.NodeAPIPort})
 	}
@@ -335,7 +357,11 @@ func clusterStatus(out io.Writer, state string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "daemon pid %d (alive: %t), API on 127.0.0.1:%d, kubeconfig %s\n\n", st.PID, alive(st.PID), st.APIPort, st.Kubeconfig)
+	fmt.Fprintf(out, "daemon pid %d (alive: %t), API on 127.0.0.1:%d, kubeconfig %s\n", st.PID, alive(st.PID), st.APIPort, st.Kubeconfig)
+	if st.VIP != "" {
+		fmt.Fprintf(out, "virtual IP %s, %s (the host's API port goes to the holder)\n", st.VIP, vipHolders(st))
+	}
+	fmt.Fprintln(out)
 	fmt.Fprintf(out, "%-16s %-7s %-12s %-8s %-10s %-16s %s\n", "VM", "ROLE", "ADDRESS", "PID", "RSS", "NODE API", "CONSOLE")
 	for _, n := range st.Nodes {
 		rss := "-"
@@ -364,6 +390,25 @@ func clusterStatus(out io.Writer, state string) error {
 		fmt.Fprintf(out, "%-16s %-7t %s\n", n.Name, n.Ready, n.Version)
 	}
 	return nil
+}
+
+// vipHolders says which masters hold the VIP, asking each one's node API.
+func vipHolders(st *clusterState) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var held []string
+	for _, n := range st.Nodes {
+		if n.NodeAPIPort == 0 || !alive(n.PID) {
+			continue
+		}
+		if s, err := vmcluster.ReadNodeStatus(ctx, st.Kubeconfig, n.NodeAPIPort); err == nil && s.VIP != nil && s.VIP.Held {
+			held = append(held, n.Name)
+		}
+	}
+	if len(held) == 0 {
+		return "held by no master that answers"
+	}
+	return "held by " + strings.Join(held, ", ")
 }
 
 // vmRSS is a process's resident memory, from /proc.

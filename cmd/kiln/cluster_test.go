@@ -58,3 +58,18 @@ func TestParseNodeList(t *testing.T) {
 		t.Fatalf("%+v", nodes)
 	}
 }
+
+// --vip auto gives several masters the default VIP and one master none.
+func TestClusterVIP(t *testing.T) {
+	for _, tc := range []struct {
+		flag    string
+		masters int
+		want    string
+	}{
+		{"auto", 3, vmcluster.DefaultVIP}, {"auto", 1, ""}, {"none", 3, ""}, {"10.120.0.7", 3, "10.120.0.7"},
+	} {
+		if got := clusterVIP(tc.flag, tc.masters); got != tc.want {
+			t.Errorf("--vip %s with %d masters: %q, want %q", tc.flag, tc.masters, got, tc.want)
+		}
+	}
+}

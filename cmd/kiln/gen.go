@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln/configs/cluster"
+	"kiln/internal/bounded"
 	"kiln/pki"
 )
 
@@ -80,6 +83,7 @@ state disk. The cluster directory is read only to print the kubeconfig path.`,
 func genClusterCommand() *cobra.Command {
 	opts := cluster.Options{}
 	out := "out/cluster"
+	vip := ""
 	c := &cobra.Command{
 		Use:   "cluster",
 		Short: "Generate a cluster directory: the cluster's CAs, keys and admin kubeconfig",
@@ -99,12 +103,28 @@ directory trusts its CAs, so kiln refuses to overwrite a cluster unless
 --force is given (which invalidates every node built from the old one).
 
 The endpoint is where nodes and clients reach the API server: the master's
-address, or a load balancer or DNS name in front of the masters.`,
+address, or a load balancer or DNS name in front of the masters, or the
+masters' virtual IP (--vip: the endpoint is then VIP:6443, and every node's
+config gives the same address as controlPlane.vip).`,
 		Example: `  kiln gen cluster
-  kiln gen cluster --name prod --out clusters/prod --endpoint 192.168.1.10:6443`,
+  kiln gen cluster --name prod --out clusters/prod --endpoint 192.168.1.10:6443
+  kiln gen cluster --name prod --out clusters/prod --vip 192.168.1.5`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return genCluster(c.OutOrStdout(), c.ErrOrStderr(), out, opts)
+			if vip != "" {
+				ep, err := vipEndpoint(vip, opts.Endpoint, c.Flags().Changed("endpoint"))
+				if err != nil {
+					return usageError{err}
+				}
+				opts.Endpoint = ep
+			}
+			if err := genCluster(c.OutOrStdout(), c.ErrOrStderr(), out, opts); err != nil {
+				return err
+			}
+			if vip != "" {
+				fmt.Fprintf(c.OutOrStdout(), "virtual IP %s: give every node's config controlPlane.vip: %s (the masters hold it in turn)\n", vip, vip)
+			}
+			return nil
 		},
 	}
 	f := c.Flags()
@@ -115,7 +135,30 @@ address, or a load balancer or DNS name in front of the masters.`,
 	f.BoolVar(&opts.Force, "force", false, "overwrite the cluster already in --out (invalidates every node built from it)")
 	f.StringVar(&opts.ServiceCIDR, "service-cidr", cluster.DefaultServiceCIDR, "service IP range")
 	f.StringVar(&opts.PodCIDR, "pod-cidr", cluster.DefaultPodCIDR, "pod IP range")
+	f.StringVar(&vip, "vip", "", "the masters' virtual IP (controlPlane.vip), an IPv4 address: the endpoint becomes VIP:6443")
 	return c
+}
+
+// vipEndpoint is the cluster's endpoint with a virtual IP: VIP:6443, or
+// --endpoint when it names the VIP (another port); another host is a
+// mistake, not something to choose between.
+func vipEndpoint(vip, endpoint string, endpointGiven bool) (string, error) {
+	ip, err := netip.ParseAddr(vip)
+	if err != nil || !ip.Is4() {
+		return "", fmt.Errorf("--vip %s: want an IPv4 address (a free address on the masters' network, e.g. 192.168.1.5)", bounded.Quote(vip))
+	}
+	if !endpointGiven {
+		return net.JoinHostPort(ip.String(), "6443"), nil
+	}
+	ep, err := cluster.NormalizeEndpoint(endpoint)
+	if err != nil {
+		return "", err
+	}
+	host, _, _ := net.SplitHostPort(strings.TrimPrefix(ep, "https://"))
+	if h, err := netip.ParseAddr(host); err != nil || h != ip {
+		return "", fmt.Errorf("--endpoint %s and --vip %s: with a virtual IP the endpoint is the VIP (drop --endpoint, or give --endpoint %s:PORT)", endpoint, vip, ip)
+	}
+	return ep, nil
 }
 
 func genCluster(stdout, stderr io.Writer, dir string, opts cluster.Options) error {

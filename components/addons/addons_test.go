@@ -63,7 +63,7 @@ func TestRender(t *testing.T) {
 		t.Errorf("the master's name is not reserved: %v", ids)
 	}
 	for _, want := range []string{"ClusterRoleBinding/kiln:kubelet-bootstrap", "ClusterRoleBinding/kiln:csr-approver", "RoleBinding/kiln:csr-approver",
-		"ClusterRoleBinding/kiln:node-autoapprove-certificate-rotation", "ClusterRoleBinding/kiln:node-proxier", "ClusterRoleBinding/kiln:pod-network"} {
+		"ClusterRoleBinding/kiln:node-autoapprove-certificate-rotation", "ClusterRoleBinding/kiln:node-proxier", "ClusterRoleBinding/kiln:pod-network", "Role/kiln:vip", "RoleBinding/kiln:vip"} {
 		if _, ok := byName[want]; !ok {
 			t.Errorf("missing %s", want)
 		}

@@ -47,6 +47,7 @@ var entries = map[string]Func{
 	node.ComponentFirewall:          runFirewall,
 	node.ComponentNetworkPolicy:     runNetworkPolicy,
 	node.ComponentAPILB:             runAPILB,
+	node.ComponentVIP:               runVIP,
 }
 
 // Lookup returns the entry point of a component by its name.

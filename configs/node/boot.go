@@ -228,6 +228,7 @@ func (c Config) Clone() Config {
 	if c.Network.DNS != nil {
 		out.Network.DNS = append([]string(nil), c.Network.DNS...)
 	}
+	out.Registries = c.Registries.Clone()
 	return out
 }
 

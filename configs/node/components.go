@@ -25,6 +25,9 @@ const (
 	// ComponentAPILB is a worker's node-local load balancer in front of
 	// the masters' API servers (127.0.0.1:6444).
 	ComponentAPILB = "api-lb"
+	// ComponentVIP holds the API's virtual IP (controlPlane.vip) on the
+	// master that holds its Lease.
+	ComponentVIP = "vip"
 
 	// Tasks: they run to completion and take no extraArgs.
 	ComponentAddons       = "addons"
@@ -40,7 +43,7 @@ const (
 var knownComponents = []string{
 	ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler,
 	ComponentKubelet, ComponentKubeProxy, ComponentContainerd, ComponentFlannel,
-	ComponentCSRApprover, ComponentNetworkPolicy, ComponentAPILB,
+	ComponentCSRApprover, ComponentNetworkPolicy, ComponentAPILB, ComponentVIP,
 }
 
 // KnownComponents lists the components whose flags extraArgs may override,

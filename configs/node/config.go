@@ -94,6 +94,7 @@ type Config struct {
 	// ControlPlane says where the cluster's masters are, for a cluster of
 	// more than one.
 	ControlPlane ControlPlane `yaml:"controlPlane,omitempty"`
+	Registries   Registries   `yaml:"registries,omitempty"` // where pods' images are pulled from: mirrors, CAs, credentials (registries.go)
 }
 
 // ControlPlane is what a node knows of the cluster's masters.
@@ -110,6 +111,8 @@ type ControlPlane struct {
 	// state disk (DATA/etcd-snapshots); a diskless master takes none
 	// (they would be in RAM beside the data they are meant to outlive).
 	Snapshots Snapshots `yaml:"snapshots,omitempty"`
+	// VIP is the API's virtual IP (IPv4), held by one master at a time (vip.go).
+	VIP string `yaml:"vip,omitempty"`
 }
 
 // Snapshots schedule a master's etcd snapshots.
@@ -416,7 +419,7 @@ func fieldByTag(t reflect.Type, name string) int {
 // yaml.v3 reports "line 3: field foo not found in type node.Config": say it
 // in the config's own words.
 var (
-	notFound = regexp.MustCompile(`field (.+) not found in type \S+`)
+	notFound = regexp.MustCompile(`field (.+) not found in type (\S+)`)
 	quoted   = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
 )
 
@@ -425,8 +428,12 @@ func cleanYAMLError(err error) error {
 	msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
 	msg = strings.ReplaceAll(msg, "\n  line ", "\nline ")
 	msg = notFound.ReplaceAllStringFunc(msg, func(m string) string {
-		name := notFound.FindStringSubmatch(m)[1]
-		return "unknown field " + bounded.Quote(name) + " (see configs/README.md for the fields)"
+		sub := notFound.FindStringSubmatch(m)
+		hint := "see configs/README.md for the fields"
+		if sub[1] == "endpoint" && sub[2] == "node.Mirror" {
+			hint = "kiln calls it endpoints, a list" // k3s's registries.yaml spelling
+		}
+		return "unknown field " + bounded.Quote(sub[1]) + " (" + hint + ")"
 	})
 	// Keys the decoder quotes itself ("mapping key ... already defined").
 	msg = quoted.ReplaceAllStringFunc(msg, func(q string) string {
@@ -531,6 +538,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.PodSecurity.validate()...)
 	errs = append(errs, c.validateControlPlane()...)
+	errs = append(errs, c.Registries.validate()...)
 	problems := make([]string, len(errs))
 	for i, e := range errs {
 		problems[i] = e.Error()
@@ -586,6 +594,7 @@ func (c *Config) validateControlPlane() []error {
 		self = self || sameIP(m, c.Address)
 	}
 	errs = append(errs, c.ControlPlane.Snapshots.validate()...)
+	errs = append(errs, c.validateVIP()...)
 	// A loopback address is the default, before PID 1 has set the
 	// network's (DHCP): the list is checked again with the real one.
 	if ip := net.ParseIP(c.Address); c.Role == RoleMaster && len(c.ControlPlane.Masters) > 0 && !self && ip != nil && !ip.IsLoopback() {

@@ -22,6 +22,9 @@ type Layer struct {
 	ExtraArgs    map[string]map[string]string `yaml:"extraArgs,omitempty"`
 	ControlPlane *ControlPlane                `yaml:"controlPlane,omitempty"`
 	Storage      *Storage                     `yaml:"storage,omitempty"`
+	// Registries may hold credentials: a layer with them is a secret
+	// too, written 0600 as with NodeSecret.
+	Registries *Registries `yaml:"registries,omitempty"`
 	// NodeSecret makes a layer a secret: write it 0600.
 	NodeSecret string `yaml:"nodeSecret,omitempty"`
 }

@@ -50,6 +50,20 @@ type Status struct {
 	// Memory is the machine's, from /proc/meminfo (absent where it
 	// cannot be read).
 	Memory *MachineMemory `json:"memory,omitempty"`
+	// VIP is the API's virtual IP on a master that competes for it
+	// (controlPlane.vip), and whether this master holds it now: a client
+	// that cannot reach the masters' network (kiln cluster's host) finds
+	// the holder here.
+	VIP *VIPStatus `json:"vip,omitempty"`
+}
+
+// VIPStatus is the virtual IP as one master sees it.
+type VIPStatus struct {
+	Address string `json:"address"`
+	// Held: the address is on one of this node's interfaces, so this
+	// master answers for it (what the network sees, not only what the
+	// Lease says).
+	Held bool `json:"held"`
 }
 
 // MachineMemory is what /proc/meminfo says of the whole machine.
@@ -145,6 +159,13 @@ func (st Status) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "\nup %s\n", time.Since(st.Started).Round(time.Second))
 	if m := st.Memory; m != nil {
 		fmt.Fprintf(w, "memory: %s in use, %s available of %s\n", mib(m.TotalBytes-min(m.AvailableBytes, m.TotalBytes)), mib(m.AvailableBytes), mib(m.TotalBytes))
+	}
+	if v := st.VIP; v != nil {
+		where := "held by another master (or by none)"
+		if v.Held {
+			where = "held by this node"
+		}
+		fmt.Fprintf(w, "virtual IP %s: %s\n", v.Address, where)
 	}
 	if len(st.Boot) > 0 {
 		fmt.Fprintln(w, "boot (since the kernel started):")

@@ -59,3 +59,27 @@ func TestParseMeminfo(t *testing.T) {
 		t.Errorf("no MemTotal: %+v", m)
 	}
 }
+
+// A master that competes for the virtual IP says whether it holds it, in
+// the JSON (kiln cluster's host endpoint reads it) and the table.
+func TestVIPStatus(t *testing.T) {
+	for held, want := range map[bool]string{true: "virtual IP 10.0.0.5: held by this node\n", false: "virtual IP 10.0.0.5: held by another master"} {
+		st := Status{Started: time.Now(), VIP: &VIPStatus{Address: "10.0.0.5", Held: held}}
+		var b strings.Builder
+		st.WriteTable(&b)
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("held %t: table lacks %q:\n%s", held, want, b.String())
+		}
+		body, _ := json.Marshal(st)
+		var back Status
+		if err := json.Unmarshal(body, &back); err != nil || back.VIP == nil || *back.VIP != *st.VIP {
+			t.Errorf("held %t: %s read back as %+v, %v", held, body, back.VIP, err)
+		}
+	}
+	var b strings.Builder
+	(Status{Started: time.Now()}).WriteTable(&b)
+	body, _ := json.Marshal(Status{})
+	if strings.Contains(b.String(), "virtual IP") || strings.Contains(string(body), "vip") {
+		t.Errorf("a node without a VIP mentions one:\n%s\n%s", b.String(), body)
+	}
+}

@@ -1,6 +1,8 @@
 // Package oci builds the OCI images kiln preloads into containerd (the pod
 // sandbox, CoreDNS, a test workload) from Go binaries, and checks the
-// image archives users add. Nothing is ever pulled from a registry.
+// image archives users add. These are imported at boot and never pulled,
+// so a node needs no registry for them; pods' other images are pulled as
+// the node config's registries say (configs/node/registries.go).
 //
 // The references below are what the node components and add-ons use.
 package oci

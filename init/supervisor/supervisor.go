@@ -89,6 +89,10 @@ type Options struct {
 	// Boot, if set, gives the boot's stage lines for Status (PID 1's
 	// console record).
 	Boot func() []nodeapi.BootStage
+	// Annotate, if set, adds to Status what the node knows beyond its
+	// services (whether it holds the API's virtual IP). It is called on
+	// every Status, without the supervisor's lock.
+	Annotate func(*nodeapi.Status)
 }
 
 // MaxLogFileTail is how much of the end of a LogFiles file `logs` serves.
@@ -308,6 +312,9 @@ func (s *Supervisor) Status() nodeapi.Status {
 	st.Memory = ReadMachineMemory()
 	if s.opts.Boot != nil {
 		st.Boot = s.opts.Boot()
+	}
+	if s.opts.Annotate != nil {
+		s.opts.Annotate(&st)
 	}
 	return st
 }

@@ -474,3 +474,22 @@ func TestHandlerServesLogFiles(t *testing.T) {
 		t.Errorf("an unknown name: %d", code)
 	}
 }
+
+// Annotate adds what the node knows beyond its services to every Status
+// (and so to the status the node API serves).
+func TestAnnotateStatus(t *testing.T) {
+	opts := testOptions()
+	held := false
+	opts.Annotate = func(st *nodeapi.Status) { st.VIP = &nodeapi.VIPStatus{Address: "10.0.0.5", Held: held} }
+	sup, err := New(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := sup.Status().VIP; v == nil || v.Held {
+		t.Errorf("VIP %+v, want not held", v)
+	}
+	held = true
+	if v := sup.Status().VIP; v == nil || !v.Held || v.Address != "10.0.0.5" {
+		t.Errorf("VIP %+v, want 10.0.0.5 held", v)
+	}
+}

@@ -88,6 +88,9 @@ func Run(ctx context.Context, o Options) error {
 	if err := checkAddressRanges(cfg.Address, cl); err != nil {
 		return err
 	}
+	if err := checkVIPRange(&cfg, cl); err != nil {
+		return err
+	}
 	env := &components.Env{Config: cfg, Cluster: cl, NodeName: nodeName, DataDir: dataDir}
 	// Read before anything starts: what is in use now is the system's.
 	if m := supervisor.ReadMachineMemory(); m != nil {
@@ -147,6 +150,7 @@ func Run(ctx context.Context, o Options) error {
 	sopts := o.Supervisor
 	sopts.LogDir = LogDir(dataDir)
 	sopts.CgroupRoot = o.CgroupRoot
+	sopts.Annotate = vipAnnotation(&cfg, net.InterfaceAddrs)
 	for _, c := range comps {
 		if _, ok := c.(components.APIServer); ok {
 			// kiln-node logs audit, and the node API's /logs/audit.

@@ -14,8 +14,12 @@ import (
 // certificates name 127.0.0.1) that hands each connection to a master
 // whose forwarded port answers, and closes a master's connections the
 // moment its VM stops, so clients reconnect to another at once instead of
-// waiting on a dead peer. It is what a virtual IP or an external load
-// balancer is for a cluster on a real network.
+// waiting on a dead peer. It is what an external load balancer is for a
+// cluster on a real network. With a virtual IP (Options.VIP) it stands
+// for it: the host cannot reach the cluster's L2, so it sends each
+// connection to the master that holds the VIP (as its node API said at
+// the last look), as the L2 would; the others only while no holder is
+// known or the holder does not answer.
 type endpoint struct {
 	port     int
 	ln       net.Listener
@@ -27,10 +31,11 @@ type endpoint struct {
 }
 
 // backend is one master's forwarded API port; gone is closed when its VM
-// stops.
+// stops; vip says it holds the virtual IP.
 type backend struct {
 	name, addr string
 	gone       <-chan struct{}
+	vip        bool
 }
 
 func newEndpoint(port int, backends func() []backend) (*endpoint, error) {
@@ -57,8 +62,9 @@ func (e *endpoint) serve() {
 	}
 }
 
-// relay dials the masters in turn, starting after the last one used, and
-// copies both ways until either side closes or the master's VM stops.
+// relay dials the masters in turn (the VIP's holder first), starting
+// after the last one used, and copies both ways until either side closes
+// or the master's VM stops.
 func (e *endpoint) relay(c net.Conn) {
 	defer c.Close()
 	bs := e.backends()
@@ -69,8 +75,7 @@ func (e *endpoint) relay(c net.Conn) {
 	start := e.next
 	e.next++
 	e.mu.Unlock()
-	for i := range bs {
-		b := bs[(start+i)%len(bs)]
+	for _, b := range order(bs, start) {
 		select {
 		case <-b.gone:
 			continue
@@ -96,6 +101,21 @@ func (e *endpoint) relay(c net.Conn) {
 		e.track(c, up, false)
 		return
 	}
+}
+
+// order is the backends to try, round robin from start, the VIP's
+// holders first.
+func order(bs []backend, start int) []backend {
+	var holders, others []backend
+	for i := range bs {
+		b := bs[(start+i)%len(bs)]
+		if b.vip {
+			holders = append(holders, b)
+		} else {
+			others = append(others, b)
+		}
+	}
+	return append(holders, others...)
 }
 
 func (e *endpoint) track(c, up net.Conn, add bool) {

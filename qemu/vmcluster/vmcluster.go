@@ -95,10 +95,26 @@ type Options struct {
 	// boot: its etcd and snapshots outlive a power-off. 0: diskless
 	// masters, which start afresh at every boot.
 	MasterStateDisk int
+	// VIP is the API's virtual IP (controlPlane.vip of every node), with
+	// several masters: an address of the cluster's L2 below the nodes'
+	// (DefaultVIP, 10.120.0.5); "" for none. One master at a time holds
+	// it; the workers' API load balancers have it as a seed, and the host
+	// endpoint sends each connection to the master that holds it (the
+	// host cannot reach the L2 itself; it asks each master's node API).
+	VIP string
 	// Append adds kernel arguments to every VM.
 	Append []string
 	// Progress receives one line per step.
 	Progress io.Writer
+	// GuestForwards are added to every master's user network (eth1,
+	// restrict=on kept): a master's only way out, each to one program
+	// on the host (a test registry on the host's loopback, through
+	// qemu.ProxyCommand). The workers' only NIC is the cluster's L2.
+	GuestForwards []qemu.GuestForward
+	// Registries is the registries section of every node's config
+	// layer (its config drive, 0600 as it holds the node's secret);
+	// nil writes none, and the images' own configs stand.
+	Registries *node.Registries
 }
 
 func (o *Options) defaults() {
@@ -145,6 +161,7 @@ type Node struct {
 	mu          sync.Mutex
 	vm          *qemu.VM
 	opts        []qemu.Option
+	holdsVIP    bool // at the host's last look (watchVIP)
 }
 
 // VM is the node's running QEMU (a new one after Restart).
@@ -171,6 +188,8 @@ type Cluster struct {
 	Kubeconfig string // admin kubeconfig for the forwarded API
 	hub        *qemu.Hub
 	endpoint   *endpoint // the host's API endpoint with several masters
+	nodeAPI    *nodeAPIClient
+	stopVIP    context.CancelFunc // ends watchVIP
 	opts       Options
 	api        *Client
 	started    time.Time
@@ -195,7 +214,19 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if o.Masters < 1 || o.Masters > MaxMasters {
 		return nil, fmt.Errorf("masters: %d is not between 1 and %d (etcd wants an odd number: 1, 3 or 5)", o.Masters, MaxMasters)
 	}
+	if err := checkVIP(&o); err != nil {
+		return nil, err
+	}
+	if o.Registries != nil {
+		if err := o.Registries.Validate(); err != nil {
+			return nil, err
+		}
+	}
 	cl, err := cluster.Load(o.ClusterDir)
+	if err != nil {
+		return nil, err
+	}
+	nodeAPI, err := newNodeAPIClient(cl.Paths().AdminKubeconfig)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +244,7 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{hub: hub, opts: o, started: time.Now(), ctx: ctx}
+	c := &Cluster{hub: hub, nodeAPI: nodeAPI, opts: o, started: time.Now(), ctx: ctx}
 	var nodes []*Node
 	for i := 1; i <= o.Masters; i++ {
 		nodes = append(nodes, &Node{Name: MasterNameOf(i), Role: node.RoleMaster, image: master, Address: fmt.Sprintf("%s%d", subnetPrefix, masterHost+i-1)})
@@ -257,6 +288,11 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 			}
 		}
 	}
+	if o.VIP != "" {
+		vctx, cancel := context.WithCancel(context.Background())
+		c.stopVIP = cancel
+		go c.watchVIP(vctx)
+	}
 	return c, nil
 }
 
@@ -272,13 +308,13 @@ func (c *Cluster) Masters() []*Node {
 }
 
 // masterAPIs are the host addresses of the running masters' forwarded
-// API ports, with a channel closed when that VM stops: the endpoint's
-// backends.
+// API ports, with a channel closed when that VM stops and whether the
+// master holds the VIP: the endpoint's backends.
 func (c *Cluster) masterAPIs() []backend {
 	var out []backend
 	for _, n := range c.Masters() {
 		if vm := n.VM(); vm != nil {
-			out = append(out, backend{name: n.Name, addr: fmt.Sprintf("127.0.0.1:%d", n.APIHostPort()), gone: vm.Done()})
+			out = append(out, backend{name: n.Name, addr: fmt.Sprintf("127.0.0.1:%d", n.APIHostPort()), gone: vm.Done(), vip: n.HoldsVIP()})
 		}
 	}
 	return out
@@ -311,6 +347,7 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 		for _, m := range c.Masters() {
 			cp.Masters = append(cp.Masters, m.Address)
 		}
+		cp.VIP = c.opts.VIP
 		l.ControlPlane = cp
 	}
 	if n.Role == node.RoleMaster && c.opts.MasterStateDisk > 0 {
@@ -324,7 +361,11 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 		l.ExtraArgs = map[string]map[string]string{node.ComponentAPIServer: {"bind-address": "0.0.0.0"}}
 	} else {
 		l.APIEndpoint = fmt.Sprintf("https://%s%d:%d", subnetPrefix, masterHost, apiGuestPort)
+		if c.opts.VIP != "" {
+			l.APIEndpoint = fmt.Sprintf("https://%s:%d", c.opts.VIP, apiGuestPort)
+		}
 	}
+	l.Registries = c.opts.Registries
 	return l.YAML("Written by kiln cluster for the VM " + n.Name + ".")
 }
 
@@ -393,15 +434,23 @@ func (c *Cluster) prepare(n *Node) error {
 			}
 			n.NodeAPIPort = p
 		}
-		n.opts = append(n.opts, qemu.WithUserNetConfig(qemu.UserNet{ // eth1
-			MAC: fmt.Sprintf("52:54:00:98:00:%s", n.MAC[len(n.MAC)-2:]),
-			Forwards: []qemu.Forward{
-				{HostAddr: "127.0.0.1", HostPort: apiPort, GuestPort: apiGuestPort},
-				{HostAddr: "127.0.0.1", HostPort: n.NodeAPIPort, GuestPort: nodeapi.Port},
-			},
-		}))
+		n.opts = append(n.opts, qemu.WithUserNetConfig(c.userNet(n, apiPort))) // eth1
 	}
 	return nil
+}
+
+// userNet is a master's eth1, QEMU's user network (restrict=on): its API
+// and node API forwarded from the host's loopback (apiPort 0: a free
+// port), and Options.GuestForwards from the guest to the host.
+func (c *Cluster) userNet(n *Node, apiPort int) qemu.UserNet {
+	return qemu.UserNet{
+		MAC: fmt.Sprintf("52:54:00:98:00:%s", n.MAC[len(n.MAC)-2:]),
+		Forwards: []qemu.Forward{
+			{HostAddr: "127.0.0.1", HostPort: apiPort, GuestPort: apiGuestPort},
+			{HostAddr: "127.0.0.1", HostPort: n.NodeAPIPort, GuestPort: nodeapi.Port},
+		},
+		GuestForwards: c.opts.GuestForwards,
+	}
 }
 
 // configDrive writes a small ISO 9660 image labelled image.ConfigDriveLabel
@@ -718,6 +767,9 @@ func (c *Cluster) Close() error {
 		c.say("%s: powered off", n.Name)
 	}
 	c.hub.Close()
+	if c.stopVIP != nil {
+		c.stopVIP()
+	}
 	if c.endpoint != nil {
 		c.endpoint.Close()
 	}

@@ -23,7 +23,9 @@ import (
 
 // TestCluster is the product's promise: a master and a worker booted from
 // their images on a private L2 form a cluster; workloads spread over both
-// nodes, talk across them and find each other by DNS; the worker survives
+// nodes, talk across them and find each other by DNS; pods pull images
+// through a mirror and from a private registry (test registries on the
+// host, as the node config's registries say); the worker survives
 // its runtime and kubelet being killed and a reboot; a worker with a wrong
 // token is refused without disturbing anything. One cluster serves every
 // step: under TCG each boot costs minutes.
@@ -48,6 +50,10 @@ func TestCluster(t *testing.T) {
 	os.WriteFile(filepath.Join(bad, "secrets", "bootstrap-token"), []byte("zzzzzz.0123456789abcdef\n"), 0o600)
 	badImage := filepath.Join(dir, "worker-badtoken")
 	e2e.MustKiln(t, "build", "--role", "worker", "--node-binary", e2e.Bin(e2e.KilnNodeBin), "--cluster", bad, "--format", "kernel", "--out", badImage)
+	// The registries the master pulls from (registry_test.go), on the
+	// host's loopback: the nodes' configs and the master's forwards name
+	// them, so they run before the VMs.
+	reg := startTestRegistries(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -58,6 +64,9 @@ func TestCluster(t *testing.T) {
 		// The smallest worker found to run pods (issue 11): every
 		// scenario below runs on it, a reboot included.
 		WorkerMemory: smallWorkerMemory,
+		// The master reaches the test registries, and every node's
+		// config says how (registry pulls).
+		GuestForwards: reg.GuestForwards, Registries: &reg.Registries,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -283,6 +292,13 @@ func TestCluster(t *testing.T) {
 				t.Errorf("%s: from the node's network namespace to the echo Service by DNS name: %v %q", p.node, err, out)
 			}
 		}
+	})
+
+	// Pods on the master pull from the host's test registries; it runs
+	// before the worker's runtime is killed and the worker rebooted, and
+	// leaves the worker alone.
+	t.Run("registry pulls", func(t *testing.T) {
+		checkRegistryPulls(t, k, c, filepath.Join(dir, "cluster"), reg)
 	})
 
 	// Kill -9 containerd, then the kubelet, on the worker (from the debug
