@@ -104,12 +104,16 @@ clean: ## remove bin/ and out/ (keeps the Go build cache warm)
 
 # ---- images: kiln build / kiln run ----
 # make image ROLE=master|worker [FORMAT=iso,qcow2] [CLUSTER=dir] [CONFIG=file] [KERNEL=generic] [TOKEN=id.secret]
-# make run ROLE=master [BOOT=kernel|iso|qcow2|pxe]
+# make run ROLE=master [BOOT=kernel|iso|qcow2|pxe] [EGRESS=1]
 ROLE ?= master
 FORMAT ?=
 CONFIG ?=
 KERNEL ?=
 BOOT ?= kernel
+# EGRESS=1: kiln run / kiln cluster up --egress, the VMs NATed to this
+# machine's networks (README, Egress); anything else keeps them closed.
+EGRESS ?=
+egress_flag = $(if $(filter 1 yes true on,$(EGRESS)),--egress)
 
 .PHONY: deps image run
 
@@ -123,18 +127,18 @@ image: deps bin/kiln bin/kiln-node bin/kiln-init pods ## build the images in out
 		$(if $(filter-out out/cluster,$(CLUSTER)),--cluster $(CLUSTER)) \
 		$(if $(FORMAT),--format $(FORMAT)) $(if $(CONFIG),--config $(CONFIG)) $(if $(KERNEL),--kernel $(KERNEL))
 
-run: deps bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOOT=kernel|iso|qcow2|pxe]
-	bin/kiln run --image out/$(ROLE) --boot $(BOOT)
+run: deps bin/kiln ## boot out/ROLE in QEMU (make image first): ROLE=master [BOOT=kernel|iso|qcow2|pxe] [EGRESS=1]
+	bin/kiln run --image out/$(ROLE) --boot $(BOOT) $(egress_flag)
 
 bench: deps build ## measure sizes, host-mode up → /readyz and memory, and a master + worker in QEMU: image sizes, boot → Ready, memory
 	$(GO) test -tags bench -count=1 -timeout 60m -v ./tests/bench/ -bin $(CURDIR)/bin
 
 MASTERS ?= 1
 WORKERS ?= 1
-cluster: deps build ## boot MASTERS=1 masters and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl
+cluster: deps build ## boot MASTERS=1 masters and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl; EGRESS=1 lets the VMs out (NAT)
 	@$(MAKE) --no-print-directory image ROLE=master FORMAT=kernel
 	@$(MAKE) --no-print-directory image ROLE=worker FORMAT=kernel
-	bin/kiln cluster up --masters $(MASTERS) --workers $(WORKERS)
+	bin/kiln cluster up --masters $(MASTERS) --workers $(WORKERS) $(egress_flag)
 
 cluster-down: ## power off the VMs of make cluster
 	bin/kiln cluster down

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -155,9 +156,15 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 		var nd string
 		switch n.kind {
 		case "user":
-			// restrict=on is not optional: no guest traffic may leave
-			// the host (DESIGN.md, network safety).
+			// restrict=on unless the caller set Egress, the one explicit
+			// way out: no guest traffic may leave the host otherwise
+			// (README, Egress).
 			nd = "user,id=" + id + ",restrict=on"
+			if n.user.Egress {
+				// IPv4 NAT only: no IPv6 prefix or router
+				// advertisements on top of what was asked.
+				nd = "user,id=" + id + ",restrict=off,ipv6=off"
+			}
 			for j := range n.user.Forwards {
 				f := &n.user.Forwards[j]
 				if f.HostPort == 0 {
@@ -206,14 +213,55 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 	return a, nil
 }
 
+// Egress reports whether the config has a user network with egress
+// (restrict=off).
+func (c *Config) Egress() bool {
+	for _, n := range c.nics {
+		if n.kind == "user" && n.user.Egress {
+			return true
+		}
+	}
+	return false
+}
+
+// checkEgress refuses a user network with egress in a test binary
+// (inTest: testing.Testing()): tests keep restrict=on everywhere, and a
+// test that asked for egress fails instead of opening the host's network.
+func checkEgress(c *Config, inTest bool) error {
+	if inTest && c.Egress() {
+		return errors.New("qemu: a user network with egress (restrict=off) is refused in a test binary: tests keep restrict=on")
+	}
+	return nil
+}
+
 // checkExtraNet refuses user-mode networking smuggled in through raw
-// arguments without restrict=on.
+// arguments without restrict=on: egress is UserNet.Egress, never a raw
+// argument.
 func checkExtraNet(extra []string) error {
 	for i := 0; i+1 < len(extra); i++ {
-		opt, val := strings.TrimPrefix(extra[i], "-"), extra[i+1]
-		if (opt == "-netdev" || opt == "netdev" || opt == "-nic" || opt == "nic") &&
-			(val == "user" || strings.HasPrefix(val, "user,")) && !strings.Contains(val, "restrict=on") {
-			return fmt.Errorf("qemu: %s %s: user networking needs restrict=on (use WithUserNet)", extra[i], val)
+		switch strings.TrimLeft(extra[i], "-") {
+		case "netdev", "nic", "net":
+		default:
+			continue
+		}
+		val := extra[i+1]
+		opts := strings.Split(val, ",")
+		user := opts[0] == "user"
+		restricted, other := false, false
+		for _, o := range opts {
+			switch {
+			case o == "type=user":
+				user = true
+			case o == "restrict=on":
+				restricted = true
+			case strings.Contains(o, "restrict"):
+				// restrict=off, =no, a bare norestrict: anything but
+				// restrict=on counts as a way out.
+				other = true
+			}
+		}
+		if user && (!restricted || other) {
+			return fmt.Errorf("qemu: %s %s: user networking here needs restrict=on and nothing else (use WithUserNet; egress is UserNet.Egress only)", extra[i], val)
 		}
 	}
 	return nil

@@ -3,9 +3,12 @@
 // capture with Expect; QMP for an ACPI shutdown. It uses KVM when /dev/kvm is
 // usable and TCG otherwise.
 //
-// Network safety: user-mode networking is always started with restrict=on,
-// so no guest traffic leaves the host; port forwards still work, and a
-// guest forward (GuestForward) reaches only the host program it names.
+// Network safety: user-mode networking is started with restrict=on, so no
+// guest traffic leaves the host; port forwards still work, and a guest
+// forward (GuestForward) reaches only the host program it names. The one
+// exception is a UserNet whose Egress field says so, which a user asks for
+// with kiln run --egress or kiln cluster up --egress; a test binary cannot
+// start such a VM (Start refuses it).
 package qemu
 
 import (
@@ -27,7 +30,7 @@ type Forward struct {
 }
 
 // UserNet configures a user-mode (slirp) network interface. restrict=on is
-// always set.
+// set unless Egress is.
 type UserNet struct {
 	Forwards []Forward
 	// GuestForwards are the guest's only way out under restrict=on: each
@@ -39,6 +42,13 @@ type UserNet struct {
 	// DHCP boot file name, for PXE tests.
 	TFTPRoot string
 	BootFile string
+	// Egress drops restrict=on (and turns IPv6 off): QEMU NATs the
+	// guest's IPv4 connections to wherever the host can reach, the
+	// host's LAN and the internet, and 10.0.2.2 is the host's own
+	// loopback. It is the only way to an unrestricted user network
+	// (raw arguments cannot make one, see checkExtraNet), for a user
+	// who asks for it; Start refuses it in a test binary.
+	Egress bool
 }
 
 // Disk is a drive attached to the VM.
@@ -229,13 +239,14 @@ func WithExtraArgs(args ...string) Option {
 }
 
 // WithUserNet adds a virtio NIC on user-mode networking with restrict=on
-// (the guest reaches nothing outside; the forwards still work).
+// (the guest reaches nothing outside; the forwards still work). Only
+// WithUserNetConfig with UserNet.Egress gives the guest a way out.
 func WithUserNet(forwards ...Forward) Option {
 	return WithUserNetConfig(UserNet{Forwards: forwards})
 }
 
-// WithUserNetConfig is WithUserNet with a MAC address, PXE settings and
-// guest forwards.
+// WithUserNetConfig is WithUserNet with a MAC address, PXE settings, guest
+// forwards and, on a user's request only, egress.
 func WithUserNetConfig(u UserNet) Option {
 	return func(c *Config) error {
 		for i, f := range u.Forwards {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -37,13 +38,17 @@ type VM struct {
 
 // Start launches QEMU with the options and returns once the process runs.
 // Cancelling ctx kills the VM (like exec.CommandContext). The guest's serial
-// console is captured from the start: see Console and Expect.
+// console is captured from the start: see Console and Expect. In a test
+// binary it refuses a user network with egress (UserNet.Egress).
 func Start(ctx context.Context, opts ...Option) (*VM, error) {
 	cfg := Config{Machine: "q35", MemoryMB: 512, CPUs: 1, Binary: DefaultBinary}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkEgress(&cfg, testing.Testing()); err != nil {
+		return nil, err
 	}
 	bin, err := lookPath(cfg.Binary)
 	if err != nil {

@@ -28,6 +28,7 @@ type clusterFlags struct {
 	masters, workers, masterMemory, workerMemory, cpus, apiPort int
 	clusterDir, state, masterImage, workerImage, vip            string
 	timeout                                                     time.Duration
+	egress                                                      bool
 }
 
 // clusterState is what the daemon leaves in the state directory.
@@ -36,6 +37,7 @@ type clusterState struct {
 	APIPort    int            `json:"apiPort"`
 	Kubeconfig string         `json:"kubeconfig"`
 	VIP        string         `json:"vip,omitempty"`
+	Egress     bool           `json:"egress,omitempty"`
 	Nodes      []clusterVMRow `json:"nodes"`
 }
 
@@ -76,7 +78,11 @@ func (f *clusterFlags) register(c *cobra.Command) {
 	fl.IntVar(&f.apiPort, "api-port", 0, "host port on 127.0.0.1 forwarded to the API server (default: the cluster endpoint's port when it is on loopback, else any free port)")
 	fl.DurationVar(&f.timeout, "timeout", 25*time.Minute, "how long to wait for every node to be Ready (no KVM: boots are ~12x slower)")
 	fl.StringVar(&f.vip, "vip", "auto", "the API's virtual IP with several masters: auto ("+vmcluster.DefaultVIP+"), none, or an address of 10.120.0.1 to 10.120.0.9")
+	fl.BoolVar(&f.egress, "egress", false, egressHelp)
 }
+
+// egressHelp is --egress's line in kiln cluster up and kiln run.
+const egressHelp = "NAT the VMs to this machine's networks (no restrict=on) so containerd can pull from registries: they reach what this machine reaches, your LAN and its 127.0.0.1 (as 10.0.2.2) included. Default: closed"
 
 // clusterVIP is --vip as vmcluster takes it: auto is DefaultVIP with
 // several masters and none with one; none is "".
@@ -97,7 +103,8 @@ func (f *clusterFlags) args() []string {
 	return []string{"--masters", strconv.Itoa(f.masters), "--workers", strconv.Itoa(f.workers), "--cluster", f.clusterDir, "--state", f.state,
 		"--master-image", f.masterImage, "--worker-image", f.workerImage,
 		"--master-memory", strconv.Itoa(f.masterMemory), "--worker-memory", strconv.Itoa(f.workerMemory),
-		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String(), "--vip", f.vip}
+		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String(), "--vip", f.vip,
+		"--egress=" + strconv.FormatBool(f.egress)}
 }
 
 func clusterUpCommand() *cobra.Command {
@@ -124,10 +131,24 @@ command returns, under a background process whose log is STATE/daemon.log;
 
 Each VM gets its node config (role, name, static address) on a small config
 drive; the images are the ones "make image" builds (FORMAT=kernel is enough).
-QEMU's user networking is restricted: the VMs reach nothing but each other
-and the forwarded port.`,
+
+By default the VMs have no way out: QEMU's user networking is restricted
+(restrict=on), so they reach nothing but each other and the forwarded
+ports, and only images baked into the node image run. --egress opens it:
+every VM gets QEMU's NAT (the masters on their user network eth1, each
+worker on one of its own), with 10.0.2.2 as its default route and 10.0.2.3
+(QEMU's DNS forwarder) as its name server, so containerd can pull images
+from registries. The VMs then reach anything this machine reaches: the
+internet, your LAN, and at 10.0.2.2 the services listening on this
+machine's 127.0.0.1. Only the nodes' own connections go out (image pulls,
+hostNetwork pods): a pod's own connections to outside the cluster get no
+answer, as nothing masquerades pod addresses. The node image has no CA
+certificates: a public registry's CA goes in the node config's registries
+section (see the README, Egress). "kiln cluster status" says whether
+egress is on.`,
 		Example: `  kiln cluster up --workers 2
   kiln cluster up --masters 3 --workers 1
+  kiln cluster up --egress            # the VMs may reach the internet (and your LAN)
   kubectl --kubeconfig out/cluster/admin.kubeconfig get nodes -o wide
   kiln cluster down`,
 		Args: noArgs,
@@ -281,13 +302,13 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	c, err := vmcluster.Up(context.Background(), vmcluster.Options{
 		MasterImage: f.masterImage, WorkerImage: f.workerImage, ClusterDir: f.clusterDir, StateDir: f.state,
 		Masters: f.masters, Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
-		APIPort: f.apiPort, VIP: clusterVIP(f.vip, f.masters), Progress: out,
+		APIPort: f.apiPort, VIP: clusterVIP(f.vip, f.masters), Egress: f.egress, Progress: out,
 	})
 	if err != nil {
 		fmt.Fprintf(out, "%s: %v\n", failedMark, err)
 		return err
 	}
-	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig, VIP: c.VIP()}
+	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig, VIP: c.VIP(), Egress: c.Egress()}
 	for _, n := range c.Nodes {
 		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: string(n.Role), Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID(), NodeAPIPort: n.NodeAPIPort})
 	}
@@ -361,6 +382,7 @@ func clusterStatus(out io.Writer, state string) error {
 	if st.VIP != "" {
 		fmt.Fprintf(out, "virtual IP %s, %s (the host's API port goes to the holder)\n", st.VIP, vipHolders(st))
 	}
+	fmt.Fprintln(out, egressLine(st.Egress))
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "%-16s %-7s %-12s %-8s %-10s %-16s %s\n", "VM", "ROLE", "ADDRESS", "PID", "RSS", "NODE API", "CONSOLE")
 	for _, n := range st.Nodes {
@@ -390,6 +412,14 @@ func clusterStatus(out io.Writer, state string) error {
 		fmt.Fprintf(out, "%-16s %-7t %s\n", n.Name, n.Ready, n.Version)
 	}
 	return nil
+}
+
+// egressLine is kiln cluster status's line on the VMs' way out.
+func egressLine(on bool) string {
+	if on {
+		return "egress on: the VMs reach this machine's networks through QEMU's NAT (kiln cluster up --egress)"
+	}
+	return "egress off: the VMs reach nothing outside (QEMU user networking restrict=on; kiln cluster up --egress opens it)"
 }
 
 // vipHolders says which masters hold the VIP, asking each one's node API.

@@ -73,3 +73,34 @@ func TestClusterVIP(t *testing.T) {
 		}
 	}
 }
+
+// --egress is off unless asked, reaches the daemon, and its help says
+// what it opens; kiln cluster status says which it is.
+func TestClusterEgressFlag(t *testing.T) {
+	for _, egress := range []bool{false, true} {
+		f := clusterFlags{masters: 1, workers: 1, egress: egress}
+		d := clusterDaemonCommand()
+		if err := d.Flags().Parse(f.args()); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := d.Flags().GetBool("egress"); got != egress {
+			t.Errorf("daemon's --egress %t, want %t (args %q)", got, egress, f.args())
+		}
+	}
+	up := clusterUpCommand()
+	if v, _ := up.Flags().GetBool("egress"); v {
+		t.Error("--egress on by default")
+	}
+	code, out, _ := kiln(t, "cluster", "up", "--help")
+	for _, want := range []string{"--egress", "restrict=on", "your LAN", "127.0.0.1", "Default: closed"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("cluster up --help lacks %q:\n%s", want, out)
+		}
+	}
+	if l := egressLine(false); !strings.HasPrefix(l, "egress off") {
+		t.Errorf("status without egress: %q", l)
+	}
+	if l := egressLine(true); !strings.HasPrefix(l, "egress on") {
+		t.Errorf("status with egress: %q", l)
+	}
+}

@@ -30,7 +30,7 @@ const apiGuestPort = 6443
 type runFlags struct {
 	image, boot, serialLog string
 	memory, cpus, apiPort  int
-	uefi                   bool
+	uefi, egress           bool
 	appendArgs             []string
 	shutdownTimeout        time.Duration
 }
@@ -54,6 +54,13 @@ outside this machine. For a master, 127.0.0.1:<api-port> is forwarded to the
 API server (guest port 6443) and <image>/admin.kubeconfig is written: the
 cluster's admin kubeconfig pointing at that port.
 
+--egress drops restrict=on: QEMU NATs the guest's connections (its DHCP
+lease already names 10.0.2.2 as the router and 10.0.2.3 as the name
+server), so containerd can pull from registries. The guest then reaches
+anything this machine reaches: the internet, your LAN, and at 10.0.2.2 the
+services listening on this machine's 127.0.0.1. Only the node's own
+connections go out, not a pod's. Off by default.
+
 Boot methods (--boot):
   kernel  direct boot of vmlinuz + initramfs.img with the cmdline file (fastest)
   iso     the ISO as a CD-ROM, BIOS or --uefi
@@ -67,6 +74,7 @@ Ctrl-C (or SIGTERM) presses the ACPI power button so the node shuts down
 cleanly; after --shutdown-timeout, or on a second Ctrl-C, QEMU is killed.`,
 		Example: `  kiln run --image out/master
   kiln run --image out/worker --boot iso --uefi --memory 1536
+  kiln run --image out/master --egress    # the node may reach the internet (and your LAN)
   kubectl --kubeconfig out/master/admin.kubeconfig get nodes`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -86,13 +94,14 @@ cleanly; after --shutdown-timeout, or on a second Ctrl-C, QEMU is killed.`,
 	fl.StringVar(&f.serialLog, "serial-log", "", "serial console log file (default <image>/console.log)")
 	fl.StringSliceVar(&f.appendArgs, "append", nil, "extra kernel command line arguments (--boot kernel only)")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 2*time.Minute, "how long the node may take to power off after Ctrl-C before QEMU is killed")
+	fl.BoolVar(&f.egress, "egress", false, egressHelp)
 	return c
 }
 
 // bootOptions returns the QEMU options that boot the image d with f.boot.
 func bootOptions(f runFlags, d *builder.Dir) ([]qemu.Option, *qemu.UserNet, error) {
 	var opts []qemu.Option
-	net := &qemu.UserNet{}
+	net := &qemu.UserNet{Egress: f.egress}
 	switch f.boot {
 	case image.BootKernel:
 		k, err := d.Kernel()
@@ -200,8 +209,12 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, sigs <-
 	if f.boot == "kernel" {
 		firmware = "direct kernel boot"
 	}
-	fmt.Fprintf(stderr, "kiln run: booting %s image %s from %s: --boot %s (%s), %d MiB, %d CPUs, %s; console log %s; Ctrl-C powers it off\n",
-		m.Role, m.ID, f.image, f.boot, firmware, f.memory, f.cpus, accel, f.serialLog)
+	network := "network closed (restrict=on)"
+	if f.egress {
+		network = "egress on: NAT to this machine's networks"
+	}
+	fmt.Fprintf(stderr, "kiln run: booting %s image %s from %s: --boot %s (%s), %d MiB, %d CPUs, %s, %s; console log %s; Ctrl-C powers it off\n",
+		m.Role, m.ID, f.image, f.boot, firmware, f.memory, f.cpus, accel, network, f.serialLog)
 
 	// Signals are handled below; ctx ending kills QEMU (qemu.Start).
 	vm, err := qemu.Start(ctx, opts...)

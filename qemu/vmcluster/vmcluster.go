@@ -6,6 +6,10 @@
 // "kiln cluster up" runs and what the VM tests use. It talks to the API
 // with net/http and the cluster's admin certificate: the host CLI links no
 // Kubernetes code.
+//
+// The VMs reach nothing outside unless Options.Egress says so (kiln cluster
+// up --egress, a user's choice; no test sets it): then every node has a
+// QEMU user network without restrict=on as its default route.
 package vmcluster
 
 import (
@@ -52,6 +56,13 @@ const (
 	// MaxMasters bounds --masters: etcd is meant for 3 or 5 members, 7
 	// at most.
 	MaxMasters = 7
+)
+
+// With Options.Egress, QEMU's NAT router and DNS forwarder on the user
+// network: every node's default route and name server.
+const (
+	userNetGateway = "10.0.2.2"
+	userNetDNS     = "10.0.2.3"
 )
 
 // MasterNameOf is the name of master i (1-based): kiln-master, then
@@ -107,10 +118,21 @@ type Options struct {
 	// Progress receives one line per step.
 	Progress io.Writer
 	// GuestForwards are added to every master's user network (eth1,
-	// restrict=on kept): a master's only way out, each to one program
-	// on the host (a test registry on the host's loopback, through
-	// qemu.ProxyCommand). The workers' only NIC is the cluster's L2.
+	// restrict=on kept unless Egress): a master's only way out, each to
+	// one program on the host (a test registry on the host's loopback,
+	// through qemu.ProxyCommand). Without Egress the workers' only NIC is
+	// the cluster's L2.
 	GuestForwards []qemu.GuestForward
+	// Egress gives every node a way out through QEMU's NAT: the masters'
+	// user network (eth1) loses restrict=on, each worker gets one of its
+	// own (eth1, no forwards), and every node's config makes eth1 its
+	// default route (via 10.0.2.2) and QEMU's DNS forwarder (10.0.2.3)
+	// its name server. The VMs then reach whatever the host reaches: the
+	// internet, the host's LAN, and the host's own loopback services at
+	// 10.0.2.2. Off by default; for a user who asks (kiln cluster up
+	// --egress), never for tests (qemu.Start refuses it in a test
+	// binary).
+	Egress bool
 	// Registries is the registries section of every node's config
 	// layer (its config drive, 0600 as it holds the node's secret);
 	// nil writes none, and the images' own configs stand.
@@ -270,6 +292,9 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 		}
 		c.APIPort = c.endpoint.port
 	}
+	if o.Egress {
+		c.say("egress on: every VM reaches the host's networks through QEMU's NAT (eth1, default route %s, DNS %s)", userNetGateway, userNetDNS)
+	}
 	for _, n := range nodes {
 		if slices.Contains(o.Later, n.Name) {
 			continue
@@ -354,10 +379,12 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 		// The second virtio disk: the config drive is the first.
 		l.Storage = &node.Storage{StateDisk: "/dev/vdb", Format: node.FormatAuto}
 	}
+	if eth1 := c.eth1(n); eth1 != nil {
+		l.Network.Additional = []node.Network{*eth1}
+	}
 	if n.Role == node.RoleMaster {
-		// eth1 is QEMU's user network, only for the API forward: the API
-		// server listens there too.
-		l.Network.Additional = []node.Network{{Interface: "eth1", Address: userNetGuest}}
+		// The API forward reaches the API server on eth1: it listens
+		// there too.
 		l.ExtraArgs = map[string]map[string]string{node.ComponentAPIServer: {"bind-address": "0.0.0.0"}}
 	} else {
 		l.APIEndpoint = fmt.Sprintf("https://%s%d:%d", subnetPrefix, masterHost, apiGuestPort)
@@ -367,6 +394,24 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 	}
 	l.Registries = c.opts.Registries
 	return l.YAML("Written by kiln cluster for the VM " + n.Name + ".")
+}
+
+// eth1 is a node's second NIC in its config, QEMU's user network: on a
+// master for the API and node API forwards (and Options.GuestForwards);
+// with Options.Egress, on every node, as its default route and with
+// QEMU's DNS forwarder as its name server. The node's address stays
+// eth0's (the kubelet, flannel, etcd and the API server are given it):
+// only traffic for outside the cluster's L2 takes eth1. nil: no eth1.
+func (c *Cluster) eth1(n *Node) *node.Network {
+	if n.Role != node.RoleMaster && !c.opts.Egress {
+		return nil
+	}
+	nw := &node.Network{Interface: "eth1", Address: userNetGuest}
+	if c.opts.Egress {
+		nw.Gateway = userNetGateway
+		nw.DNS = []string{userNetDNS}
+	}
+	return nw
 }
 
 // prepare writes the node's config drive and its QEMU options.
@@ -435,23 +480,33 @@ func (c *Cluster) prepare(n *Node) error {
 			n.NodeAPIPort = p
 		}
 		n.opts = append(n.opts, qemu.WithUserNetConfig(c.userNet(n, apiPort))) // eth1
+	} else if c.opts.Egress {
+		n.opts = append(n.opts, qemu.WithUserNetConfig(c.userNet(n, 0))) // eth1
 	}
 	return nil
 }
 
-// userNet is a master's eth1, QEMU's user network (restrict=on): its API
-// and node API forwarded from the host's loopback (apiPort 0: a free
-// port), and Options.GuestForwards from the guest to the host.
+// userNet is a node's eth1, QEMU's user network, restrict=on unless
+// Options.Egress. A master's has its API and node API forwarded from the
+// host's loopback (apiPort 0: a free port), and Options.GuestForwards
+// from the guest to the host; a worker's (Egress only) has neither.
 func (c *Cluster) userNet(n *Node, apiPort int) qemu.UserNet {
-	return qemu.UserNet{
-		MAC: fmt.Sprintf("52:54:00:98:00:%s", n.MAC[len(n.MAC)-2:]),
-		Forwards: []qemu.Forward{
+	u := qemu.UserNet{
+		MAC:    fmt.Sprintf("52:54:00:98:00:%s", n.MAC[len(n.MAC)-2:]),
+		Egress: c.opts.Egress,
+	}
+	if n.Role == node.RoleMaster {
+		u.Forwards = []qemu.Forward{
 			{HostAddr: "127.0.0.1", HostPort: apiPort, GuestPort: apiGuestPort},
 			{HostAddr: "127.0.0.1", HostPort: n.NodeAPIPort, GuestPort: nodeapi.Port},
-		},
-		GuestForwards: c.opts.GuestForwards,
+		}
+		u.GuestForwards = c.opts.GuestForwards
 	}
+	return u
 }
+
+// Egress reports whether the VMs were given a way out (Options.Egress).
+func (c *Cluster) Egress() bool { return c.opts.Egress }
 
 // configDrive writes a small ISO 9660 image labelled image.ConfigDriveLabel
 // holding the node config as image.ConfigDriveFile (PID 1 overlays it on the embedded
