@@ -68,8 +68,8 @@ func TestHA(t *testing.T) {
 		MasterStateDisk: 2048,
 		// A virtual IP for the API, held by one master at a time; the
 		// worker's apiEndpoint.
-		VIP: vmcluster.DefaultVIP,
-		Progress:        testLog{t}, Append: vmAppend(),
+		VIP:      vmcluster.DefaultVIP,
+		Progress: testLog{t}, Append: vmAppend(),
 		// The first master and the worker first: a cluster of one
 		// master, running, that two more then join. (Three control
 		// planes starting at once on this machine's two cores, under
@@ -156,6 +156,7 @@ func TestHA(t *testing.T) {
 		// Each master reserved its own name for the control plane
 		// (every master applies the add-ons under its own field manager:
 		// one's apply must not drop the others' names).
+		logMasterMemory(t, c, "three masters voting")
 		testutil.Eventually(t, 5*time.Minute, 5*time.Second, "every master's name reserved in kiln-node-identities", func() error {
 			ids, err := kc.Run("get", "configmap", "-n", "kube-system", "kiln-node-identities", "-o", "jsonpath={.data}")
 			if err != nil {
@@ -395,7 +396,26 @@ func TestHA(t *testing.T) {
 		allVoting(t, first, 15*time.Minute)
 		t.Logf("FIGURE ha: restore sent to 3 voting etcd members: %s", time.Since(restored).Round(time.Second))
 		waitNodes(t, ctx, c, 5*time.Minute, "kiln-worker-1")
+		logMasterMemory(t, c, "after the restore")
 	})
+}
+
+// logMasterMemory logs each running master's memory in use (total less
+// available, from its node status) as a figure.
+func logMasterMemory(t *testing.T, c *vmcluster.Cluster, when string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var parts []string
+	for _, m := range c.Masters() {
+		st, err := c.NodeStatus(ctx, m)
+		if err != nil || st.Memory == nil {
+			parts = append(parts, fmt.Sprintf("%s: %v", m.Name, err))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d of %d MiB", m.Name, (st.Memory.TotalBytes-st.Memory.AvailableBytes)>>20, st.Memory.TotalBytes>>20))
+	}
+	t.Logf("FIGURE ha: memory in use per master (%s): %s", when, strings.Join(parts, ", "))
 }
 
 // nodeLog reads a component's recent output from a master's node API.
