@@ -17,7 +17,7 @@ import (
 )
 
 // Firewall is kiln's own nftables table on every node, table inet
-// kiln-firewall, one input chain:
+// kiln-firewall. Its input chain:
 //
 //   - nothing from the pod CIDR reaches the node's etcd (client and peer),
 //     controller-manager, scheduler or kiln status ports: on a master all
@@ -30,6 +30,14 @@ import (
 //     address:6443; the input hook sees the DNATed port, so a Service
 //     pointed at etcd is refused too), the kubelet's (the API server
 //     reaches it from a master's address for logs and exec), NodePorts.
+//
+// On a node that runs pods, its postrouting chain (nat) masquerades pods'
+// connections that leave the pod CIDR (podEgressRules): a router, a
+// registry on the nodes' network or QEMU's NAT has no route back to the pod
+// CIDR. Pod to pod keeps the pods' addresses. It is here, in the one table
+// kiln owns, rather than in the CNI bridge's ipMasq (kept false in
+// components/entry/flannel.go): one node-wide rule, loaded before any pod
+// starts, replaced with the rest of the table.
 //
 // Its Prepare writes the table, so it is in force before any component
 // starts; it fails the node's bring-up when it cannot (no component runs
@@ -145,7 +153,7 @@ func firewallRules(tx *knftables.Transaction, env *Env) error {
 	tx.Add(&knftables.Table{})
 	tx.Delete(&knftables.Table{})
 	tx.Add(&knftables.Table{
-		Comment: knftables.PtrTo("kiln: what pods and other hosts may reach on this node (components/firewall.go)"),
+		Comment: knftables.PtrTo("kiln: what pods and other hosts may reach on this node, and pods' way out (components/firewall.go)"),
 	})
 	tx.Add(&knftables.Chain{
 		Name:     "input",
@@ -160,9 +168,17 @@ func firewallRules(tx *knftables.Transaction, env *Env) error {
 		Rule:    knftables.Concat(ipFamily(pods), "saddr", pods.Masked().String(), "tcp dport", portSet(podGuardedPorts(env)), "reject with tcp reset"),
 		Comment: knftables.PtrTo("pods: not etcd, the controller-manager, the scheduler or kiln's status port"),
 	})
-	if env.Config.Role != node.RoleMaster {
-		return nil
+	if env.Config.Role == node.RoleMaster {
+		masterInputRules(tx, env)
 	}
+	if env.Config.RunsPods() {
+		podEgressRules(tx, env, pods)
+	}
+	return nil
+}
+
+// masterInputRules: etcd's ports answer only loopback and the masters.
+func masterInputRules(tx *knftables.Transaction, env *Env) {
 	etcd := portSet([]int{env.Config.Ports.EtcdClient, env.Config.Ports.EtcdPeer})
 	for _, fam := range []string{"ip", "ip6"} {
 		var srcs []string
@@ -183,7 +199,86 @@ func firewallRules(tx *knftables.Transaction, env *Env) error {
 		Rule:    knftables.Concat("tcp dport", etcd, "reject with tcp reset"),
 		Comment: knftables.PtrTo("etcd: loopback and the masters only"),
 	})
-	return nil
+}
+
+// podEgressRules adds the postrouting chain of a node that runs pods: a
+// pod's connection to an address outside the pod CIDR leaves with this
+// node's address (masquerade: the address of the interface it leaves by),
+// as flannel's --ip-masq and most distributions do. Not masqueraded:
+//
+//   - pod to pod, across nodes too (the inner packet of flannel's VXLAN):
+//     the pods, NetworkPolicy and kube-network-policies on the other node
+//     see the real pod address. A Service's ClusterIP is DNATed by
+//     kube-proxy before postrouting, so it is judged by the endpoint it
+//     goes to; kube-network-policies' postrouting chain (priority srcnat-5)
+//     sees the packet before this one (srcnat) changes it;
+//   - multicast;
+//   - another node's guarded ports (kiln's status port on every node, the
+//     masters' etcd, controller-manager and scheduler ports): that node's
+//     input chain refuses the pod CIDR, which it would no longer see once
+//     masqueraded; and on a master the masqueraded source would be a
+//     master's address, which etcd's rule admits. Such a connection keeps
+//     the pod's address and is refused there, as without masquerade. The
+//     status port is excepted to every address (a node does not know all
+//     the others'), so a pod's connection to port 10260 outside the
+//     cluster is not masqueraded either.
+//
+// Connections from other sources (the node's own, NodePorts, which
+// kube-proxy masquerades itself when it must) are left alone. fully-random
+// picks the source port at random, as kube-proxy and flannel do, to avoid
+// conntrack insertion races between pods' connections.
+//
+// The cluster has one pod CIDR, of one family (configs/cluster: no
+// dual-stack); the rules are written for that family.
+func podEgressRules(tx *knftables.Transaction, env *Env, pods netip.Prefix) {
+	fam := ipFamily(pods)
+	multicast := "224.0.0.0/4"
+	if fam == "ip6" {
+		multicast = "ff00::/8"
+	}
+	tx.Add(&knftables.Chain{
+		Name:     "postrouting",
+		Type:     knftables.PtrTo(knftables.NATType),
+		Hook:     knftables.PtrTo(knftables.PostroutingHook),
+		Priority: knftables.PtrTo(knftables.SNATPriority),
+		Comment:  knftables.PtrTo("pods' connections out of the pod CIDR leave with this node's address"),
+	})
+	cidr := pods.Masked().String()
+	tx.Add(&knftables.Rule{
+		Chain:   "postrouting",
+		Rule:    knftables.Concat(fam, "daddr", cidr, "return"),
+		Comment: knftables.PtrTo("pod to pod, across nodes too: the pods' own addresses"),
+	})
+	tx.Add(&knftables.Rule{
+		Chain:   "postrouting",
+		Rule:    knftables.Concat(fam, "daddr", multicast, "return"),
+		Comment: knftables.PtrTo("multicast"),
+	})
+	tx.Add(&knftables.Rule{
+		Chain:   "postrouting",
+		Rule:    knftables.Concat("tcp dport", portSet([]int{nodeapi.Port}), "return"),
+		Comment: knftables.PtrTo("kiln's status port on any node: its firewall sees the pod's address"),
+	})
+	var masters []string
+	for _, a := range masterAddresses(env) {
+		if p := netip.PrefixFrom(a, a.BitLen()); ipFamily(p) == fam {
+			masters = append(masters, prefixString(p))
+		}
+	}
+	if len(masters) > 0 {
+		p := env.Config.Ports
+		tx.Add(&knftables.Rule{
+			Chain: "postrouting",
+			Rule: knftables.Concat(fam, "daddr", "{ "+strings.Join(masters, ", ")+" }",
+				"tcp dport", portSet([]int{p.EtcdClient, p.EtcdPeer, p.ControllerManager, p.Scheduler}), "return"),
+			Comment: knftables.PtrTo("the masters' guarded ports: their firewall sees the pod's address"),
+		})
+	}
+	tx.Add(&knftables.Rule{
+		Chain:   "postrouting",
+		Rule:    knftables.Concat(fam, "saddr", cidr, "masquerade fully-random"),
+		Comment: knftables.PtrTo("pods to outside the pod CIDR: this node's address"),
+	})
 }
 
 // ipFamily is the nft payload keyword of a prefix's family.

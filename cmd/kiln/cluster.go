@@ -140,9 +140,9 @@ worker on one of its own), with 10.0.2.2 as its default route and 10.0.2.3
 (QEMU's DNS forwarder) as its name server, so containerd can pull images
 from registries. The VMs then reach anything this machine reaches: the
 internet, your LAN, and at 10.0.2.2 the services listening on this
-machine's 127.0.0.1. Only the nodes' own connections go out (image pulls,
-hostNetwork pods): a pod's own connections to outside the cluster get no
-answer, as nothing masquerades pod addresses. The node image has no CA
+machine's 127.0.0.1. The nodes' own connections go out (image pulls,
+hostNetwork pods), and pods' too: each node masquerades them to its own
+address when they leave the pod network. The node image has no CA
 certificates: a public registry's CA goes in the node config's registries
 section (see the README, Egress). "kiln cluster status" says whether
 egress is on.`,

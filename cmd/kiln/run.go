@@ -58,8 +58,9 @@ cluster's admin kubeconfig pointing at that port.
 lease already names 10.0.2.2 as the router and 10.0.2.3 as the name
 server), so containerd can pull from registries. The guest then reaches
 anything this machine reaches: the internet, your LAN, and at 10.0.2.2 the
-services listening on this machine's 127.0.0.1. Only the node's own
-connections go out, not a pod's. Off by default.
+services listening on this machine's 127.0.0.1. The node's own
+connections go out, and its pods' (the node masquerades them to its
+address). Off by default.
 
 Boot methods (--boot):
   kernel  direct boot of vmlinuz + initramfs.img with the cmdline file (fastest)

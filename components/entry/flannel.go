@@ -133,6 +133,11 @@ func externalInterface(addr string) (*backend.ExternalInterface, error) {
 // writeCNIConfig writes the pods' network: a bridge with the node's subnet,
 // the bridge as every pod's default gateway (service IPs are routed by
 // kube-proxy on the node, other nodes' subnets by the VXLAN routes).
+// ipMasq stays false: pods' connections out of the pod CIDR are
+// masqueraded by one node-wide rule in kiln's nftables table
+// (components/firewall.go, podEgressRules). The bridge's own would add
+// rules per pod and masquerade everything outside this node's subnet, pod
+// to pod across nodes included.
 func writeCNIConfig(path, bridge, subnetCIDR string, mtu int) error {
 	conf := map[string]any{
 		"cniVersion": "1.0.0",
