@@ -66,7 +66,12 @@ type Options struct {
 	// components/vip.go for the values and why.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// UnreadyAfter is how many failed readiness checks in a row (one
-	// every RetryPeriod) make the holder give the VIP up; default 3.
+	// every RetryPeriod) make the holder give the VIP up; default 10.
+	// A dead holder loses the VIP by its Lease, not by this check; this
+	// is for a holder whose API server cannot serve (cut off from etcd).
+	// /readyz fails for a few seconds on a busy control plane (etcd's
+	// readiness under load): with 3 checks of 1 s, TestHA's masters under
+	// TCG dropped and took the VIP back every 10 to 60 seconds.
 	UnreadyAfter int
 	// Announcements is how many gratuitous ARPs a new holder sends,
 	// AnnounceEvery apart (defaults 3 and 1 s: the first at once; more
@@ -80,7 +85,7 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.UnreadyAfter <= 0 {
-		o.UnreadyAfter = 3
+		o.UnreadyAfter = 10
 	}
 	if o.Announcements <= 0 {
 		o.Announcements = 3
