@@ -14,6 +14,13 @@ import (
 	"kiln/qemu/vmcluster"
 )
 
+// The VIP's takeover, for TestHA once its masters can carry it: run
+// there (session 8, 3 masters on 1 vCPU each under TCG, state disks),
+// the first master's /readyz failed often enough that it dropped and
+// retook the VIP every 10-60 s, and the probe below never found it
+// answering within 3 minutes. vip.Options.UnreadyAfter is now 10; these
+// helpers are not called until a run shows the VIP holding.
+
 // vipProbeManifest is a pod on the worker, in the worker's own network
 // namespace (hostNetwork: kube-system is exempt from Pod Security), that
 // the check runs kiln-echo get in: the host cannot reach the cluster's
