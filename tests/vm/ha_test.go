@@ -169,7 +169,7 @@ func TestHA(t *testing.T) {
 	})
 
 	t.Run("a master powered off loses no acknowledged write", func(t *testing.T) {
-		oldID := memberID(t, allVoting(t, second, time.Minute), first.Name)
+		oldID := memberID(t, allVoting(t, second, 5*time.Minute), first.Name)
 		w := newWriter(t, c.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", c.APIPort))
 		go w.run()
 		w.waitAcks(t, 20, 2*time.Minute)
