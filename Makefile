@@ -89,7 +89,7 @@ test-host: build ## host integration: the master components as real processes on
 
 test-vm: deps build ## VM end-to-end: images booted in QEMU (TCG), used from the host
 	@mkdir -p out
-	$(GO) test -tags vm -count=1 -timeout 70m -v ./tests/vm/ -bin $(CURDIR)/bin 2>&1 | tee out/test-vm.log; exit $${PIPESTATUS[0]}
+	$(GO) test -tags vm -count=1 -timeout 80m -v ./tests/vm/ -bin $(CURDIR)/bin 2>&1 | tee out/test-vm.log; exit $${PIPESTATUS[0]}
 
 test: vet test-unit test-host test-vm ## everything CI runs: vet, unit, host integration and VM tests
 

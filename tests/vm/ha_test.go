@@ -54,7 +54,7 @@ func TestHA(t *testing.T) {
 	worker := buildImage(t, dir, "worker")
 	clusterDir := filepath.Join(dir, "cluster")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
 	start := time.Now()
 	c, err := vmcluster.Up(ctx, vmcluster.Options{
@@ -199,8 +199,9 @@ func TestHA(t *testing.T) {
 			t.Fatal(err)
 		}
 		newID := memberID(t, allVoting(t, second, 10*time.Minute), first.Name)
-		apiReady(t, c.Kubeconfig, first, 10*time.Minute)
-		t.Logf("FIGURE ha: a master booted again empty to voting member and its API server ready: %s", time.Since(back).Round(time.Second))
+		// Its API server is not waited for: every master is powered off
+		// next (on 1 vCPU under TCG it takes minutes more).
+		t.Logf("FIGURE ha: a master booted again empty to voting member: %s", time.Since(back).Round(time.Second))
 		if newID == oldID {
 			t.Errorf("%s is etcd member %s again: its stale member was not replaced", first.Name, newID)
 		}
