@@ -332,13 +332,7 @@ func (s *Supervisor) runProcess(ctx context.Context, sv *service, restart bool, 
 		s.update(sv, func(*nodeapi.ServiceStatus) []event {
 			return []event{{what: "restarting", detail: fmt.Sprintf("asked for; SIGTERM to pid %d", p.pid)}}
 		})
-		var killed bool
-		waitErr, killed = p.terminate(sv.stopTimeout)
-		if killed {
-			s.update(sv, func(*nodeapi.ServiceStatus) []event {
-				return []event{{what: "killed", detail: fmt.Sprintf("still running %s after SIGTERM", sv.stopTimeout)}}
-			})
-		}
+		waitErr = s.terminate(sv, p)
 	case <-sv.stopCh:
 		stopped, rn.stopped = true, true
 		// Stop probing first, so no probe result turns "stopping" back.
@@ -348,13 +342,7 @@ func (s *Supervisor) runProcess(ctx context.Context, sv *service, restart bool, 
 			st.State = nodeapi.StateStopping
 			return []event{{what: "stopping", detail: fmt.Sprintf("SIGTERM to pid %d", p.pid)}}
 		})
-		var killed bool
-		waitErr, killed = p.terminate(sv.stopTimeout)
-		if killed {
-			s.update(sv, func(*nodeapi.ServiceStatus) []event {
-				return []event{{what: "killed", detail: fmt.Sprintf("still running %s after SIGTERM", sv.stopTimeout)}}
-			})
-		}
+		waitErr = s.terminate(sv, p)
 	}
 	ran := time.Since(startedAt)
 	stopProbe()
@@ -491,4 +479,16 @@ func callHook(point, service string) {
 	if h := testHook.Load(); h != nil {
 		(*h)(point, service)
 	}
+}
+
+// terminate stops p (SIGTERM, then SIGKILL after sv's stop timeout) and
+// records a kill in sv's events; it returns p's wait error.
+func (s *Supervisor) terminate(sv *service, p *process) error {
+	waitErr, killed := p.terminate(sv.stopTimeout)
+	if killed {
+		s.update(sv, func(*nodeapi.ServiceStatus) []event {
+			return []event{{what: "killed", detail: fmt.Sprintf("still running %s after SIGTERM", sv.stopTimeout)}}
+		})
+	}
+	return waitErr
 }
