@@ -113,13 +113,7 @@ that will not return.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			resp, err := nodeDo(ctx, hp, f.clusterDir, http.MethodPost, nodeapi.PathEtcdRemove+args[0])
-			if err != nil {
-				return err
-			}
-			return printNodeAnswer(c, hp, resp)
+			return postToNode(c, hp, f.clusterDir, nodeapi.PathEtcdRemove+args[0], nil, nil, 30*time.Second)
 		},
 	}
 	f.register(c)
@@ -276,18 +270,12 @@ time, within a minute of noticing.`,
 				return err
 			}
 			defer in.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-			defer cancel()
 			header := http.Header{}
 			header.Set(nodeapi.HeaderCAHash, info.CAHash)
 			header.Set(nodeapi.HeaderSnapshotSHA256, info.SHA256)
 			header.Set("Content-Type", "application/octet-stream")
 			fmt.Fprintf(c.ErrOrStderr(), "kiln etcd: sending %s (%s, taken on %s at %s) to %s; etcd restarts from it\n", file, bounded.Size(info.Size), info.Node, info.Taken.Format(time.RFC3339), hp)
-			resp, err := nodeSend(ctx, hp, f.clusterDir, http.MethodPost, nodeapi.PathEtcdRestore, in, header)
-			if err != nil {
-				return err
-			}
-			return printNodeAnswer(c, hp, resp)
+			return postToNode(c, hp, f.clusterDir, nodeapi.PathEtcdRestore, in, header, 30*time.Minute)
 		},
 	}
 	f.register(c)
@@ -316,17 +304,24 @@ join the reset cluster as learners.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-			defer cancel()
-			resp, err := nodeDo(ctx, hp, f.clusterDir, http.MethodPost, nodeapi.PathEtcdReset)
-			if err != nil {
-				return err
-			}
-			return printNodeAnswer(c, hp, resp)
+			return postToNode(c, hp, f.clusterDir, nodeapi.PathEtcdReset, nil, nil, 15*time.Minute)
 		},
 	}
 	f.register(c)
 	return c
+}
+
+// postToNode sends a request that changes something to the node API at
+// hostPort (body and header may be nil), waiting at most timeout, and
+// prints its answer (printNodeAnswer).
+func postToNode(c *cobra.Command, hostPort, clusterDir, path string, body io.Reader, header http.Header, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := nodeSend(ctx, hostPort, clusterDir, http.MethodPost, path, body, header)
+	if err != nil {
+		return err
+	}
+	return printNodeAnswer(c, hostPort, resp)
 }
 
 // printNodeAnswer prints a node's answer to a request that changes
