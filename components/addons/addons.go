@@ -8,11 +8,13 @@ package addons
 import (
 	"bytes"
 	"context"
-	_ "embed"
+	"embed"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -28,8 +30,38 @@ import (
 	"kiln/configs/cluster"
 )
 
-//go:embed manifests.yaml
-var manifests string
+// manifests.yaml comes first (the objects a join needs lead it), then
+// the other files in name order: one file per add-on that has several
+// objects (metrics.yaml, storage.yaml).
+//
+//go:embed *.yaml
+var files embed.FS
+
+// manifests is every file joined into one YAML stream.
+var manifests = func() string {
+	names, err := fs.Glob(files, "*.yaml")
+	if err != nil {
+		panic(err)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		if (a == "manifests.yaml") != (b == "manifests.yaml") {
+			if a == "manifests.yaml" {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	var docs []string
+	for _, n := range names {
+		b, err := files.ReadFile(n)
+		if err != nil {
+			panic(err)
+		}
+		docs = append(docs, strings.TrimRight(string(b), "\n"))
+	}
+	return strings.Join(docs, "\n---\n") + "\n"
+}()
 
 // Values fill in the manifests.
 type Values struct {
@@ -119,6 +151,8 @@ var resources = map[string]schema.GroupVersionResource{
 	"apps/v1/Deployment":                              {Group: "apps", Version: "v1", Resource: "deployments"},
 	"rbac.authorization.k8s.io/v1/ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 	"rbac.authorization.k8s.io/v1/ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"storage.k8s.io/v1/StorageClass":                  {Group: "storage.k8s.io", Version: "v1", Resource: "storageclasses"},
+	"apiregistration.k8s.io/v1/APIService":            {Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"},
 }
 
 // OnceAnnotation marks an object that kiln creates once in the life of a
