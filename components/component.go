@@ -100,6 +100,8 @@ func All() []Component {
 		Scheduler{},
 		Addons{},
 		CSRApprover{},
+		MetricsServer{},
+		LocalStorage{},
 		VIP{},
 		APILB{},
 		Join{},

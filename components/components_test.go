@@ -34,9 +34,9 @@ func TestForRoleOrderAndDependencies(t *testing.T) {
 		cfg  node.Config
 		want []string
 	}{
-		{"master", node.Default(), []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver",
+		{"master", node.Default(), []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver", "metrics-server", "local-storage",
 			"containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
-		{"master without pods", noPods, []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver"}},
+		{"master without pods", noPods, []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons", "csr-approver", "metrics-server", "local-storage"}},
 		{"worker", func() node.Config { c := node.Default(); c.Role = node.RoleWorker; c.RunPods = false; return c }(),
 			[]string{"api-lb", "join", "containerd", "import-images", "kubelet", "flannel", "kube-proxy", "network-policy"}},
 	} {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"kiln/configs/cluster"
@@ -128,5 +129,9 @@ func (Addons) Flags(env *Env) map[string]string {
 		"cluster-domain": env.Cluster.ClusterDomain,
 		"master-node":    master,
 		"master-name":    env.NodeName,
+		"ca-file":        env.Path(apiCACert),
+		// Every master's API server reaches its own metrics-server on
+		// loopback at this port (components/metricsserver.go).
+		"metrics-server-port": strconv.Itoa(env.Config.Ports.MetricsServer),
 	}
 }

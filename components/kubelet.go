@@ -196,6 +196,10 @@ func (Kubelet) Flags(env *Env) map[string]string {
 	// Labels the kubelet may set on its own node (NodeRestriction allows
 	// other prefixes than kubernetes.io): what kiln runs it on.
 	f["node-labels"] = "kiln.dev/role=" + string(env.Config.Role) + ",kiln.dev/cgroup=" + cgroupVersion()
+	if env.Config.Storage.StateDisk != "" {
+		// Where local volumes may go (LocalStorage).
+		f["node-labels"] += "," + StateDiskLabel + "=true"
+	}
 	return f
 }
 

@@ -83,6 +83,8 @@ var memoryTable = map[string]memoryRow{
 	node.ComponentNetworkPolicy:     {div: 32, floor: 32 * mib},
 	node.ComponentAPILB:             {div: 64, floor: 32 * mib}, // grows with its connections, not with the node
 	node.ComponentVIP:               {div: 64, floor: 32 * mib}, // one Lease and one address
+	node.ComponentMetricsServer:     {div: 32, floor: 32 * mib}, // the last scrape of every node and pod
+	node.ComponentLocalStorage:      {div: 64, floor: 32 * mib}, // informers of the claims, volumes and classes
 	// Tasks: a Go limit only; they end.
 	node.ComponentFirewall:     {div: 32, floor: 32 * mib},
 	node.ComponentAddons:       {div: 32, floor: 32 * mib},

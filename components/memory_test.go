@@ -80,6 +80,7 @@ func TestMemoryShares(t *testing.T) {
 			"kube-controller-manager": {64, 32, 96},
 			"kube-scheduler":          {32, 16, 64},
 			"csr-approver":            {32, 16, 64},
+			"local-storage":           {32, 16, 64},
 			"kubelet":                 {64, 32, 96},
 			"containerd":              {64, 32, 0},
 		}},
@@ -124,8 +125,8 @@ func TestKubeletReserved(t *testing.T) {
 		{"384 MiB worker", node.RoleWorker, 384 * mib, 100 * mib, 112, 132, 24, 3, 2},
 		// Much in use at start: the pods keep a quarter all the same.
 		{"384 MiB worker, full", node.RoleWorker, 384 * mib, 250 * mib, 112, 152, 24, 3, 2},
-		{"1 GiB master", node.RoleMaster, 1 * gib, 200 * mib, 368, 264, 64, 8, 2},
-		{"2 GiB master", node.RoleMaster, 2 * gib, 250 * mib, 736, 378, 100, 10, 5},
+		{"1 GiB master", node.RoleMaster, 1 * gib, 200 * mib, 400, 264, 64, 8, 2},
+		{"2 GiB master", node.RoleMaster, 2 * gib, 250 * mib, 784, 378, 100, 10, 5},
 		{"16 GiB worker", node.RoleWorker, 16 * gib, 1 * gib, 480, 2048, 100, 10, 5},
 	} {
 		env := memEnv(t, tc.role, tc.total, tc.used)

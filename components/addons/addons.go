@@ -72,6 +72,11 @@ type Values struct {
 	// MasterName is the master's node name, never granted to a joining
 	// node.
 	MasterName string
+	// CABundle is the cluster CA's certificate (PEM): the aggregator
+	// verifies the metrics-server against it.
+	CABundle string
+	// MetricsServerPort is the masters' metrics-server port on loopback.
+	MetricsServerPort int
 }
 
 // Render returns the manifests' objects for these values.

@@ -21,7 +21,7 @@ import (
 )
 
 func TestRender(t *testing.T) {
-	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "kiln.local/coredns:v1", MasterName: "m0"})
+	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "kiln.local/coredns:v1", MasterName: "m0", CABundle: "-----BEGIN CERTIFICATE-----\n", MetricsServerPort: 10262})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestTokenSecretCreatedOnce(t *testing.T) {
 	client := fake.NewSimpleDynamicClient(runtime.NewScheme())
 	secrets := client.Resource(resources["v1/Secret"]).Namespace("kube-system")
 	token := func(id string) []*unstructured.Unstructured {
-		objs, err := Render(Values{TokenID: id, TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0"})
+		objs, err := Render(Values{TokenID: id, TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0", CABundle: "-----BEGIN CERTIFICATE-----\n", MetricsServerPort: 10262})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -138,7 +138,7 @@ func TestTokenSecretCreatedOnce(t *testing.T) {
 // binding, the bound names and the csr-approver's rights. Nothing else is
 // in the group.
 func TestJoinFirst(t *testing.T) {
-	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0"})
+	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0", CABundle: "-----BEGIN CERTIFICATE-----\n", MetricsServerPort: 10262})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestTransient(t *testing.T) {
 // refusal that will not pass is returned at once.
 func TestApplyRetrying(t *testing.T) {
 	ctx := context.Background()
-	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0"})
+	objs, err := Render(Values{TokenID: "abcdef", TokenSecret: "0123456789abcdef", ClusterDNS: "10.96.0.10", ClusterDomain: "cluster.local", CoreDNSImage: "c:v1", MasterName: "m0", CABundle: "-----BEGIN CERTIFICATE-----\n", MetricsServerPort: 10262})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,8 @@ func runAddons(args []string) int {
 	clusterDomain := fs.String("cluster-domain", "cluster.local", "cluster DNS domain")
 	masterNode := fs.String("master-node", "", "the master's node name to label as control plane (empty: none)")
 	masterName := fs.String("master-name", "", "the master's name, never granted to a joining node")
+	caFile := fs.String("ca-file", "", "the cluster CA's certificate (the APIServices' caBundle)")
+	metricsPort := fs.Int("metrics-server-port", 10262, "port of the masters' metrics-server on loopback")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -37,10 +39,15 @@ func runAddons(args []string) int {
 		return usageError("addons", err)
 	}
 	id, secret, _ := strings.Cut(strings.TrimSpace(string(tok)), ".")
+	caPEM, err := os.ReadFile(*caFile)
+	if err != nil {
+		return usageError("addons", err)
+	}
 	objs, err := addons.Render(addons.Values{
 		TokenID: id, TokenSecret: secret,
 		ClusterDNS: *clusterDNS, ClusterDomain: *clusterDomain,
 		CoreDNSImage: oci.CoreDNSRef, MasterName: *masterName,
+		CABundle: string(caPEM), MetricsServerPort: *metricsPort,
 	})
 	if err != nil {
 		return usageError("addons", err)

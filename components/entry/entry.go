@@ -48,6 +48,8 @@ var entries = map[string]Func{
 	node.ComponentNetworkPolicy:     runNetworkPolicy,
 	node.ComponentAPILB:             runAPILB,
 	node.ComponentVIP:               runVIP,
+	node.ComponentMetricsServer:     runMetricsServer,
+	node.ComponentLocalStorage:      runLocalStorage,
 }
 
 // Lookup returns the entry point of a component by its name.

@@ -28,6 +28,12 @@ const (
 	// ComponentVIP holds the API's virtual IP (controlPlane.vip) on the
 	// master that holds its Lease.
 	ComponentVIP = "vip"
+	// ComponentMetricsServer serves the resource metrics API (kubectl top)
+	// on a master (metrics-server).
+	ComponentMetricsServer = "metrics-server"
+	// ComponentLocalStorage provisions PersistentVolumes of the
+	// StorageClass "local" on the state disk of the pod's node.
+	ComponentLocalStorage = "local-storage"
 
 	// Tasks: they run to completion and take no extraArgs.
 	ComponentAddons       = "addons"
@@ -44,6 +50,7 @@ var knownComponents = []string{
 	ComponentEtcd, ComponentAPIServer, ComponentControllerManager, ComponentScheduler,
 	ComponentKubelet, ComponentKubeProxy, ComponentContainerd, ComponentFlannel,
 	ComponentCSRApprover, ComponentNetworkPolicy, ComponentAPILB, ComponentVIP,
+	ComponentMetricsServer, ComponentLocalStorage,
 }
 
 // KnownComponents lists the components whose flags extraArgs may override,

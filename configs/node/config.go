@@ -221,6 +221,8 @@ type Ports struct {
 	EtcdPeer          int `yaml:"etcdPeer,omitempty"`
 	ControllerManager int `yaml:"controllerManager,omitempty"`
 	Scheduler         int `yaml:"scheduler,omitempty"`
+	// MetricsServer is the masters' metrics-server, on loopback only.
+	MetricsServer int `yaml:"metricsServer,omitempty"`
 }
 
 // Default returns the configuration every node starts from.
@@ -244,6 +246,7 @@ func Default() Config {
 			EtcdPeer:          2380,
 			ControllerManager: 10257,
 			Scheduler:         10259,
+			MetricsServer:     10262,
 		},
 	}
 }
@@ -504,6 +507,7 @@ func (c *Config) Validate() error {
 		{"ports.etcdPeer", c.Ports.EtcdPeer},
 		{"ports.controllerManager", c.Ports.ControllerManager},
 		{"ports.scheduler", c.Ports.Scheduler},
+		{"ports.metricsServer", c.Ports.MetricsServer},
 	} {
 		if p.v < 1 || p.v > 65535 {
 			errs = append(errs, fmt.Errorf("%s: %d is not a TCP port (1-65535)", p.name, p.v))

@@ -4,11 +4,13 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"kiln/configs/nodeapi"
 	"kiln/pki"
 )
 
@@ -21,7 +23,7 @@ func TestRemoteStatusOnlyForAdmins(t *testing.T) {
 	caPath := filepath.Join(t.TempDir(), "ca.crt")
 	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "status") })
 	addr := freeAddr(t)
-	stop, err := serveRemoteStatus(addr, caPath, h, nil)
+	stop, err := serveRemoteStatus(addr, caPath, "", "", h, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +60,37 @@ func TestRemoteStatusOnlyForAdmins(t *testing.T) {
 	} {
 		if c() == nil {
 			t.Errorf("%s: served", name)
+		}
+	}
+}
+
+// The volumes group may PUT and DELETE one volume, by its path, and
+// nothing else.
+func TestVolumeRequest(t *testing.T) {
+	vol := nodeapi.PathVolumes + "pvc-0f8e6c1a-3b2d-4c5e-8f90-a1b2c3d4e5f6"
+	for _, tc := range []struct {
+		method, path string
+		ok           bool
+	}{
+		{"PUT", vol, true},
+		{"DELETE", vol, true},
+		{"GET", vol, false},
+		{"HEAD", vol, false},
+		{"POST", vol, false},
+		{"PATCH", vol, false},
+		{"OPTIONS", vol, false},
+		{"PUT", nodeapi.PathVolumes, false},
+		{"DELETE", nodeapi.PathVolumes, false},
+		{"PUT", vol + "/x", false},
+		{"PUT", "/volumes", false},
+		{"PUT", "/status", false},
+		{"DELETE", "/etcd/members/1", false},
+		{"PUT", "/other" + vol, false},
+		{"PUT", nodeapi.PathVolumes + "..%2Fpki", false},
+	} {
+		r := httptest.NewRequest(tc.method, tc.path, nil)
+		if got := volumeRequest(r); got != tc.ok {
+			t.Errorf("%s %s: %t, want %t", tc.method, tc.path, got, tc.ok)
 		}
 	}
 }

@@ -170,9 +170,12 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer stopStatus()
 	// The same status, over TLS to the cluster's admins (kiln status --node).
-	// On a master, etcd's members and snapshots too (kiln etcd).
+	// On a master, etcd's members and snapshots too (kiln etcd); on every
+	// node, making and removing local volumes' directories (local-storage).
+	servingCert, servingKey := components.NodeAPIServingFiles(env)
 	for _, addr := range nodeAPIAddresses(&cfg) {
-		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), withEtcd(env, sup, sup.Handler()), con.panic)
+		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), servingCert, servingKey,
+			withVolumes(volumeHostOf(env), withEtcd(env, sup, sup.Handler())), con.panic)
 		if err != nil {
 			return err
 		}
