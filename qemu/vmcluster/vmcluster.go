@@ -106,6 +106,10 @@ type Options struct {
 	// boot: its etcd and snapshots outlive a power-off. 0: diskless
 	// masters, which start afresh at every boot.
 	MasterStateDisk int
+	// WorkerStateDisk gives each worker a blank state disk of this many
+	// MiB the same way: its containerd store and its pods' local
+	// volumes (StorageClass local) outlive a reboot. 0: diskless.
+	WorkerStateDisk int
 	// VIP is the API's virtual IP (controlPlane.vip of every node), with
 	// several masters: an address of the cluster's L2 below the nodes'
 	// (DefaultVIP, 10.120.0.5); "" for none. One master at a time holds
@@ -120,9 +124,15 @@ type Options struct {
 	// GuestForwards are added to every master's user network (eth1,
 	// restrict=on kept unless Egress): a master's only way out, each to
 	// one program on the host (a test registry on the host's loopback,
-	// through qemu.ProxyCommand). Without Egress the workers' only NIC is
-	// the cluster's L2.
+	// through qemu.ProxyCommand). Without Egress or WorkerGuestForwards
+	// the workers' only NIC is the cluster's L2.
 	GuestForwards []qemu.GuestForward
+	// WorkerGuestForwards gives every worker the GuestForwards too, on
+	// a user network of its own (eth1, restrict=on, no default route:
+	// only the forwards' addresses, on eth1's subnet, are reached
+	// through it): pods on workers pull from the test registries
+	// (tests/conformance).
+	WorkerGuestForwards bool
 	// Egress gives every node a way out through QEMU's NAT: the masters'
 	// user network (eth1) loses restrict=on, each worker gets one of its
 	// own (eth1, no forwards), and every node's config makes eth1 its
@@ -375,7 +385,7 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 		cp.VIP = c.opts.VIP
 		l.ControlPlane = cp
 	}
-	if n.Role == node.RoleMaster && c.opts.MasterStateDisk > 0 {
+	if c.stateDiskMiB(n) > 0 {
 		// The second virtio disk: the config drive is the first.
 		l.Storage = &node.Storage{StateDisk: "/dev/vdb", Format: node.FormatAuto}
 	}
@@ -403,7 +413,7 @@ func (c *Cluster) nodeConfig(n *Node) []byte {
 // eth0's (the kubelet, flannel, etcd and the API server are given it):
 // only traffic for outside the cluster's L2 takes eth1. nil: no eth1.
 func (c *Cluster) eth1(n *Node) *node.Network {
-	if n.Role != node.RoleMaster && !c.opts.Egress {
+	if n.Role != node.RoleMaster && !c.opts.Egress && !c.workerForwards() {
 		return nil
 	}
 	nw := &node.Network{Interface: "eth1", Address: userNetGuest}
@@ -450,10 +460,10 @@ func (c *Cluster) prepare(n *Node) error {
 		qemu.WithDrive(qemu.Disk{Path: drive, Format: "raw", ReadOnly: true}),
 		qemu.WithSerialLog(n.ConsoleLog),
 	}
-	if n.Role == node.RoleMaster && c.opts.MasterStateDisk > 0 {
+	if c.stateDiskMiB(n) > 0 {
 		disk := c.stateDisk(n)
 		if _, err := os.Stat(disk); errors.Is(err, fs.ErrNotExist) {
-			if err := blankDisk(disk, c.opts.MasterStateDisk); err != nil {
+			if err := blankDisk(disk, c.stateDiskMiB(n)); err != nil {
 				return err
 			}
 		}
@@ -480,7 +490,7 @@ func (c *Cluster) prepare(n *Node) error {
 			n.NodeAPIPort = p
 		}
 		n.opts = append(n.opts, qemu.WithUserNetConfig(c.userNet(n, apiPort))) // eth1
-	} else if c.opts.Egress {
+	} else if c.opts.Egress || c.workerForwards() {
 		n.opts = append(n.opts, qemu.WithUserNetConfig(c.userNet(n, 0))) // eth1
 	}
 	return nil
@@ -489,7 +499,9 @@ func (c *Cluster) prepare(n *Node) error {
 // userNet is a node's eth1, QEMU's user network, restrict=on unless
 // Options.Egress. A master's has its API and node API forwarded from the
 // host's loopback (apiPort 0: a free port), and Options.GuestForwards
-// from the guest to the host; a worker's (Egress only) has neither.
+// from the guest to the host; a worker's (Egress or WorkerGuestForwards)
+// has no forward from the host, and the GuestForwards with
+// WorkerGuestForwards.
 func (c *Cluster) userNet(n *Node, apiPort int) qemu.UserNet {
 	u := qemu.UserNet{
 		MAC:    fmt.Sprintf("52:54:00:98:00:%s", n.MAC[len(n.MAC)-2:]),
@@ -501,8 +513,16 @@ func (c *Cluster) userNet(n *Node, apiPort int) qemu.UserNet {
 			{HostAddr: "127.0.0.1", HostPort: n.NodeAPIPort, GuestPort: nodeapi.Port},
 		}
 		u.GuestForwards = c.opts.GuestForwards
+	} else if c.workerForwards() {
+		u.GuestForwards = c.opts.GuestForwards
 	}
 	return u
+}
+
+// workerForwards reports whether the workers get the GuestForwards
+// (Options.WorkerGuestForwards, with forwards to give).
+func (c *Cluster) workerForwards() bool {
+	return c.opts.WorkerGuestForwards && len(c.opts.GuestForwards) > 0
 }
 
 // Egress reports whether the VMs were given a way out (Options.Egress).
@@ -747,13 +767,13 @@ func (c *Cluster) Kill(name string) error {
 	return nil
 }
 
-// WipeStateDisk replaces a stopped master's state disk by a blank one:
-// the machine boots next as a master whose disk was changed, knowing
+// WipeStateDisk replaces a stopped node's state disk by a blank one:
+// the machine boots next as a node whose disk was changed, knowing
 // nothing of its cluster but its config.
 func (c *Cluster) WipeStateDisk(name string) error {
 	n := c.Node(name)
-	if n == nil || n.Role != node.RoleMaster || c.opts.MasterStateDisk == 0 {
-		return fmt.Errorf("%s: no master with a state disk", name)
+	if n == nil || c.stateDiskMiB(n) == 0 {
+		return fmt.Errorf("%s: no node with a state disk", name)
 	}
 	if vm := n.VM(); vm != nil {
 		select {
@@ -762,11 +782,19 @@ func (c *Cluster) WipeStateDisk(name string) error {
 			return fmt.Errorf("%s is running", name)
 		}
 	}
-	if err := blankDisk(c.stateDisk(n), c.opts.MasterStateDisk); err != nil {
+	if err := blankDisk(c.stateDisk(n), c.stateDiskMiB(n)); err != nil {
 		return err
 	}
 	c.say("%s: state disk wiped", n.Name)
 	return nil
+}
+
+// stateDiskMiB is the size of n's state disk; 0: diskless.
+func (c *Cluster) stateDiskMiB(n *Node) int {
+	if n.Role == node.RoleMaster {
+		return c.opts.MasterStateDisk
+	}
+	return c.opts.WorkerStateDisk
 }
 
 func (c *Cluster) stateDisk(n *Node) string {

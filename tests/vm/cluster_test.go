@@ -64,6 +64,9 @@ func TestCluster(t *testing.T) {
 		// The smallest worker found to run pods (issue 11): every
 		// scenario below runs on it, a reboot included.
 		WorkerMemory: smallWorkerMemory,
+		// The worker keeps its volumes (StorageClass local) on a state
+		// disk, across its reboot; the master stays diskless.
+		WorkerStateDisk: 2048,
 		// The master reaches the test registries, and every node's
 		// config says how (registry pulls).
 		GuestForwards: reg.GuestForwards, Registries: &reg.Registries,
@@ -80,6 +83,7 @@ func TestCluster(t *testing.T) {
 		c.Close()
 	})
 	waitNodes(t, ctx, c, 20*time.Minute)
+	readyAt := time.Now()
 	t.Logf("FIGURE cluster: QEMU start to both nodes Ready: %s", time.Since(start).Round(time.Second))
 
 	kc := kubectl(c.Kubeconfig, fmt.Sprintf("https://127.0.0.1:%d", c.APIPort))
@@ -87,6 +91,10 @@ func TestCluster(t *testing.T) {
 	mustK := func(args ...string) string {
 		t.Helper()
 		return kc.Must(t, args...)
+	}
+	// mustKT is mustK for a subtest: a failure fails that subtest.
+	mustKT := func(t *testing.T) func(...string) string {
+		return func(args ...string) string { t.Helper(); return kc.Must(t, args...) }
 	}
 
 	// Both nodes: the version, the runtime, cgroup v2.
@@ -270,7 +278,7 @@ func TestCluster(t *testing.T) {
 		// behind it answered. A hostNetwork pod on each node reaches the
 		// echo Service by its ClusterIP (TCP), then by its DNS name
 		// (kube-dns's ClusterIP over UDP, then TCP).
-		kt := func(args ...string) string { t.Helper(); return kc.Must(t, args...) }
+		kt := mustKT(t)
 		apply(t, kt, hostNetManifest)
 		defer func() {
 			// Foreground: the pods are gone before the next step (the
@@ -294,11 +302,28 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("kubectl top", func(t *testing.T) {
+		checkMetrics(t, k, []string{vmcluster.MasterName, "kiln-worker-1"}, readyAt)
+	})
+	t.Run("admission webhook behind a Service", func(t *testing.T) {
+		checkWebhook(t, mustKT(t), k)
+	})
+
 	// Pods on the master pull from the host's test registries; it runs
 	// before the worker's runtime is killed and the worker rebooted, and
 	// leaves the worker alone.
 	t.Run("registry pulls", func(t *testing.T) {
 		checkRegistryPulls(t, k, c, filepath.Join(dir, "cluster"), reg)
+	})
+
+	// A volume of the default StorageClass on the worker's state disk,
+	// written now, read after the worker's reboot below.
+	var volumeText string
+	t.Run("volume on the worker's state disk", func(t *testing.T) {
+		volumeText = checkVolumeWrite(t, mustKT(t), k)
+	})
+	t.Run("claim on a diskless node", func(t *testing.T) {
+		checkDisklessClaim(t, mustKT(t), k)
 	})
 
 	// Kill -9 containerd, then the kubelet, on the worker (from the debug
@@ -347,6 +372,12 @@ func TestCluster(t *testing.T) {
 	waitNodes(t, ctx, c, 10*time.Minute)
 	waitPods(t, k, "app=echo", 2, 10*time.Minute)
 	t.Logf("FIGURE cluster: worker reboot (ACPI power-off, boot) to Ready again with its pod Running: %s", time.Since(rebootStart).Round(time.Second))
+	t.Run("volume after the worker's reboot", func(t *testing.T) {
+		if volumeText == "" {
+			t.Fatal("nothing was written to the volume before the reboot (see the subtest above)")
+		}
+		checkVolumeAfterReboot(t, mustKT(t), k, volumeText)
+	})
 	csrs := mustK("get", "csr", "-o", `jsonpath={range .items[*]}{.spec.username} {.status.conditions[*].type}{"\n"}{end}`)
 	for _, l := range strings.Split(csrs, "\n") {
 		if l != "" && !strings.Contains(l, "Approved") {

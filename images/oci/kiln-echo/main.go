@@ -11,10 +11,17 @@
 //	                                  components, for fault tests)
 //	kiln-echo cat FILE                print FILE (in a debug pod: a node's
 //	                                  logs through a hostPath, /proc/1/net/tcp)
+//	kiln-echo write FILE TEXT         write TEXT to FILE and sync it (a
+//	                                  volume's data, for storage tests)
+//	kiln-echo webhook -cert F -key F [-listen :8443]
+//	                                  a validating admission webhook over
+//	                                  TLS: it denies objects labelled
+//	                                  kiln.dev/deny=true, allows the rest
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -58,13 +65,28 @@ func main() {
 			usage()
 		}
 		os.Exit(cat(os.Args[2]))
+	case "write":
+		if len(os.Args) != 4 {
+			usage()
+		}
+		os.Exit(write(os.Args[2], os.Args[3]))
+	case "webhook":
+		fs := flag.NewFlagSet("webhook", flag.ExitOnError)
+		listen := fs.String("listen", ":8443", "address to listen on")
+		cert := fs.String("cert", "", "serving certificate (PEM)")
+		key := fs.String("key", "", "its private key (PEM)")
+		fs.Parse(os.Args[2:])
+		if *cert == "" || *key == "" {
+			usage()
+		}
+		os.Exit(webhook(*listen, *cert, *key))
 	default:
 		usage()
 	}
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME | pkill TEXT | cat FILE")
+	fmt.Fprintln(os.Stderr, "usage: kiln-echo serve [-listen :8080] | get URL | lookup NAME | pkill TEXT | cat FILE | write FILE TEXT | webhook -cert F -key F [-listen :8443]")
 	os.Exit(2)
 }
 
@@ -171,4 +193,87 @@ func cat(path string) int {
 		return 1
 	}
 	return 0
+}
+
+func write(path, text string) int {
+	f, err := os.Create(path)
+	if err == nil {
+		_, err = f.WriteString(text)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	return 0
+}
+
+// denyLabel marks the objects the webhook denies.
+const denyLabel = "kiln.dev/deny"
+
+// admissionReview is the part of admission.k8s.io/v1 AdmissionReview the
+// webhook reads and writes (the image carries no Kubernetes libraries).
+type admissionReview struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Request    *struct {
+		UID    string `json:"uid"`
+		Object struct {
+			Metadata struct {
+				Name   string            `json:"name"`
+				Labels map[string]string `json:"labels"`
+			} `json:"metadata"`
+		} `json:"object"`
+	} `json:"request,omitempty"`
+	Response *admissionResponse `json:"response,omitempty"`
+}
+
+type admissionResponse struct {
+	UID     string `json:"uid"`
+	Allowed bool   `json:"allowed"`
+	Status  *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"status,omitempty"`
+}
+
+// webhook serves a validating admission webhook: the API server calls it
+// through a Service, so a test sees the API server reach a pod.
+func webhook(listen, cert, key string) int {
+	srv := &http.Server{Addr: listen, Handler: webhookHandler(), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(os.Stdout, "kiln-echo webhook listening on %s\n", listen)
+	if err := srv.ListenAndServeTLS(cert, key); err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-echo:", err)
+		return 1
+	}
+	return 0
+}
+
+// webhookHandler answers AdmissionReviews on POST /validate.
+func webhookHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /validate", func(w http.ResponseWriter, r *http.Request) {
+		var rev admissionReview
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&rev); err != nil || rev.Request == nil {
+			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+			return
+		}
+		obj := rev.Request.Object.Metadata
+		resp := &admissionResponse{UID: rev.Request.UID, Allowed: obj.Labels[denyLabel] != "true"}
+		if !resp.Allowed {
+			resp.Status = &struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			}{http.StatusForbidden, fmt.Sprintf("kiln-echo webhook denies %s: it is labelled %s=true", obj.Name, denyLabel)}
+		}
+		fmt.Fprintf(os.Stdout, "%s webhook %s allowed=%v\n", time.Now().UTC().Format(time.RFC3339), obj.Name, resp.Allowed)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(admissionReview{APIVersion: rev.APIVersion, Kind: rev.Kind, Response: resp})
+	})
+	return mux
 }
