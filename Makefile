@@ -73,12 +73,13 @@ bin/oci:
 
 # go.mod and go.sum must be tidy (a new import needs `go mod tidy`), and the
 # test packages behind build tags are vetted too.
-vet: ## check go.mod/go.sum are tidy, go vet every package, the tagged test packages (host, vm, bench) included
+vet: ## check go.mod/go.sum are tidy, go vet every package, the tagged test packages (host, vm, bench, conformance) included
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./tests/host/
 	$(GO) vet -tags vm ./tests/vm/
 	$(GO) vet -tags bench ./tests/bench/
+	$(GO) vet -tags conformance ./tests/conformance/
 
 test-unit: deps ## unit tests, including the short QEMU boots of images/ and qemu/
 	$(GO) test ./...
@@ -153,3 +154,24 @@ cluster-down: ## power off the VMs of make cluster
 
 cluster-status: ## the VMs of make cluster and their nodes
 	bin/kiln cluster status
+
+# ---- conformance: upstream's e2e suite against a kiln cluster in QEMU ----
+# make conformance [FOCUS=regexp] [SKIP=regexp] [CONFORMANCE_WORKERS=2]
+# e2e.test and agnhost are built from k8s.io/kubernetes at go.mod's version;
+# tests/conformance builds the images the specs run (agnhost, busybox,
+# pause) under their upstream names, serves them from a registry on the
+# host's loopback that every node mirrors registry.k8s.io to, boots a
+# master and CONFORMANCE_WORKERS workers, runs the [Conformance] specs (FOCUS and SKIP
+# narrow them) and writes out/conformance/junit.xml and summary.txt. Not
+# part of make test: the whole suite takes hours under TCG.
+.PHONY: conformance out/conformance/e2e.test out/conformance/agnhost
+CONFORMANCE_WORKERS ?= 2
+out/conformance/e2e.test:
+	@echo "go test -c k8s.io/kubernetes/test/e2e ($(KUBE_VERSION)) -> $@"
+	@mkdir -p $(@D) && $(GO) test -c -ldflags '-s -w $(KUBE_LDFLAGS)' -o $@ k8s.io/kubernetes/test/e2e
+out/conformance/agnhost:
+	@echo "go build k8s.io/kubernetes/test/images/agnhost ($(KUBE_VERSION)) -> $@"
+	@mkdir -p $(@D) && $(GO) build -ldflags '-s -w $(KUBE_LDFLAGS)' -o $@ k8s.io/kubernetes/test/images/agnhost
+conformance: deps build out/conformance/e2e.test out/conformance/agnhost ## upstream's conformance suite against a master and CONFORMANCE_WORKERS=2 workers in QEMU: out/conformance/junit.xml and a summary line; FOCUS=regexp SKIP=regexp narrow it (the whole suite takes hours under TCG)
+	$(GO) test -tags conformance -count=1 -timeout 0 -v -run 'TestConformance$$' ./tests/conformance/ -bin $(CURDIR)/bin -out $(CURDIR)/out/conformance \
+		-focus "$$FOCUS" -skip "$$SKIP" -workers $(CONFORMANCE_WORKERS) 2>&1 | tee out/conformance/test.log; exit $${PIPESTATUS[0]}

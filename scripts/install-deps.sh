@@ -26,6 +26,7 @@
 #   iproute2         ip netns, bridges and taps for the PXE tests
 #   libseccomp-dev, pkg-config
 #                    runc is built with cgo and seccomp, linked statically
+#   busybox-static   the busybox of make conformance's test images
 set -euo pipefail
 
 PACKAGES=(
@@ -51,6 +52,7 @@ PACKAGES=(
 	iproute2
 	libseccomp-dev
 	pkg-config
+	busybox-static
 )
 
 if [ "$(id -u)" -ne 0 ]; then
