@@ -32,6 +32,7 @@ func pid1() {
 			Quiet:      !verbose, // component output goes to DATA/log; the console keeps the stage lines
 			Started:    n.Started,
 			CgroupRoot: n.CgroupRoot,
+			Power:      n.Power,
 			Supervisor: supervisor.Options{Boot: func() []nodeapi.BootStage {
 				var out []nodeapi.BootStage
 				for _, s := range n.Stages() {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -48,9 +49,11 @@ type fakeNode struct {
 	header   http.Header
 }
 
-func newFakeNode(t *testing.T, status int, answer string) *fakeNode {
+// newFakeNode serves with the serving certificate a node of the cluster
+// in clusterDir has.
+func newFakeNode(t *testing.T, clusterDir string, status int, answer string) *fakeNode {
 	n := &fakeNode{}
-	n.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	n.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		n.mu.Lock()
 		n.requests = append(n.requests, r.Method+" "+r.URL.Path)
@@ -59,6 +62,8 @@ func newFakeNode(t *testing.T, status int, answer string) *fakeNode {
 		w.WriteHeader(status)
 		io.WriteString(w, answer+"\n")
 	}))
+	n.TLS = &tls.Config{Certificates: []tls.Certificate{nodeCert(t, clusterDir, "m1", "127.0.0.1")}}
+	n.StartTLS()
 	t.Cleanup(n.Close)
 	return n
 }
@@ -75,7 +80,7 @@ func TestEtcdRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := newFakeNode(t, http.StatusOK, "etcd on m1 restored")
+	node := newFakeNode(t, clusterDir, http.StatusOK, "etcd on m1 restored")
 	restore := func(file string) (int, string, string) {
 		return kiln(t, "etcd", "restore", file, "--node", node.addr(), "--cluster", clusterDir)
 	}
@@ -120,7 +125,7 @@ func TestEtcdRestore(t *testing.T) {
 	}
 
 	// The node's refusal is the command's error.
-	busy := newFakeNode(t, http.StatusConflict, "etcd at https://10.0.0.11:2379 answers with a leader")
+	busy := newFakeNode(t, clusterDir, http.StatusConflict, "etcd at https://10.0.0.11:2379 answers with a leader")
 	code, _, errOut = kiln(t, "etcd", "reset", "--node", busy.addr(), "--cluster", clusterDir)
 	if code != 1 || !strings.Contains(errOut, "answers with a leader") || busy.requests[0] != "POST "+nodeapi.PathEtcdReset {
 		t.Errorf("reset refused by the node: exit %d, stderr %q, requests %v", code, errOut, busy.requests)

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,49 +15,43 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"kiln/configs/cluster"
 	"kiln/configs/nodeapi"
 	"kiln/internal/bounded"
-	"kiln/pki"
+	"kiln/internal/nodeclient"
 )
 
 func statusCommand() *cobra.Command {
-	var nodeAddr, clusterDir, output string
+	var f nodeFlags
+	var output string
 	c := &cobra.Command{
-		Use:   "status --node HOST[:PORT]",
+		Use:   "status --node NODE",
 		Short: "Show a node's components: state, pid, restarts, time to ready, last exit, boot timeline",
 		Long: `Show the supervisor's table of a running node, as "kiln-node status" shows it
-on the node itself. The node serves it on port 10260 over TLS to clients
-with a certificate of the cluster's admin group: kiln uses the one in the
-cluster directory's admin.kubeconfig. (The node's own certificate is
-self-signed and not checked: the node sends nothing to an unauthenticated
-client, and the status holds no secret.)`,
-		Example: `  kiln status --node 192.168.1.21
+on the node itself.
+` + nodeHelp,
+		Example: `  kiln status --node kiln-worker-1
+  kiln status --node 192.168.1.21
   kiln status --node 127.0.0.2:10260 --cluster out/cluster -o json`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if nodeAddr == "" {
-				return usageError{fmt.Errorf("--node is required (the node's address)")}
-			}
 			if output != "table" && output != "json" {
 				return usageError{fmt.Errorf("-o %s: want table or json", bounded.Quote(output))}
 			}
-			hostPort, err := nodeHostPort(nodeAddr)
+			t, err := f.target()
 			if err != nil {
-				return usageError{err}
+				return err
 			}
-			body, err := nodeGet(hostPort, clusterDir, "/status")
+			body, err := nodeGetFrom(t, f.clusterDir, "/status")
 			if err != nil {
 				return err
 			}
 			if err := nodeapi.WriteStatus(c.OutOrStdout(), body, output); err != nil {
-				return fmt.Errorf("node %s: %w", hostPort, err)
+				return fmt.Errorf("node %s: %w", t, err)
 			}
 			return nil
 		},
 	}
-	c.Flags().StringVar(&nodeAddr, "node", "", "the node's address, HOST or HOST:PORT (default port 10260)")
-	c.Flags().StringVar(&clusterDir, "cluster", defaultClusterDir, "cluster directory (its admin.kubeconfig authenticates kiln to the node)")
+	f.register(c)
 	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }
@@ -109,25 +101,31 @@ func nodeHostPort(addr string) (string, error) {
 // a status to read into memory whole.
 const maxStatusBytes = 8 << 20
 
-// nodeGet fetches a path of the status server at hostPort (checked by
+// nodeGet fetches a path of the node API at hostPort (checked by
 // nodeHostPort), at most maxStatusBytes of it.
 func nodeGet(hostPort, clusterDir, path string) ([]byte, error) {
+	return nodeGetFrom(directTarget(hostPort), clusterDir, path)
+}
+
+// nodeGetFrom fetches a path of t's node API, at most maxStatusBytes of
+// it.
+func nodeGetFrom(t nodeclient.Target, clusterDir, path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	resp, err := nodeDo(ctx, hostPort, clusterDir, http.MethodGet, path)
+	resp, err := nodeSendTo(ctx, t, clusterDir, http.MethodGet, path, nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("node %s: reading the answer: %w", hostPort, err)
+		return nil, fmt.Errorf("node %s: reading the answer: %w", t, err)
 	}
 	if len(body) > maxStatusBytes {
-		return nil, fmt.Errorf("node %s: the answer is larger than %s, more than a node's status can be (not read further)", hostPort, bounded.Size(maxStatusBytes))
+		return nil, fmt.Errorf("node %s: the answer is larger than %s, more than a node's status can be (not read further)", t, bounded.Size(maxStatusBytes))
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("node %s: %s: %s", hostPort, resp.Status, bounded.Shorten(strings.TrimSpace(string(body)), 512))
+		return nil, fmt.Errorf("node %s: %s: %s", t, resp.Status, bounded.Shorten(strings.TrimSpace(string(body)), 512))
 	}
 	return body, nil
 }
@@ -141,38 +139,40 @@ func nodeDo(ctx context.Context, hostPort, clusterDir, method, path string) (*ht
 
 // nodeSend is nodeDo with a request body and headers (nil: none).
 func nodeSend(ctx context.Context, hostPort, clusterDir, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
-	kcPath := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
-	data, err := pki.ReadFile(kcPath)
+	return nodeSendTo(ctx, directTarget(hostPort), clusterDir, method, path, body, header)
+}
+
+// nodeSendTo sends a request to t's node API with the cluster's admin
+// credentials, checking the node's serving certificate against the
+// cluster CA (nodeclient). The caller reads and closes the body,
+// whatever the status.
+func nodeSendTo(ctx context.Context, t nodeclient.Target, clusterDir, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
+	client, err := nodeclient.FromClusterDir(clusterDir)
 	if err != nil {
-		return nil, fmt.Errorf("admin credentials: %w (give the cluster directory with --cluster)", err)
+		return nil, err
 	}
-	kc, err := pki.ParseKubeconfig(data)
+	resp, err := client.Do(ctx, t, method, path, body, header)
+	if errors.Is(err, nodeclient.ErrNotVerified) {
+		return nil, err
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kcPath, err)
-	}
-	cert, err := kc.ClientCertificate()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", kcPath, err)
-	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		// The node's certificate is self-signed, not the cluster CA's
-		// (kc.TLSConfig would check that); see kiln status --help.
-		InsecureSkipVerify: true,
-	}}}
-	// url.URL escapes what a host may hold that a URL may not (an IPv6
-	// zone's '%').
-	u := &url.URL{Scheme: "https", Host: hostPort, Path: path}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: %w", hostPort, err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: %v (is it up, and is %s the right cluster?)", hostPort, err, clusterDir)
+		return nil, fmt.Errorf("%v (is it up, and is %s the right cluster?)", err, clusterDir)
 	}
 	return resp, nil
+}
+
+// directTarget is the node API at hostPort (checked by nodeHostPort):
+// its serving certificate must be issued for the host dialled, unless
+// that is loopback (a forward, such as kiln cluster's), where any node's
+// certificate of the cluster CA will do.
+func directTarget(hostPort string) nodeclient.Target {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		host = hostPort
+	}
+	name := host
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || host == "localhost" {
+		name = ""
+	}
+	return nodeclient.Target{Addr: hostPort, Name: name}
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -9,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"kiln/configs/cluster"
+	"kiln/pki"
 )
 
 // Bad --node values are usage errors with a message, never a crash.
@@ -56,12 +61,14 @@ func TestStatusBadAnswers(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var answer func(w http.ResponseWriter)
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		mu.Lock()
 		a := answer
 		mu.Unlock()
 		a(w)
 	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{nodeCert(t, dir, "node-1", "127.0.0.1")}}
+	srv.StartTLS()
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "https://")
 	for _, tc := range []struct {
@@ -121,4 +128,27 @@ func FuzzNodeHostPort(f *testing.F) {
 			t.Errorf("%q accepted as %q: %v", s, hp, err)
 		}
 	})
+}
+
+// nodeCert is a node's serving certificate of the cluster in dir, as its
+// kubelet has it: for its name and addresses.
+func nodeCert(t *testing.T, dir, name string, ips ...string) tls.Certificate {
+	t.Helper()
+	cl, err := cluster.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := pki.CertRequest{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}, DNSNames: []string{name}, Server: true}
+	for _, ip := range ips {
+		req.IPs = append(req.IPs, net.ParseIP(ip))
+	}
+	certPEM, keyPEM, err := cl.CA.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

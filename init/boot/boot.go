@@ -48,6 +48,10 @@ type Node struct {
 	// Stages returns the console's stage lines so far, stage 1's first:
 	// the boot timeline of the node's status.
 	Stages func() []console.Stage
+	// Power asks PID 1 to reboot (reboot true) or power off, the clean
+	// way, as the ACPI power button does; it returns at once. why is for
+	// the console.
+	Power func(reboot bool, why string)
 }
 
 // Timeouts of the way down.
@@ -201,6 +205,9 @@ func (m *machine) startUp() {
 		CgroupRoot: CgroupRoot,
 		Cmdline:    m.cmdline,
 		Stages:     m.con.Stages,
+		Power: func(reboot bool, why string) {
+			send(m.power, powerRequest{Reboot: reboot, Why: why})
+		},
 	}
 	m.con.Stage("up: %s %s, data %s", n.Config.Role, n.Config.Hostname, n.DataDir)
 	m.upRunning = true

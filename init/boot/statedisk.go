@@ -16,6 +16,7 @@ import (
 
 	"kiln/configs/image"
 	"kiln/configs/node"
+	"kiln/configs/nodeapi"
 	"kiln/init/boot/blkdev"
 	"kiln/init/boot/console"
 )
@@ -126,7 +127,31 @@ func setupStorage(ctx context.Context, con *console.Console, s node.Storage) (st
 	if err := unix.Mount(dev, StateMount, "ext4", 0, ""); err != nil {
 		return "", fmt.Errorf("state disk %s: mount on %s: %w", dev, StateMount, err)
 	}
+	if resetRequested(DataDir) {
+		// kiln reset --node: the operator confirmed with the node's
+		// name; that is the consent storage.format: auto gives for a
+		// blank disk. Nothing has used the disk yet this boot.
+		con.Stage("storage: a reset was requested (kiln reset): formatting %s (ext4, label %s)", dev, image.StateLabel)
+		start := time.Now()
+		if err := unix.Unmount(StateMount, 0); err != nil {
+			return "", fmt.Errorf("state disk %s: unmounting it for the reset: %w", dev, err)
+		}
+		if err := runTool(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", image.StateLabel, dev); err != nil {
+			return "", fmt.Errorf("state disk %s: reset: %w", dev, err)
+		}
+		if err := unix.Mount(dev, StateMount, "ext4", 0, ""); err != nil {
+			return "", fmt.Errorf("state disk %s: mount on %s after the reset: %w", dev, StateMount, err)
+		}
+		how = fmt.Sprintf("reset (formatted in %.1fs) and mounted", time.Since(start).Seconds())
+	}
 	return fmt.Sprintf("%s %s on %s", dev, how, StateMount), mkdirData()
+}
+
+// resetRequested reports whether the node API's reset left its marker in
+// the data directory (nodeapi.PathReset).
+func resetRequested(dataDir string) bool {
+	_, err := os.Lstat(filepath.Join(dataDir, nodeapi.ResetMarker))
+	return err == nil
 }
 
 func mkdirData() error { return os.MkdirAll(DataDir, 0o755) }

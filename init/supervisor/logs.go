@@ -61,6 +61,11 @@ type sink struct {
 	next    int // where the next line goes in ring
 	n       int // lines in ring
 	fileErr bool
+	// total counts the lines ever kept: a follower's position.
+	total uint64
+	// changed is closed at the next line, for followers (nil until one
+	// waits: no channel per line when no one follows).
+	changed chan struct{}
 }
 
 func newSink(name string, out *prefixWriter) *sink {
@@ -99,7 +104,34 @@ func (k *sink) keep(line []byte) (report error) {
 	k.ring[k.next] = s
 	k.next = (k.next + 1) % ringLines
 	k.n = min(k.n+1, ringLines)
+	k.total++
+	if k.changed != nil {
+		close(k.changed)
+		k.changed = nil
+	}
 	return report
+}
+
+// since returns the ring's lines after the first pos lines ever kept
+// (fewer when the ring no longer holds them all: dropped says how many
+// it lost), the position after them, and a channel closed at the next
+// line.
+func (k *sink) since(pos uint64) (lines []string, next, dropped uint64, changed <-chan struct{}) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if pos > k.total {
+		pos = k.total
+	}
+	if oldest := k.total - uint64(k.n); pos < oldest {
+		dropped, pos = oldest-pos, oldest
+	}
+	for i := uint64(0); i < k.total-pos; i++ {
+		lines = append(lines, k.ring[(k.next-int(k.total-pos)+int(i)+ringLines)%ringLines])
+	}
+	if k.changed == nil {
+		k.changed = make(chan struct{})
+	}
+	return lines, k.total, dropped, k.changed
 }
 
 // lines returns the ring's lines, oldest first.

@@ -48,6 +48,10 @@ type Options struct {
 	// Supervisor tunes restart behaviour; zero values take the supervisor's
 	// defaults.
 	Supervisor supervisor.Options
+	// Power asks PID 1 to reboot or power off the machine (the node API's
+	// reboot, shutdown and reset); nil when PID 1 does not run the node
+	// (kiln-node up on a host), whose node API then refuses them.
+	Power PowerFunc
 }
 
 // SocketPath is where a running node serves its status, under the data dir.
@@ -142,6 +146,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 		specs = append(specs, spec)
 	}
+	if err := components.PrepareNodeAPI(env); err != nil {
+		return fmt.Errorf("node API: preparing its certificate: %w", err)
+	}
 	con.stage("files written")
 	if line := memoryLine(env.Memory, specs); line != "" {
 		con.stage("%s", line)
@@ -172,10 +179,14 @@ func Run(ctx context.Context, o Options) error {
 	// The same status, over TLS to the cluster's admins (kiln status --node).
 	// On a master, etcd's members and snapshots too (kiln etcd); on every
 	// node, making and removing local volumes' directories (local-storage).
+	// And for the operator: the kernel's messages, reboot, power-off,
+	// reset, and on a master the relay to the other nodes (kiln logs,
+	// dmesg, reboot, shutdown, reset --node).
 	servingCert, servingKey := components.NodeAPIServingFiles(env)
+	op := operatorOf(env, o.Power)
 	for _, addr := range nodeAPIAddresses(&cfg) {
 		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), servingCert, servingKey,
-			withVolumes(volumeHostOf(env), withEtcd(env, sup, sup.Handler())), con.panic)
+			withOperator(op, withVolumes(volumeHostOf(env), withEtcd(env, sup, sup.Handler()))), con.panic)
 		if err != nil {
 			return err
 		}

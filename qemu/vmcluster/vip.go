@@ -4,14 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
 	"kiln/configs/nodeapi"
-	"kiln/pki"
+	"kiln/internal/nodeclient"
 )
 
 // DefaultVIP is the API's virtual IP of a cluster with several masters
@@ -96,64 +96,44 @@ func (n *Node) HoldsVIP() bool {
 func (c *Cluster) VIP() string { return c.opts.VIP }
 
 // NodeStatus reads a master's status from its node API, through its
-// forward, with the cluster's admin credentials.
+// forward, with the cluster's admin credentials, checking that the
+// master's certificate is the cluster CA's for its name.
 func (c *Cluster) NodeStatus(ctx context.Context, n *Node) (*nodeapi.Status, error) {
 	if n.NodeAPIPort == 0 {
 		return nil, fmt.Errorf("%s has no node API forward (a worker?)", n.Name)
 	}
-	return c.nodeAPI.status(ctx, n.NodeAPIPort)
+	return readStatus(ctx, c.nodeAPI, forward(n.Name, n.NodeAPIPort))
 }
 
 // ReadNodeStatus reads the status of the node whose node API is
 // forwarded to the host's port, with a kiln kubeconfig's admin
-// credentials (kiln cluster status).
+// credentials (kiln cluster status); any node's certificate of the
+// cluster CA is accepted (the caller knows the port, not the name).
 func ReadNodeStatus(ctx context.Context, kubeconfig string, port int) (*nodeapi.Status, error) {
-	a, err := newNodeAPIClient(kubeconfig)
+	c, err := nodeclient.FromKubeconfig(kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	return a.status(ctx, port)
+	defer c.CloseIdle()
+	return readStatus(ctx, c, forward("", port))
 }
 
-// nodeAPIClient talks to the masters' node APIs through their forwards
-// (one keep-alive client: the endpoint asks every 2 s).
-type nodeAPIClient struct{ http *http.Client }
-
-func newNodeAPIClient(kubeconfig string) (*nodeAPIClient, error) {
-	_, cfg, err := pki.LoadKubeconfigTLS(kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	// A node serves its API with a certificate of its own, not the
-	// cluster CA's: the admin certificate authenticates kiln to it, and
-	// the status it answers holds no secret (kiln status --help).
-	cfg.InsecureSkipVerify = true
-	return &nodeAPIClient{http: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 1}}}, nil
+// forward is a node API forwarded to the host's loopback port.
+func forward(name string, port int) nodeclient.Target {
+	return nodeclient.Target{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Name: name}
 }
 
 // maxStatus caps a status read into memory (kiln status's cap).
 const maxStatus = 8 << 20
 
-func (a *nodeAPIClient) status(ctx context.Context, port int) (*nodeapi.Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d%s", port, nodeapi.PathStatus), nil)
+func readStatus(ctx context.Context, c *nodeclient.Client, t nodeclient.Target) (*nodeapi.Status, error) {
+	body, err := c.Get(ctx, t, nodeapi.PathStatus, maxStatus)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := a.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatus))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("node API 127.0.0.1:%d: %s: %s", port, resp.Status, strings.TrimSpace(string(body)))
 	}
 	var st nodeapi.Status
 	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("node API 127.0.0.1:%d: %w", port, err)
+		return nil, fmt.Errorf("node API %s: %w", t, err)
 	}
 	return &st, nil
 }

@@ -18,6 +18,7 @@ import (
 	"kiln/configs/cluster"
 	"kiln/configs/node"
 	"kiln/configs/nodeapi"
+	"kiln/pki"
 )
 
 func TestCheckVIP(t *testing.T) {
@@ -163,7 +164,17 @@ func TestNodeAPIStatus(t *testing.T) {
 		}
 		json.NewEncoder(w).Encode(nodeapi.Status{VIP: &nodeapi.VIPStatus{Address: DefaultVIP, Held: true}})
 	}))
-	srv.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert}
+	// The master's serving certificate, as its kubelet has it: the
+	// cluster CA's, for its name.
+	certPEM, keyPEM, err := cl.CA.Issue(pki.CertRequest{CommonName: "system:node:kiln-master-1", DNSNames: []string{"kiln-master-1"}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert, Certificates: []tls.Certificate{serving}}
 	srv.StartTLS()
 	defer srv.Close()
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
@@ -178,7 +189,7 @@ func TestNodeAPIStatus(t *testing.T) {
 	if gotUser != cluster.AdminUser {
 		t.Errorf("the node saw client %q, want the admin certificate (%s)", gotUser, cluster.AdminUser)
 	}
-	c := &Cluster{nodeAPI: &nodeAPIClient{http: http.DefaultClient}}
+	c := &Cluster{}
 	if _, err := c.NodeStatus(context.Background(), &Node{Name: "kiln-worker-1"}); err == nil {
 		t.Error("a node without a node API forward answered")
 	}

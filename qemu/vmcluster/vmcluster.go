@@ -37,6 +37,7 @@ import (
 	"kiln/configs/node"
 	"kiln/configs/nodeapi"
 	"kiln/images/builder"
+	"kiln/internal/nodeclient"
 	"kiln/pki"
 	"kiln/qemu"
 )
@@ -220,7 +221,7 @@ type Cluster struct {
 	Kubeconfig string // admin kubeconfig for the forwarded API
 	hub        *qemu.Hub
 	endpoint   *endpoint // the host's API endpoint with several masters
-	nodeAPI    *nodeAPIClient
+	nodeAPI    *nodeclient.Client
 	stopVIP    context.CancelFunc // ends watchVIP
 	opts       Options
 	api        *Client
@@ -258,7 +259,7 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	nodeAPI, err := newNodeAPIClient(cl.Paths().AdminKubeconfig)
+	nodeAPI, err := nodeclient.FromKubeconfig(cl.Paths().AdminKubeconfig)
 	if err != nil {
 		return nil, err
 	}

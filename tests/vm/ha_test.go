@@ -19,6 +19,7 @@ import (
 	"kiln/configs/cluster"
 	"kiln/configs/nodeapi"
 	"kiln/internal/bounded"
+	"kiln/internal/nodeclient"
 	"kiln/internal/testutil"
 	"kiln/internal/testutil/e2e"
 	"kiln/pki"
@@ -393,24 +394,20 @@ func nodeLog(clusterDir string, n *vmcluster.Node, component string) (string, er
 	return nodeRequest(clusterDir, n, http.MethodGet, nodeapi.PathLogs+component, nil, nil)
 }
 
-// nodeRequest asks a master's node API, with the cluster's admin
-// credentials; an answer other than 200 OK is the error.
+// nodeRequest asks a master's node API through its forward, with the
+// cluster's admin credentials, checking that the master's certificate is
+// the cluster CA's for its name; an answer other than 200 OK is the
+// error.
 func nodeRequest(clusterDir string, n *vmcluster.Node, method, path string, body io.Reader, header http.Header) (string, error) {
-	_, cfg, err := pki.LoadKubeconfigTLS(filepath.Join(clusterDir, cluster.AdminKubeconfigFile))
+	client, err := nodeclient.FromClusterDir(clusterDir)
 	if err != nil {
 		return "", err
 	}
-	// The node's serving certificate is its own (kiln status --help).
-	cfg.InsecureSkipVerify = true
-	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: cfg}}
-	req, err := http.NewRequest(method, fmt.Sprintf("https://127.0.0.1:%d%s", n.NodeAPIPort, path), body)
-	if err != nil {
-		return "", err
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := client.Do(req)
+	defer client.CloseIdle()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	t := nodeclient.Target{Addr: fmt.Sprintf("127.0.0.1:%d", n.NodeAPIPort), Name: n.Name}
+	resp, err := client.Do(ctx, t, method, path, body, header)
 	if err != nil {
 		return "", err
 	}

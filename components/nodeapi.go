@@ -1,0 +1,32 @@
+package components
+
+import (
+	"kiln/configs/node"
+	"kiln/pki"
+)
+
+// PrepareNodeAPI issues a master's node API serving certificate when no
+// kubelet does: a master that runs no pods has no kubelet, and its node
+// API would otherwise serve a self-signed certificate that kiln cannot
+// verify. It is the certificate a master's kubelet has
+// (NodeAPIServingFiles), re-issued at every start the same way.
+func PrepareNodeAPI(env *Env) error {
+	if env.Config.Role != node.RoleMaster || env.Config.RunsPods() {
+		return nil
+	}
+	return issue(env.Cluster.CA, env.Path(kubeletServingCert), env.Path(kubeletServingKey), pki.CertRequest{
+		CommonName: "system:node:" + env.NodeName, Organization: []string{"system:nodes"},
+		DNSNames: []string{env.NodeName}, IPs: nodeIPs(env), Server: true,
+	})
+}
+
+// NodeAPIClientFiles are the certificate and key a master's node API
+// relays with (nodeapi.PathRelay) to another node's: the API server's
+// kubelet client certificate, of the admin group (system:masters). ok is
+// false on a worker, which holds no such certificate and relays nothing.
+func NodeAPIClientFiles(env *Env) (cert, key string, ok bool) {
+	if env.Config.Role != node.RoleMaster {
+		return "", "", false
+	}
+	return env.Path(apiKubeletClientCert), env.Path(apiKubeletClientKey), true
+}
