@@ -27,6 +27,7 @@
 #   libseccomp-dev, pkg-config
 #                    runc is built with cgo and seccomp, linked statically
 #   busybox-static   the busybox of make conformance's test images
+#   ca-certificates  the public CAs the images carry (containerd checks registries with them)
 set -euo pipefail
 
 PACKAGES=(
@@ -53,6 +54,7 @@ PACKAGES=(
 	libseccomp-dev
 	pkg-config
 	busybox-static
+	ca-certificates
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -269,6 +269,11 @@ func TestImageContents(t *testing.T) {
 				}
 				return e
 			}
+			if _, err := os.Stat("/" + CABundle); err == nil {
+				if e := get(CABundle); e.mode != 0o100644 {
+					t.Errorf("%s mode %o, want 0644", CABundle, e.mode)
+				}
+			}
 			if e := get("init"); e.mode != 0o100755 {
 				t.Errorf("/init mode %o", e.mode)
 			}

@@ -68,6 +68,9 @@ type Tool struct {
 	Why string
 }
 
+// CABundle is the public CAs' bundle in the image (and on the build host).
+const CABundle = "etc/ssl/certs/ca-certificates.crt"
+
 // hostTools are the programs in the image besides /init: the one list to edit.
 var hostTools = []Tool{
 	{Path: "/usr/sbin/mke2fs", Host: []string{"/usr/sbin/mke2fs", "/sbin/mke2fs"}, Required: true, Package: "e2fsprogs",
@@ -166,6 +169,15 @@ func assemble(k *kernel.Kernel, r Request, config []byte) (*initramfs.Archive, *
 	// The kubelet reads the user databases (user-namespace mappings).
 	a.File("etc/passwd", []byte("root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"), 0o644)
 	a.File("etc/group", []byte("root:x:0:\nnogroup:x:65534:\n"), 0o644)
+	// The public CAs (Debian's ca-certificates), where Go's crypto/x509
+	// looks: containerd checks public registries against them (egress),
+	// as it would on any distribution. Optional: without them a
+	// registry's CA goes in the node config's registries section.
+	if _, err := os.Stat("/" + CABundle); err == nil {
+		a.FileFrom(CABundle, "/"+CABundle, 0o644)
+	} else {
+		c.missingTools = append(c.missingTools, "ca-certificates.crt (package ca-certificates: the public CAs containerd checks registries with)")
+	}
 
 	// Cluster material.
 	a.Dir(image.ClusterDir, 0o700)

@@ -111,12 +111,13 @@ func hasScheme(v, scheme string) bool {
 }
 
 // checkRemote refuses a kiln.config= URL that can never be fetched, before
-// the boot waits for it: https (the initramfs has no CA bundle to check a
-// server's certificate against) and a URL that does not parse or names no
-// host.
+// the boot waits for it: https (the node fetches its config over plain
+// HTTP only: a config server's certificate would be a private CA's, which
+// the node cannot know before it has its config) and a URL that does not
+// parse or names no host.
 func checkRemote(v string) error {
 	if hasScheme(v, "https") {
-		return errors.New("https is not supported: the image has no CA certificates to check the server with; use http:// (kiln.config= gives no integrity either way: serve the config only on a network you trust)")
+		return errors.New("https is not supported: the node fetches kiln.config= over plain HTTP only; use http:// (kiln.config= gives no integrity either way: serve the config only on a network you trust)")
 	}
 	if !isRemote(v) {
 		return nil

@@ -190,7 +190,7 @@ func TestRemoteConfig(t *testing.T) {
 // waits for the network.
 func TestConfigRemoteRefused(t *testing.T) {
 	for v, want := range map[string]string{
-		"https://10.0.2.2/node.yaml": "config kiln.config=https://10.0.2.2/node.yaml: https is not supported: the image has no CA certificates to check the server with; use http://",
+		"https://10.0.2.2/node.yaml": "config kiln.config=https://10.0.2.2/node.yaml: https is not supported: the node fetches kiln.config= over plain HTTP only; use http://",
 		"HTTPS://10.0.2.2/node.yaml": "https is not supported",
 		"http://[::1":                "config kiln.config=http://[::1: not a URL: missing ']' in host",
 		"http:///node.yaml":          "not a URL: no host",
