@@ -2,33 +2,29 @@ package localstorage
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"kiln/configs/nodeapi"
+	"kiln/internal/nodeclient"
 )
 
 // NodeAPI reaches the nodes' API (nodeapi.Port) as the provisioner: a
 // client certificate of the group nodeapi.VolumesGroup, and each node's
 // serving certificate verified against the cluster CA for the node's
-// InternalIP and name (the node API serves the kubelet's serving
-// certificate, which the cluster CA signed for the node's own name and
-// addresses).
+// InternalIP and name (nodeclient.VerifyNodeAt: the node API serves the
+// kubelet's serving certificate, which the cluster CA signed for the
+// node's own name and addresses).
 type NodeAPI struct {
-	roots *x509.CertPool
-	cert  tls.Certificate
-	port  int
+	client *nodeclient.Client
+	port   int
 	// Timeout bounds one request (0: 30 s).
 	Timeout time.Duration
 }
@@ -36,15 +32,11 @@ type NodeAPI struct {
 // NewNodeAPI makes a client from the cluster CA and the provisioner's
 // client certificate and key (PEM), for the node API on port.
 func NewNodeAPI(caPEM, certPEM, keyPEM []byte, port int) (*NodeAPI, error) {
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, errors.New("no cluster CA certificate")
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	c, err := nodeclient.FromPEM(caPEM, certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("client certificate: %w", err)
+		return nil, err
 	}
-	return &NodeAPI{roots: roots, cert: cert, port: port}, nil
+	return &NodeAPI{client: c, port: port}, nil
 }
 
 // MakeVolume asks node n to make its volume directory name: PUT
@@ -89,45 +81,17 @@ func (c *NodeAPI) volume(ctx context.Context, method string, n *corev1.Node, nam
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	nodeName := n.Name
-	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{
-			RootCAs:      c.roots,
-			Certificates: []tls.Certificate{c.cert},
-			MinVersion:   tls.VersionTLS12,
-			// The chain and the address are checked by crypto/tls (the
-			// URL's host is the InternalIP); this checks the certificate
-			// is the node's own, not another node's that once had the
-			// address.
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) == 0 {
-					return errors.New("no server certificate")
-				}
-				if cn := cs.PeerCertificates[0].Subject.CommonName; cn != "system:node:"+nodeName {
-					return fmt.Errorf("the node API at %s serves the certificate of %q, not of node %s", ip, cn, nodeName)
-				}
-				return nil
-			},
-		},
-		DisableKeepAlives: true,
-	}}
-	u := &url.URL{Scheme: "https", Host: net.JoinHostPort(ip, strconv.Itoa(c.port)), Path: nodeapi.PathVolumes + name}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-	if err != nil {
-		return err
+	// The certificate must be the node's own, issued for the address:
+	// not another node's that once had the address.
+	t := nodeclient.Target{Addr: net.JoinHostPort(ip, strconv.Itoa(c.port)), Name: ip, Node: n.Name}
+	_, err = c.client.Call(ctx, t, method, nodeapi.PathVolumes+name, nil, 64<<10)
+	var answer *nodeclient.StatusError
+	var unknown x509.UnknownAuthorityError
+	switch {
+	case errors.As(err, &answer):
+		return &StatusError{Node: n.Name, Code: answer.Code, Status: answer.Status, Message: answer.Message}
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%w (its API serves a certificate of the cluster CA once its kubelet has its serving certificate)", err)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		var unknown x509.UnknownAuthorityError
-		if errors.As(err, &unknown) {
-			return fmt.Errorf("node %s's API at %s: %w (its API serves a certificate of the cluster CA once its kubelet has its serving certificate)", nodeName, u.Host, err)
-		}
-		return fmt.Errorf("node %s's API at %s: %w", nodeName, u.Host, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode/100 != 2 {
-		return &StatusError{Node: nodeName, Code: resp.StatusCode, Status: resp.Status, Message: strings.TrimSpace(string(body))}
-	}
-	return nil
+	return err
 }

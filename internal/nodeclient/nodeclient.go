@@ -1,14 +1,16 @@
 // Package nodeclient is the one client of the node API (port 10260,
 // configs/nodeapi): kiln's commands, the kiln cluster endpoint's VIP
-// probe, a master relaying to another node, and the VM tests all use it.
+// probe, a master relaying to another node, the local-storage
+// provisioner (components/localstorage) and the VM tests all use it.
 //
 // Both ends are authenticated. The client presents a certificate of the
-// cluster CA (the admin kubeconfig's, of group system:masters), and it
-// checks the node's serving certificate against the cluster CA: the
-// kubelet's serving certificate, which the CA signed for the node's name
-// and addresses. A node that still serves a self-signed certificate (a
-// worker whose kubelet has no serving certificate yet) or another
-// cluster's is refused with an error that says so.
+// cluster CA (the admin kubeconfig's, of group system:masters; the
+// provisioner's, of group nodeapi.VolumesGroup), and it checks the node's
+// serving certificate against the cluster CA: the kubelet's serving
+// certificate, which the CA signed for the node's name and addresses
+// (CN system:node:NAME). A node that still serves a self-signed
+// certificate (a worker whose kubelet has no serving certificate yet) or
+// another cluster's is refused with an error that says so.
 package nodeclient
 
 import (
@@ -41,6 +43,11 @@ type Target struct {
 	// certificate of the cluster CA (CN system:node:NAME): for a forward
 	// on loopback, whose address is no node's.
 	Name string
+	// Node, when set, is the node whose certificate it must be as well
+	// (CN system:node:NODE): for a node reached at its address (Name the
+	// IP address), which another node may have had before. It is checked
+	// on the connection this client dials, so not with Via.
+	Node string
 	// Via, when set, is a master that relays the request to this node
 	// (nodeapi.RelayPath): for a node the client has no route to, such
 	// as a kiln cluster's worker, whose node API has no forward. Addr is
@@ -51,8 +58,12 @@ type Target struct {
 // String names the target in errors.
 func (t Target) String() string {
 	s := t.Addr
-	if t.Name != "" && t.Name != hostOf(t.Addr) {
-		s = t.Name + " (" + t.Addr + ")"
+	name := t.Name
+	if t.Node != "" {
+		name = t.Node
+	}
+	if name != "" && name != hostOf(t.Addr) {
+		s = name + " (" + t.Addr + ")"
 	}
 	if t.Via != nil {
 		s += " via " + t.Via.String()
@@ -70,8 +81,12 @@ type Client struct {
 	DialTimeout time.Duration
 
 	mu         sync.Mutex
-	transports map[string]*http.Transport // by expected name
+	transports map[peer]*http.Transport // by what the certificate must be
 }
+
+// peer is what a node's certificate must be: issued for name (any
+// node's when ""), and node's own when node is set (Target.Node).
+type peer struct{ name, node string }
 
 // New is a client that presents cert and trusts the nodes the CA in
 // caPEM signed.
@@ -80,7 +95,17 @@ func New(cert tls.Certificate, caPEM []byte) (*Client, error) {
 	if !roots.AppendCertsFromPEM(caPEM) {
 		return nil, errors.New("no CA certificate to check the nodes against")
 	}
-	return &Client{cert: cert, roots: roots, DialTimeout: 10 * time.Second, transports: map[string]*http.Transport{}}, nil
+	return &Client{cert: cert, roots: roots, DialTimeout: 10 * time.Second, transports: map[peer]*http.Transport{}}, nil
+}
+
+// FromPEM is a client with a certificate and key and the cluster CA, all
+// PEM: the local-storage provisioner's, from its kubeconfig's data.
+func FromPEM(caPEM, certPEM, keyPEM []byte) (*Client, error) {
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	return New(cert, caPEM)
 }
 
 // FromKubeconfig is a client with a kiln kubeconfig's client certificate
@@ -143,6 +168,9 @@ var ErrNotVerified = errors.New("the node's certificate is not verified")
 func (c *Client) Do(ctx context.Context, t Target, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
 	dial := t
 	if t.Via != nil {
+		if t.Node != "" {
+			return nil, fmt.Errorf("node %s: a relayed request's certificate is the relaying master's to check, by the node's name (Target.Node is for a direct connection)", t)
+		}
 		dial = *t.Via
 		var err error
 		if path, err = RelayPath(t.Name, hostOf(t.Addr), path); err != nil {
@@ -160,7 +188,7 @@ func (c *Client) Do(ctx context.Context, t Target, method, path string, body io.
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := c.transport(dial.Name).RoundTrip(req)
+	resp, err := c.transport(peer{dial.Name, dial.Node}).RoundTrip(req)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", t, err)
 	}
@@ -170,7 +198,14 @@ func (c *Client) Do(ctx context.Context, t Target, method, path string, body io.
 // Get is Do of a GET that wants 200 OK, read whole up to limit bytes; any
 // other answer is the error, with the node's words.
 func (c *Client) Get(ctx context.Context, t Target, path string, limit int64) ([]byte, error) {
-	resp, err := c.Do(ctx, t, http.MethodGet, path, nil, nil)
+	return c.Call(ctx, t, http.MethodGet, path, nil, limit)
+}
+
+// Call is Do of a request whose answer is read whole (ReadAnswer): its
+// body, up to limit bytes, when the node did it (2xx); else a
+// *StatusError with the status code and the node's words.
+func (c *Client) Call(ctx context.Context, t Target, method, path string, body io.Reader, limit int64) ([]byte, error) {
+	resp, err := c.Do(ctx, t, method, path, body, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -215,11 +250,11 @@ func (e *StatusError) Error() string {
 }
 
 // transport is the keep-alive transport for nodes whose certificate must
-// be issued for name.
-func (c *Client) transport(name string) *http.Transport {
+// be p's: a connection is kept for the same expectation only.
+func (c *Client) transport(p peer) *http.Transport {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t, ok := c.transports[name]; ok {
+	if t, ok := c.transports[p]; ok {
 		return t
 	}
 	d := &net.Dialer{Timeout: c.DialTimeout, KeepAlive: 30 * time.Second}
@@ -228,9 +263,9 @@ func (c *Client) transport(name string) *http.Transport {
 		TLSHandshakeTimeout: c.DialTimeout,
 		MaxIdleConnsPerHost: 1,
 		IdleConnTimeout:     90 * time.Second,
-		TLSClientConfig:     c.TLSConfig(name),
+		TLSClientConfig:     c.tlsConfig(p),
 	}
-	c.transports[name] = t
+	c.transports[p] = t
 	return t
 }
 
@@ -247,6 +282,12 @@ func (c *Client) CloseIdle() {
 // certificate the cluster CA must have issued for name (any node's, when
 // name is "": see Target.Name).
 func (c *Client) TLSConfig(name string) *tls.Config {
+	return c.tlsConfig(peer{name: name})
+}
+
+// tlsConfig is the TLS configuration for a node whose certificate must
+// be p's.
+func (c *Client) tlsConfig(p peer) *tls.Config {
 	return &tls.Config{
 		Certificates: []tls.Certificate{c.cert},
 		MinVersion:   tls.VersionTLS12,
@@ -255,7 +296,7 @@ func (c *Client) TLSConfig(name string) *tls.Config {
 		// (127.0.0.1) is not.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return VerifyNode(cs.PeerCertificates, c.roots, name)
+			return verify(cs.PeerCertificates, c.roots, p)
 		},
 	}
 }
@@ -265,6 +306,25 @@ func (c *Client) TLSConfig(name string) *tls.Config {
 // address), or, when name is "", a node's certificate (CN
 // system:node:NAME).
 func VerifyNode(chain []*x509.Certificate, roots *x509.CertPool, name string) error {
+	return verify(chain, roots, peer{name: name})
+}
+
+// VerifyNodeAt checks the certificate chain of node at addr (an IP
+// address or a DNS name): signed by roots, for server authentication,
+// the node's own (CN system:node:NODE) and issued for addr, so neither
+// another node that has the address now nor the node's certificate
+// served from another address.
+func VerifyNodeAt(chain []*x509.Certificate, roots *x509.CertPool, node, addr string) error {
+	if node == "" || addr == "" {
+		return fmt.Errorf("%w: no node name or address to check it against", ErrNotVerified)
+	}
+	return verify(chain, roots, peer{name: addr, node: node})
+}
+
+// verify checks a node's certificate chain against p: VerifyNode of
+// p.name, and, when p.node is set, the certificate of that node.
+func verify(chain []*x509.Certificate, roots *x509.CertPool, p peer) error {
+	name := p.name
 	if len(chain) == 0 {
 		return fmt.Errorf("%w: the node sent none", ErrNotVerified)
 	}
@@ -274,26 +334,40 @@ func VerifyNode(chain []*x509.Certificate, roots *x509.CertPool, name string) er
 		inter.AddCert(c)
 	}
 	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	// The x509 error is wrapped too, for callers that tell a certificate
+	// of another CA from the rest (x509.UnknownAuthorityError).
 	var unknown x509.UnknownAuthorityError
 	switch {
 	case errors.As(err, &unknown) && leaf.Issuer.String() == leaf.Subject.String():
-		return fmt.Errorf("%w: it is self-signed (%q), not the cluster CA's: the node has no serving certificate yet (a worker gets one once its kubelet has joined and its request is approved; a node image older than this kiln has none on masters without pods)", ErrNotVerified, leaf.Subject.CommonName)
+		return causedBy{fmt.Errorf("%w: it is self-signed (%q), not the cluster CA's: the node has no serving certificate yet (a worker gets one once its kubelet has joined and its request is approved; a node image older than this kiln has none on masters without pods)", ErrNotVerified, leaf.Subject.CommonName), unknown}
 	case errors.As(err, &unknown):
-		return fmt.Errorf("%w: %q is signed by %q, not this cluster's CA: another cluster's node, or the wrong --cluster", ErrNotVerified, leaf.Subject.CommonName, leaf.Issuer.CommonName)
+		return causedBy{fmt.Errorf("%w: %q is signed by %q, not this cluster's CA: another cluster's node, or the wrong --cluster", ErrNotVerified, leaf.Subject.CommonName, leaf.Issuer.CommonName), unknown}
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrNotVerified, err)
 	}
-	if name == "" {
-		if !strings.HasPrefix(leaf.Subject.CommonName, "system:node:") {
-			return fmt.Errorf("%w: %q is not a node's certificate (want CN system:node:NAME)", ErrNotVerified, leaf.Subject.CommonName)
+	if name != "" {
+		if err := leaf.VerifyHostname(name); err != nil {
+			return fmt.Errorf("%w: issued for %s, not %s: another node answers there", ErrNotVerified, issuedFor(leaf), name)
 		}
-		return nil
 	}
-	if err := leaf.VerifyHostname(name); err != nil {
-		return fmt.Errorf("%w: issued for %s, not %s: another node answers there", ErrNotVerified, issuedFor(leaf), name)
+	switch cn := leaf.Subject.CommonName; {
+	case p.node != "" && cn != "system:node:"+p.node:
+		at := ""
+		if name != "" {
+			at = " at " + name
+		}
+		return fmt.Errorf("%w: the node API%s serves the certificate of %q, not of node %s", ErrNotVerified, at, cn, p.node)
+	case name == "" && !strings.HasPrefix(cn, "system:node:"):
+		return fmt.Errorf("%w: %q is not a node's certificate (want CN system:node:NAME)", ErrNotVerified, cn)
 	}
 	return nil
 }
+
+// causedBy is err, in its words, that also wraps cause.
+type causedBy struct{ err, cause error }
+
+func (e causedBy) Error() string   { return e.err.Error() }
+func (e causedBy) Unwrap() []error { return []error{e.err, e.cause} }
 
 // issuedFor lists a certificate's names.
 func issuedFor(c *x509.Certificate) string {

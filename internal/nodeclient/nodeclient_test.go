@@ -49,6 +49,31 @@ func TestVerifyNode(t *testing.T) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
 	}
+
+	// A node at its address: its own certificate (CN system:node:NODE),
+	// issued for the address.
+	for _, c := range []struct {
+		name       string
+		chain      []*x509.Certificate
+		node, addr string
+		want       string // "" ok
+	}{
+		{"its own", node, "w1", "10.0.0.5", ""},
+		{"another node's at the address", node, "w2", "10.0.0.5", `serves the certificate of "system:node:w1", not of node w2`},
+		{"its own at another address", node, "w1", "10.0.0.6", "not 10.0.0.6"},
+		{"not a node's", leaf(ca, "kube-apiserver", "w1"), "w1", "10.0.0.5", `"kube-apiserver", not of node w1`},
+		{"another CA", leaf(other, "system:node:w1", "w1"), "w1", "10.0.0.5", "not this cluster's CA"},
+		{"no address", node, "w1", "", "no node name or address"},
+		{"no node", node, "", "10.0.0.5", "no node name or address"},
+	} {
+		err := VerifyNodeAt(c.chain, roots, c.node, c.addr)
+		if (err == nil) != (c.want == "") || (err != nil && (!strings.Contains(err.Error(), c.want) || !errors.Is(err, ErrNotVerified))) {
+			t.Errorf("at: %s: %v, want %q", c.name, err, c.want)
+		}
+		if c.name == "another CA" && !errors.As(err, new(x509.UnknownAuthorityError)) {
+			t.Errorf("at: another CA: %v does not wrap x509.UnknownAuthorityError", err)
+		}
+	}
 }
 
 func TestRelayPath(t *testing.T) {
