@@ -121,13 +121,16 @@ func TestMasterLifecycle(t *testing.T) {
 		}
 		order := stopOrder(n.output())
 		// The reverse of the start order: the addons task and the
-		// apiserver's clients (csr-approver, controller-manager and
-		// scheduler, siblings that may stop in any order) first, then the
-		// apiserver, then etcd.
-		want := []string{"addons", "csr-approver", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"}
-		if len(order) != len(want) || !slices.Equal(slices.Sorted(slices.Values(order[:4])), want[:4]) ||
-			order[4] != want[4] || order[5] != want[5] {
-			t.Fatalf("stop order %v, want %v (the first four in any order)", order, want)
+		// apiserver's clients (csr-approver, local-storage,
+		// controller-manager and scheduler, siblings that may stop in any
+		// order; metrics-server before the addons it waits for) first,
+		// then the apiserver, then etcd.
+		want := []string{"addons", "csr-approver", "kube-controller-manager", "kube-scheduler", "local-storage", "metrics-server", "kube-apiserver", "etcd"}
+		k := len(want) - 2
+		if len(order) != len(want) || !slices.Equal(slices.Sorted(slices.Values(order[:k])), want[:k]) ||
+			order[k] != want[k] || order[k+1] != want[k+1] ||
+			slices.Index(order, "metrics-server") > slices.Index(order, "addons") {
+			t.Fatalf("stop order %v, want %v (the first %d in any order, metrics-server before addons)", order, want, k)
 		}
 		if left := processesUsing(dataDir); len(left) > 0 {
 			t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))
