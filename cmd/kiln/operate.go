@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +24,7 @@ import (
 	"kiln/internal/bounded"
 	"kiln/internal/nodeclient"
 	"kiln/pki"
+	"kiln/qemu/vmcluster"
 )
 
 // nodeFlags are the flags of every command that talks to one node: which
@@ -122,9 +122,6 @@ func vmClusterTarget(stateDir, name string) (t nodeclient.Target, ok bool, err e
 	return t, true, fmt.Errorf("node %s: no master of the kiln cluster is running to reach it through (kiln cluster status)", name)
 }
 
-// apiNode is a node as the API lists it.
-type apiNode struct{ Name, InternalIP string }
-
 // apiTarget finds a node by name in the cluster's API: its node API at
 // its InternalIP.
 func apiTarget(clusterDir, name string) (nodeclient.Target, error) {
@@ -149,7 +146,7 @@ func apiTarget(clusterDir, name string) (nodeclient.Target, error) {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return nodeclient.Target{}, fmt.Errorf("finding node %s: GET /api/v1/nodes: %s: %s", name, resp.Status, bounded.Shorten(strings.TrimSpace(string(body)), 512))
 	}
-	nodes, err := parseAPINodes(io.LimitReader(resp.Body, 64<<20))
+	nodes, err := vmcluster.ParseNodeList(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return nodeclient.Target{}, err
 	}
@@ -157,7 +154,7 @@ func apiTarget(clusterDir, name string) (nodeclient.Target, error) {
 }
 
 // pickNode is the node named name among nodes.
-func pickNode(nodes []apiNode, name string) (nodeclient.Target, error) {
+func pickNode(nodes []vmcluster.NodeStatus, name string) (nodeclient.Target, error) {
 	var names []string
 	for _, n := range nodes {
 		if n.Name != name {
@@ -173,37 +170,6 @@ func pickNode(nodes []apiNode, name string) (nodeclient.Target, error) {
 		return nodeclient.Target{}, fmt.Errorf("no node %s: the cluster has no nodes yet", name)
 	}
 	return nodeclient.Target{}, fmt.Errorf("no node %s; the cluster's nodes: %s (or give an address: --node HOST[:PORT])", name, strings.Join(names, ", "))
-}
-
-// parseAPINodes reads a v1 NodeList: names and InternalIPs.
-func parseAPINodes(r io.Reader) ([]apiNode, error) {
-	var list struct {
-		Items []struct {
-			Metadata struct {
-				Name string `json:"name"`
-			} `json:"metadata"`
-			Status struct {
-				Addresses []struct {
-					Type, Address string
-				} `json:"addresses"`
-			} `json:"status"`
-		} `json:"items"`
-	}
-	if err := json.NewDecoder(r).Decode(&list); err != nil {
-		return nil, fmt.Errorf("node list: %w", err)
-	}
-	var out []apiNode
-	for _, it := range list.Items {
-		n := apiNode{Name: it.Metadata.Name}
-		for _, a := range it.Status.Addresses {
-			if a.Type == "InternalIP" && n.InternalIP == "" && net.ParseIP(a.Address) != nil {
-				n.InternalIP = a.Address
-			}
-		}
-		out = append(out, n)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
 }
 
 func logsCommand() *cobra.Command {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"kiln/configs/nodeapi"
+	"kiln/qemu/vmcluster"
 )
 
 func TestIsAddress(t *testing.T) {
@@ -25,7 +26,7 @@ func TestIsAddress(t *testing.T) {
 }
 
 func TestPickNode(t *testing.T) {
-	nodes, err := parseAPINodes(strings.NewReader(`{"items":[
+	nodes, err := vmcluster.ParseNodeList(strings.NewReader(`{"items":[
 	 {"metadata":{"name":"kiln-worker-1"},"status":{"addresses":[{"type":"Hostname","address":"kiln-worker-1"},{"type":"InternalIP","address":"10.120.0.11"}]}},
 	 {"metadata":{"name":"kiln-master"},"status":{"addresses":[{"type":"InternalIP","address":"10.120.0.10"}]}},
 	 {"metadata":{"name":"bare"},"status":{}}]}`))

@@ -598,6 +598,8 @@ func NewClient(kubeconfig string) (*Client, error) {
 type NodeStatus struct {
 	Name, Version string
 	Ready         bool
+	// InternalIP is the node's first InternalIP address ("" if none).
+	InternalIP string
 }
 
 // APINodes lists the nodes the API server knows.
@@ -634,6 +636,9 @@ func ParseNodeList(r io.Reader) ([]NodeStatus, error) {
 				NodeInfo struct {
 					KubeletVersion string `json:"kubeletVersion"`
 				} `json:"nodeInfo"`
+				Addresses []struct {
+					Type, Address string
+				} `json:"addresses"`
 			} `json:"status"`
 		} `json:"items"`
 	}
@@ -646,6 +651,11 @@ func ParseNodeList(r io.Reader) ([]NodeStatus, error) {
 		for _, cond := range it.Status.Conditions {
 			if cond.Type == "Ready" {
 				s.Ready = cond.Status == "True"
+			}
+		}
+		for _, a := range it.Status.Addresses {
+			if a.Type == "InternalIP" && s.InternalIP == "" && net.ParseIP(a.Address) != nil {
+				s.InternalIP = a.Address
 			}
 		}
 		out = append(out, s)
