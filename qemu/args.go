@@ -75,11 +75,15 @@ func buildArgs(c *Config, dir string, kvm bool) ([]string, error) {
 	a := []string{
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
-		"-no-reboot",
+	}
+	if !c.Reboot {
+		a = append(a, "-no-reboot")
+	}
+	a = append(a,
 		"-M", c.Machine,
 		"-m", strconv.Itoa(c.MemoryMB),
 		"-smp", strconv.Itoa(c.CPUs),
-	}
+	)
 	if kvm {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	} else {

@@ -101,6 +101,10 @@ type Config struct {
 	ExtraArgs     []string
 	// NoDefaultAppend leaves out console=ttyS0 and panic=-1.
 	NoDefaultAppend bool
+	// Reboot lets a guest's reboot reset the machine, which boots again
+	// (from its disk, or the same -kernel), instead of QEMU exiting
+	// (-no-reboot, the default: a panicking guest then ends the VM).
+	Reboot bool
 	// NetNS is a network namespace (ip netns) QEMU runs in: its tap
 	// devices and user networking live there.
 	NetNS string
@@ -150,6 +154,13 @@ func WithInitramfs(path string) Option {
 // hang.
 func WithAppend(args ...string) Option {
 	return func(c *Config) error { c.Append = append(c.Append, args...); return nil }
+}
+
+// WithReboot lets the guest reboot (kiln reboot, a rollback through the
+// firmware) instead of QEMU exiting when it does; a kernel panic then
+// reboots the guest too, which the console still shows.
+func WithReboot() Option {
+	return func(c *Config) error { c.Reboot = true; return nil }
 }
 
 // WithoutDefaultAppend leaves out console=ttyS0 and panic=-1.

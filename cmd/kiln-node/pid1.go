@@ -33,6 +33,7 @@ func pid1() {
 			Started:    n.Started,
 			CgroupRoot: n.CgroupRoot,
 			Power:      n.Power,
+			Upgrade:    n.Upgrades,
 			Supervisor: supervisor.Options{Boot: func() []nodeapi.BootStage {
 				var out []nodeapi.BootStage
 				for _, s := range n.Stages() {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -27,7 +28,7 @@ const defaultClusterDir = "out/cluster"
 
 type buildFlags struct {
 	role, nodeBinary, initBinary, clusterDir, config, kernel, out, cacheDir string
-	binDir, token                                                           string
+	binDir, token, release                                                  string
 	formats, images                                                         []string
 	appendArgs                                                              []string
 	diskSizeGiB                                                             int
@@ -81,9 +82,14 @@ The qcow2 disk holds the node's state: rebuilding it starts the node afresh.`,
 	fl.StringVar(&f.binDir, "bin-dir", "", "where make build put runc, the containerd shim, cni/* and oci/* (default: the node binary's directory)")
 	fl.StringSliceVar(&f.images, "images", nil, "image archives (docker save) to import at boot, comma-separated, besides kiln's own")
 	fl.StringVar(&f.token, "token", "", "worker images: join with this bootstrap token instead of the cluster directory's (kiln gen token)")
+	fl.StringVar(&f.release, "release", kilnVersion(), "the image's version string (os-release's VERSION_ID): what its nodes report, and what kiln upgrade compares")
 	fl.IntVar(&f.diskSizeGiB, "disk-size", builder.DefaultDiskSize>>30, "qcow2 disk size in GiB (sparse)")
 	return c
 }
+
+// releaseRE is what --release may be: it ends up in os-release and in
+// every node's status.
+var releaseRE = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 
 func formatHelp() string {
 	var b strings.Builder
@@ -113,6 +119,9 @@ func (f buildFlags) request() (builder.Request, error) {
 			return r, usageError{fmt.Errorf("--format %q: unknown format (want one or more of %s)", name, strings.Join(builder.FormatNames(), ","))}
 		}
 	}
+	if !releaseRE.MatchString(f.release) {
+		return r, usageError{fmt.Errorf("--release %q: want 1-64 letters, digits and . _ + ~ -", f.release)}
+	}
 	if f.diskSizeGiB < 1 {
 		return r, usageError{fmt.Errorf("--disk-size %d: want a size in GiB, at least 1", f.diskSizeGiB)}
 	}
@@ -128,7 +137,7 @@ func (f buildFlags) request() (builder.Request, error) {
 		CacheDir:   f.cacheDir,
 		Append:     f.appendArgs,
 		DiskSize:   int64(f.diskSizeGiB) << 30,
-		Version:    kilnVersion(),
+		Version:    f.release,
 		BinDir:     f.binDir,
 		Images:     f.images,
 

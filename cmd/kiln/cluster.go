@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,25 +30,7 @@ type clusterFlags struct {
 	egress                                                      bool
 }
 
-// clusterState is what the daemon leaves in the state directory.
-type clusterState struct {
-	PID        int            `json:"pid"`
-	APIPort    int            `json:"apiPort"`
-	Kubeconfig string         `json:"kubeconfig"`
-	VIP        string         `json:"vip,omitempty"`
-	Egress     bool           `json:"egress,omitempty"`
-	Nodes      []clusterVMRow `json:"nodes"`
-}
-
-type clusterVMRow struct {
-	Name, Role, Address, Console string
-	PID                          int
-	// NodeAPIPort is the host port forwarded to a master's node API.
-	NodeAPIPort int `json:",omitempty"`
-}
-
 const (
-	stateFile  = "state.json"
 	daemonLog  = "daemon.log"
 	readyMark  = "kiln cluster: ready"
 	failedMark = "kiln cluster: failed"
@@ -193,17 +174,7 @@ func stateCommand(use, short string, run func(io.Writer, string) error) *cobra.C
 	return c
 }
 
-func readState(dir string) (*clusterState, error) {
-	data, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if err != nil {
-		return nil, err
-	}
-	var st clusterState
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, stateFile), err)
-	}
-	return &st, nil
-}
+func readState(dir string) (*vmcluster.State, error) { return vmcluster.ReadState(dir) }
 
 func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 
@@ -236,7 +207,7 @@ func clusterUp(out io.Writer, f *clusterFlags) error {
 	if err := os.MkdirAll(f.state, 0o755); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(f.state, stateFile))
+	os.Remove(filepath.Join(f.state, vmcluster.StateFile))
 	logPath := filepath.Join(f.state, daemonLog)
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -308,13 +279,8 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 		fmt.Fprintf(out, "%s: %v\n", failedMark, err)
 		return err
 	}
-	st := clusterState{PID: os.Getpid(), APIPort: c.APIPort, Kubeconfig: c.Kubeconfig, VIP: c.VIP(), Egress: c.Egress()}
-	for _, n := range c.Nodes {
-		st.Nodes = append(st.Nodes, clusterVMRow{Name: n.Name, Role: string(n.Role), Address: n.Address, Console: n.ConsoleLog, PID: n.VM().PID(), NodeAPIPort: n.NodeAPIPort})
-	}
-	data, _ := json.MarshalIndent(st, "", "  ")
-	statePath := filepath.Join(f.state, stateFile)
-	if err := os.WriteFile(statePath, data, 0o644); err != nil {
+	statePath, err := c.WriteState(f.state)
+	if err != nil {
 		c.Close()
 		return err
 	}
@@ -348,7 +314,7 @@ func clusterDown(out io.Writer, state string) error {
 		return err
 	}
 	if !alive(st.PID) {
-		os.Remove(filepath.Join(state, stateFile))
+		os.Remove(filepath.Join(state, vmcluster.StateFile))
 		fmt.Fprintf(out, "kiln cluster: the daemon (pid %d) is gone; cleaned up\n", st.PID)
 		return nil
 	}
@@ -423,7 +389,7 @@ func egressLine(on bool) string {
 }
 
 // vipHolders says which masters hold the VIP, asking each one's node API.
-func vipHolders(st *clusterState) string {
+func vipHolders(st *vmcluster.State) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var held []string

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -88,15 +87,11 @@ func isAddress(s string) bool {
 // node): a master through its node API's forward, a worker (which has
 // none) through a master's relay.
 func vmClusterTarget(stateDir, name string) (t nodeclient.Target, ok bool, err error) {
-	data, err := os.ReadFile(filepath.Join(stateDir, stateFile))
-	if err != nil {
+	st, err := vmcluster.ReadState(stateDir)
+	if err != nil || !alive(st.PID) {
 		return t, false, nil
 	}
-	var st clusterState
-	if json.Unmarshal(data, &st) != nil || !alive(st.PID) {
-		return t, false, nil
-	}
-	var self *clusterVMRow
+	var self *vmcluster.StateNode
 	var names []string
 	for i, n := range st.Nodes {
 		names = append(names, n.Name)

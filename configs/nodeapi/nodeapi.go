@@ -55,6 +55,9 @@ type Status struct {
 	// that cannot reach the masters' network (kiln cluster's host) finds
 	// the holder here.
 	VIP *VIPStatus `json:"vip,omitempty"`
+	// Image is the image the node runs and, on a disk with slots, what
+	// each slot holds and how the last upgrade went (kiln upgrade).
+	Image *ImageStatus `json:"image,omitempty"`
 }
 
 // VIPStatus is the virtual IP as one master sees it.
@@ -166,6 +169,9 @@ func (st Status) WriteTable(w io.Writer) {
 			where = "held by this node"
 		}
 		fmt.Fprintf(w, "virtual IP %s: %s\n", v.Address, where)
+	}
+	if im := st.Image; im != nil {
+		writeImage(w, im)
 	}
 	if len(st.Boot) > 0 {
 		fmt.Fprintln(w, "boot (since the kernel started):")

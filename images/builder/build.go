@@ -112,6 +112,12 @@ type Result struct {
 	OutDir string
 	// ID identifies the image: a hash of the kernel and the initramfs.
 	ID string
+	// Release is the version string in the image's os-release
+	// (Request.Version): what a node running it reports.
+	Release string
+	// ClusterCAHash is the cluster CA's pki.CAHash: an image is for one
+	// cluster (kiln upgrade refuses another's).
+	ClusterCAHash string
 	// Kernel is the kernel the image boots.
 	Kernel *kernel.Kernel
 	// Vmlinuz and Initramfs are the boot files in OutDir.
@@ -327,10 +333,11 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	}
 	// Load checks the material (and LoadForWorker that a worker needs no
 	// more than it gets).
+	var cl *cluster.Cluster
 	if r.Role == node.RoleMaster {
-		_, err = cluster.Load(r.ClusterDir)
+		cl, err = cluster.Load(r.ClusterDir)
 	} else {
-		_, err = cluster.LoadForWorker(r.ClusterDir)
+		cl, err = cluster.LoadForWorker(r.ClusterDir)
 	}
 	if err != nil {
 		return nil, err
@@ -345,7 +352,7 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	defer os.RemoveAll(tmp)
 
 	p := &progress{w: r.Progress}
-	res := &Result{Role: r.Role, OutDir: r.OutDir}
+	res := &Result{Role: r.Role, OutDir: r.OutDir, Release: r.Version, ClusterCAHash: cl.CAHash}
 	total := time.Now()
 
 	if err := p.step("fetch", func() (string, error) {

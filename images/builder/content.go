@@ -40,9 +40,11 @@ var baseModules = []string{
 	"ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle",
 	"xt_MASQUERADE", "xt_conntrack", "xt_comment", "xt_mark", "xt_addrtype", "xt_nat", "xt_statistic",
 	// the state disk (ext4 is built into the Debian kernels; its
-	// dependencies too) and the config drive (ISO 9660 or FAT, on a
-	// CD-ROM or a disk)
-	"ext4", "isofs", "sr_mod", "vfat", "nls_cp437", "nls_utf8",
+	// dependencies too), the config drive (ISO 9660 or FAT, on a
+	// CD-ROM or a disk) and the boot partition's slots (FAT). Debian's FAT
+	// takes code page 437 and the IO charset "ascii" by default: without
+	// nls_ascii every FAT mount fails ("IO charset ascii not found").
+	"ext4", "isofs", "sr_mod", "vfat", "nls_cp437", "nls_ascii", "nls_utf8",
 }
 
 // hardwareModules are loaded when the kernel has them (the generic flavour,

@@ -17,12 +17,18 @@ import (
 // Manifest describes a built image directory, for the host tools and for
 // humans. It has no time stamp: the same build writes the same manifest.
 type Manifest struct {
-	ID            string    `json:"id"`
-	Role          node.Role `json:"role"`
-	ClusterDir    string    `json:"clusterDir"` // absolute
-	KernelRelease string    `json:"kernelRelease"`
-	KernelPackage string    `json:"kernelPackage"`
-	KernelVersion string    `json:"kernelVersion"` // Debian package version
+	ID   string    `json:"id"`
+	Role node.Role `json:"role"`
+	// Release is the version string the image's nodes report (kiln
+	// build --release; os-release's VERSION_ID).
+	Release string `json:"release,omitempty"`
+	// ClusterCAHash is the cluster CA's hash (sha256:...): the cluster the
+	// image belongs to, which kiln upgrade checks against the node's.
+	ClusterCAHash string `json:"clusterCAHash,omitempty"`
+	ClusterDir    string `json:"clusterDir"` // absolute
+	KernelRelease string `json:"kernelRelease"`
+	KernelPackage string `json:"kernelPackage"`
+	KernelVersion string `json:"kernelVersion"` // Debian package version
 	// Cmdline is the kernel command line every format starts from (each
 	// adds ParamBoot).
 	Cmdline []string `json:"cmdline"`
@@ -157,6 +163,8 @@ func writeManifest(r Request, res *Result) error {
 	m := Manifest{
 		ID:            res.ID,
 		Role:          res.Role,
+		Release:       res.Release,
+		ClusterCAHash: res.ClusterCAHash,
 		ClusterDir:    clusterDir,
 		KernelRelease: res.Kernel.Release,
 		KernelPackage: res.Kernel.Package,

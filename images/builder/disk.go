@@ -32,8 +32,6 @@ import (
 // its state on tmpfs. The qcow2 file is sparse: the state partition takes
 // no room until the node writes to it.
 const (
-	BootLabel = "KILN-BOOT"
-
 	sectorSize = 512
 	mib        = 1 << 20
 	bootStart  = 1 * mib // partition 1 offset (aligned)
@@ -112,10 +110,11 @@ func buildQcow2(ctx context.Context, img *Image) ([]string, error) {
 
 	// Boot partition.
 	fat := fmt.Sprintf("%s@@%d", raw, l.bootOffset)
+	kernelA, initrdA := image.SlotFiles(image.SlotA)
 	stage := filepath.Join(img.TmpDir, "qcow2")
 	cfgs := map[string][]byte{
-		"syslinux.cfg":       img.syslinuxConfig("qcow2-bios", "/vmlinuz", "/initrd.img"),
-		"grub.cfg":           img.grubConfig("qcow2-uefi", "/vmlinuz", "/initrd.img"),
+		"syslinux.cfg":       img.syslinuxConfig(image.BootQcow2BIOS, kernelA, initrdA),
+		"grub.cfg":           img.grubConfig(image.BootQcow2UEFI, kernelA, initrdA),
 		"marker":             img.marker(),
 		"boot-partition.txt": []byte(fmt.Sprintf("kiln %s image %s: boot partition. The node's state is on the partition labelled %s.\n", img.Role, img.ID, image.StateLabel)),
 	}
@@ -126,19 +125,19 @@ func buildQcow2(ctx context.Context, img *Image) ([]string, error) {
 	}
 	if err := runTool(ctx, "mformat", "-i", fat, "-F", "-T", fmt.Sprint(l.bootSize/sectorSize),
 		"-H", fmt.Sprint(l.bootOffset/sectorSize), "-h", "255", "-s", "63",
-		"-v", BootLabel, "-N", img.ID[:8], "::"); err != nil {
+		"-v", image.BootLabel, "-N", img.ID[:8], "::"); err != nil {
 		return nil, err
 	}
 	if err := runTool(ctx, "mmd", "-i", fat, "::/EFI", "::/EFI/BOOT", "::/boot", "::/boot/grub", "::/kiln"); err != nil {
 		return nil, err
 	}
 	for _, c := range [][2]string{
-		{img.Vmlinuz, "::/vmlinuz"},
-		{img.Initramfs, "::/initrd.img"},
-		{filepath.Join(stage, "syslinux.cfg"), "::/syslinux.cfg"},
+		{img.Vmlinuz, "::" + kernelA},
+		{img.Initramfs, "::" + initrdA},
+		{filepath.Join(stage, "syslinux.cfg"), "::" + image.SyslinuxConfigFile},
 		{filepath.Join(stage, "boot-partition.txt"), "::/README.txt"},
 		{efi, "::/EFI/BOOT/BOOTX64.EFI"},
-		{filepath.Join(stage, "grub.cfg"), "::/boot/grub/grub.cfg"},
+		{filepath.Join(stage, "grub.cfg"), "::" + image.GrubConfigFile},
 		{filepath.Join(stage, "marker"), "::" + img.markerPath()},
 	} {
 		if err := runTool(ctx, "mcopy", "-i", fat, c[0], c[1]); err != nil {

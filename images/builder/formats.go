@@ -37,11 +37,11 @@ type Image struct {
 // same image booted from ISO, PXE or -kernel stays diskless unless its
 // config says otherwise.
 func (img *Image) CommandLine(boot string) string {
-	args := append(append([]string{}, img.Cmdline...), image.Arg(image.ParamBoot, boot))
+	slot := ""
 	if boot == image.BootQcow2BIOS || boot == image.BootQcow2UEFI {
-		args = append(args, image.Arg(image.ParamStateDisk, image.StateDiskByLabel))
+		slot = image.SlotA // the build fills slot a (image.SlotFiles)
 	}
-	return strings.Join(args, " ")
+	return image.CommandLine(img.Cmdline, boot, slot)
 }
 
 // Builder writes one format into img.OutDir and returns the paths of the

@@ -70,26 +70,12 @@ echo "kiln: %s not found on any device"
 
 // grubConfig is /boot/grub/grub.cfg on the image's file system.
 func (img *Image) grubConfig(boot, vmlinuz, initrd string) []byte {
-	return []byte(fmt.Sprintf(`set timeout=0
-set default=0
-menuentry "kiln %s %s" {
-	linux %s %s
-	initrd %s
-}
-`, img.Role, img.ID, vmlinuz, img.CommandLine(boot), initrd))
+	return image.GrubConfig(fmt.Sprintf("kiln %s %s", img.Role, img.ID), vmlinuz, initrd, img.CommandLine(boot))
 }
 
 // syslinuxConfig is an isolinux.cfg or syslinux.cfg.
 func (img *Image) syslinuxConfig(boot, vmlinuz, initrd string) []byte {
-	return []byte(fmt.Sprintf(`SERIAL 0 115200
-DEFAULT kiln
-PROMPT 0
-TIMEOUT 0
-LABEL kiln
-  KERNEL %s
-  INITRD %s
-  APPEND %s
-`, vmlinuz, initrd, img.CommandLine(boot)))
+	return image.SyslinuxConfig(vmlinuz, initrd, img.CommandLine(boot))
 }
 
 // buildISO writes <role>.iso, a hybrid ISO 9660 image (CD or USB stick):

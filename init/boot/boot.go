@@ -52,6 +52,10 @@ type Node struct {
 	// way, as the ACPI power button does; it returns at once. why is for
 	// the console.
 	Power func(reboot bool, why string)
+	// Upgrades is the image the node runs, and on a disk with slots the
+	// way to write and boot an upgrade (kiln upgrade) and to tell PID 1
+	// the node is ready (a slot on trial becomes the default).
+	Upgrades Upgrades
 }
 
 // Timeouts of the way down.
@@ -90,6 +94,11 @@ func PID1(up func(ctx context.Context, n Node) error) {
 		con.Warn("reading /proc before the early mounts: %v", err)
 	}
 	m.cmdline = early.cmdline
+	m.release = readRelease(image.OSReleaseFile)
+	boot, _ := m.cmdline.Get(image.ParamBoot)
+	slot, _ := m.cmdline.Get(image.ParamSlot)
+	trial, _ := m.cmdline.Get(image.ParamTrial)
+	m.slots = newSlotKeeper(boot, slot, trial)
 	checkRoot(con, early)
 	for {
 		err := guard(con, "PID 1's main loop", func() error { m.loop(); return nil })
@@ -110,6 +119,10 @@ type machine struct {
 
 	// cmdline is the kernel command line, read before the boot starts.
 	cmdline cmdline.Cmdline
+	// release is the image's (os-release's VERSION_ID); slots its A/B
+	// slots, nil unless it booted from a kiln disk (trial.go).
+	release string
+	slots   *slotKeeper
 
 	// Boot results, written by the boot goroutine before it reports
 	// done.
@@ -185,6 +198,11 @@ func (m *machine) loop() {
 func (m *machine) fail(err error) {
 	m.fatalErr = err
 	m.reportFatal()
+	if m.slots != nil && m.slots.trial {
+		// On trial a fatal error ends the trial: back to the slot
+		// that worked (failTrial does it once).
+		go guard(m.con, "the failed trial", func() error { m.failTrial(err.Error()); return nil })
+	}
 }
 
 // reportFatal prints the fatal error the way a console watcher (a person,
@@ -208,6 +226,7 @@ func (m *machine) startUp() {
 		Power: func(reboot bool, why string) {
 			send(m.power, powerRequest{Reboot: reboot, Why: why})
 		},
+		Upgrades: Upgrades{m},
 	}
 	m.con.Stage("up: %s %s, data %s", n.Config.Role, n.Config.Hostname, n.DataDir)
 	m.upRunning = true
@@ -251,12 +270,28 @@ func (m *machine) finish(req powerRequest) {
 	m.down = &req
 	killAll(m.con, killTimeout)
 	unix.Sync()
+	kexec := false
+	if req.Reboot && req.Kexec != nil {
+		err := guard(m.con, "loading the kernel for kexec", req.Kexec)
+		if err != nil {
+			m.con.Warn("%v", err)
+		}
+		kexec = err == nil
+		req.Kexec = nil // a panic on the way down does not load it again
+		m.down = &req
+	}
 	n := unmountAll(m.con)
 	unix.Sync()
-	m.con.Stage("unmounted %d file systems; %s", n, req.action())
 	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
-	if req.Reboot {
+	switch {
+	case kexec:
+		cmd = unix.LINUX_REBOOT_CMD_KEXEC
+		m.con.Stage("unmounted %d file systems; reboot by kexec", n)
+	case req.Reboot:
 		cmd = unix.LINUX_REBOOT_CMD_RESTART
+		fallthrough
+	default:
+		m.con.Stage("unmounted %d file systems; %s", n, req.action())
 	}
 	err := unix.Reboot(cmd)
 	// Only a PID 1 without CAP_SYS_BOOT gets here.

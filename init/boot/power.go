@@ -23,6 +23,11 @@ import (
 type powerRequest struct {
 	Reboot bool
 	Why    string // "power button", "SIGTERM", ...
+	// Kexec, on a reboot, loads the kernel to start instead of the
+	// firmware's boot (kiln upgrade's trial): called once the components
+	// are gone and before the unmounts; an error is printed and the
+	// firmware reboots.
+	Kexec func() error
 }
 
 func (r powerRequest) action() string {

@@ -33,11 +33,19 @@ type step struct {
 
 // sequence is the boot, in order.
 func (m *machine) sequence() []step {
-	return []step{
+	steps := []step{
 		{name: "mounts", run: m.mounts},
 		// The reaper scans /proc, mounted just before.
 		{name: "reaper", loop: m.reapZombies},
 		{name: "modules", run: m.modules},
+	}
+	if m.slots != nil {
+		// A disk boot: the boot partition (vfat, a module just loaded)
+		// says whether this boot is an upgrade's trial, before any
+		// later step can fail it (trial.go).
+		steps = append(steps, step{name: "slots", run: m.slotsStep})
+	}
+	return append(steps, []step{
 		// The power button is an input device of the modules just loaded
 		// (button, evdev).
 		{name: "power button", loop: m.powerButton},
@@ -48,7 +56,7 @@ func (m *machine) sequence() []step {
 		{name: "dhcp", loop: m.keepLease, skip: m.noLease},
 		{name: "hostname", run: m.hostname},
 		{name: "storage", run: m.storage},
-	}
+	}...)
 }
 
 // boot runs the sequence; it reports to bootDone.

@@ -52,6 +52,9 @@ type Options struct {
 	// reboot, shutdown and reset); nil when PID 1 does not run the node
 	// (kiln-node up on a host), whose node API then refuses them.
 	Power PowerFunc
+	// Upgrade is PID 1's side of kiln upgrade (the image the node runs,
+	// its slots); nil outside PID 1.
+	Upgrade Upgrader
 }
 
 // SocketPath is where a running node serves its status, under the data dir.
@@ -157,7 +160,7 @@ func Run(ctx context.Context, o Options) error {
 	sopts := o.Supervisor
 	sopts.LogDir = LogDir(dataDir)
 	sopts.CgroupRoot = o.CgroupRoot
-	sopts.Annotate = vipAnnotation(&cfg, net.InterfaceAddrs)
+	sopts.Annotate = annotations(vipAnnotation(&cfg, net.InterfaceAddrs), imageAnnotation(o.Upgrade))
 	for _, c := range comps {
 		if _, ok := c.(components.APIServer); ok {
 			// kiln-node logs audit, and the node API's /logs/audit.
@@ -186,7 +189,8 @@ func Run(ctx context.Context, o Options) error {
 	op := operatorOf(env, o.Power)
 	for _, addr := range nodeAPIAddresses(&cfg) {
 		stopRemote, err := serveRemoteStatus(net.JoinHostPort(addr, strconv.Itoa(nodeapi.Port)), env.Path("pki", "ca.crt"), servingCert, servingKey,
-			withOperator(op, withVolumes(volumeHostOf(env), withEtcd(env, sup, sup.Handler()))), con.panic)
+			withUpgrade(upgradeTarget{role: string(cfg.Role), caHash: cl.CAHash}, o.Upgrade,
+				withOperator(op, withVolumes(volumeHostOf(env), withEtcd(env, sup, sup.Handler())))), con.panic)
 		if err != nil {
 			return err
 		}
@@ -203,7 +207,13 @@ func Run(ctx context.Context, o Options) error {
 	go func() {
 		done <- panics.Guard(con.panic, "the supervisor", func() error { return sup.Run(runCtx) })
 	}()
-	go panics.Do(con.panic, "the ready report", func() { reportReady(runCtx, con, sup, specs, env) })
+	go panics.Do(con.panic, "the ready report", func() {
+		if reportReady(runCtx, con, sup, specs, env) && o.Upgrade != nil {
+			// Every component ready: an image on trial has done its
+			// job (PID 1 makes its slot the default).
+			o.Upgrade.Ready()
+		}
+	})
 	go reportExits(runCtx, con, sup, time.Second)
 
 	err = <-done
@@ -277,11 +287,11 @@ func stopOrder(st nodeapi.Status) []string {
 }
 
 // reportReady prints one stage line as each component becomes ready, then
-// the line a user waits for.
-func reportReady(ctx context.Context, con *console, sup *supervisor.Supervisor, specs []supervisor.Spec, env *components.Env) {
+// the line a user waits for; false if the node stopped first.
+func reportReady(ctx context.Context, con *console, sup *supervisor.Supervisor, specs []supervisor.Spec, env *components.Env) bool {
 	for _, s := range specs {
 		if err := sup.WaitReady(ctx, s.Name); err != nil {
-			return
+			return false
 		}
 		if s.Oneshot {
 			con.stage("%s done", s.Name)
@@ -291,10 +301,11 @@ func reportReady(ctx context.Context, con *console, sup *supervisor.Supervisor, 
 	}
 	if env.Config.Role == node.RoleWorker {
 		con.stage("worker ready: node %s is running its components (kubectl get nodes on the master's kubeconfig shows it)", env.NodeName)
-		return
+		return true
 	}
 	con.stage("%s ready: kubectl --kubeconfig %s get nodes", env.Config.Role,
 		filepath.Join(env.Cluster.Dir, "admin.kubeconfig"))
+	return true
 }
 
 // checkAddressRanges refuses a node address inside the cluster's service or

@@ -87,6 +87,7 @@ func TestNodeAPIVolumesAuthorization(t *testing.T) {
 		{"provisioner makes it again", storage, "PUT", nodeapi.PathVolumes + testVolume, 200, true},
 		{"provisioner reads the status", storage, "GET", "/status", 403, true},
 		{"provisioner resets etcd", storage, "POST", "/etcd/reset", 403, true},
+		{"provisioner upgrades the node", storage, "POST", nodeapi.PathUpgrade, 403, true},
 		{"provisioner reads a volume", storage, "GET", nodeapi.PathVolumes + testVolume, 403, true},
 		{"provisioner posts to a volume", storage, "POST", nodeapi.PathVolumes + testVolume, 403, false},
 		{"provisioner patches a volume", storage, "PATCH", nodeapi.PathVolumes + testVolume, 403, true},

@@ -460,6 +460,9 @@ func (c *Cluster) prepare(n *Node) error {
 		qemu.WithSocketNet(c.hub.Addr(), n.MAC), // eth0: the cluster's L2
 		qemu.WithDrive(qemu.Disk{Path: drive, Format: "raw", ReadOnly: true}),
 		qemu.WithSerialLog(n.ConsoleLog),
+		// kiln reboot --node: the guest's reboot boots the same image
+		// again instead of ending the VM.
+		qemu.WithReboot(),
 	}
 	if c.stateDiskMiB(n) > 0 {
 		disk := c.stateDisk(n)

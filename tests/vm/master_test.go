@@ -141,7 +141,8 @@ func TestBadConfigReported(t *testing.T) {
 
 // TestQcow2StatePersists boots the qcow2 disk (BIOS, syslinux), writes a
 // ConfigMap, powers the VM off hard, boots the same disk again: the cluster
-// state lives on the disk's kiln-state partition and survives.
+// state lives on the disk's kiln-state partition and survives. The node
+// booted a second time is then upgraded in place (upgradeScenarios).
 func TestQcow2StatePersists(t *testing.T) {
 	dir := t.TempDir()
 	genCluster(t, dir)
@@ -152,7 +153,10 @@ func TestQcow2StatePersists(t *testing.T) {
 	boot := func() (*qemu.VM, string) {
 		vm, err := qemu.Start(context.Background(),
 			qemu.WithDisk(disk, "qcow2"), qemu.WithMemory(2048), qemu.WithCPUs(2),
-			qemu.WithUserNet(qemu.Forward{GuestPort: 6443}),
+			// A reboot (kiln reboot, an upgrade's rollback) boots the
+			// disk again, as a server's would.
+			qemu.WithReboot(),
+			qemu.WithUserNet(qemu.Forward{GuestPort: 6443}, qemu.Forward{GuestPort: nodeapi.Port}),
 			qemu.WithSerialLog(filepath.Join(t.TempDir(), "console.log")))
 		if err != nil {
 			t.Fatal(err)
@@ -160,7 +164,7 @@ func TestQcow2StatePersists(t *testing.T) {
 		t.Cleanup(func() {
 			vm.Kill()
 			if t.Failed() {
-				t.Logf("console (tail):\n%s", vm.Console().Tail(60))
+				t.Logf("console (tail):\n%s", vm.Console().Tail(120))
 			}
 		})
 		// The console arrives in chunks: match the whole message, not its start.
@@ -214,6 +218,7 @@ func TestQcow2StatePersists(t *testing.T) {
 	if out, err := kubectl(kc, server2).Run("-n", "kube-system", "get", tokenSecret); err == nil || !strings.Contains(err.Error(), "NotFound") {
 		t.Errorf("the revoked token came back after the master's reboot: %v %s", err, out)
 	}
+	upgradeScenarios(t, dir, vm2, kc, server2)
 }
 
 // TestBootMethods boots the same master image from its ISO (BIOS, isolinux)
