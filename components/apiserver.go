@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 
@@ -68,32 +67,10 @@ func (APIServer) Prepare(env *Env) error {
 	if err := pki.WriteFile(env.Path(frontProxyCACert), c.FrontProxyCA.CertPEM, false); err != nil {
 		return err
 	}
-	dns, ips, err := apiServerSANs(env)
-	if err != nil {
+	if _, _, err := apiServerSANs(env); err != nil {
 		return err
 	}
-	if err := issue(c.CA, env.Path(apiServingCert), env.Path(apiServingKey), pki.CertRequest{
-		CommonName: "kube-apiserver", DNSNames: dns, IPs: ips, Server: true,
-	}); err != nil {
-		return err
-	}
-	// Serve the CA after the leaf: a joining worker carries only the CA's
-	// hash and learns the certificate from this chain (see join).
-	leaf, err := os.ReadFile(env.Path(apiServingCert))
-	if err != nil {
-		return err
-	}
-	if err := pki.WriteFile(env.Path(apiServingCert), append(leaf, c.CA.CertPEM...), false); err != nil {
-		return err
-	}
-	if err := issue(c.CA, env.Path(apiKubeletClientCert), env.Path(apiKubeletClientKey), pki.CertRequest{
-		CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true,
-	}); err != nil {
-		return err
-	}
-	if err := issue(c.FrontProxyCA, env.Path(frontProxyClientCert), env.Path(frontProxyClientKey), pki.CertRequest{
-		CommonName: "front-proxy-client", Client: true,
-	}); err != nil {
+	if err := issueAll(env, APIServer{}.Certs(env)); err != nil {
 		return err
 	}
 	// secretbox (XSalsa20-Poly1305) is the at-rest provider upstream
@@ -134,6 +111,37 @@ anonymous:
 		return err
 	}
 	return pki.WriteFile(env.Path(apiAuditPolicy), []byte(auditPolicy), false)
+}
+
+// Certs: the API server's serving certificate, and its client
+// certificates to the kubelets and to aggregated APIs (front proxy). It
+// watches all three files (k8s.io/apiserver's dynamiccertificates:
+// --tls-cert-file, --proxy-client-cert-file) or loads them at each
+// handshake (--kubelet-client-certificate: client-go's ReloadTLSFiles).
+func (APIServer) Certs(env *Env) []Cert {
+	// Prepare has checked the cluster's service range.
+	dns, ips, _ := apiServerSANs(env)
+	return []Cert{
+		{
+			Name: "kube-apiserver serving", Users: "kube-apiserver (watches it); every client of the API",
+			File: env.Path(apiServingCert), KeyFile: env.Path(apiServingKey),
+			ca: clusterCA, req: pki.CertRequest{CommonName: "kube-apiserver", DNSNames: dns, IPs: ips, Server: true},
+			// Serve the CA after the leaf: a joining worker carries only
+			// the CA's hash and learns the certificate from this chain
+			// (see join).
+			chain: true,
+		},
+		{
+			Name: "kube-apiserver kubelet client", Users: "kube-apiserver to the kubelets (loads it at each handshake); the node API's relay",
+			File: env.Path(apiKubeletClientCert), KeyFile: env.Path(apiKubeletClientKey),
+			ca: clusterCA, req: pki.CertRequest{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true},
+		},
+		{
+			Name: "front-proxy client", Users: "kube-apiserver to aggregated APIs (watches it)",
+			File: env.Path(frontProxyClientCert), KeyFile: env.Path(frontProxyClientKey),
+			ca: frontProxyCA, req: pki.CertRequest{CommonName: "front-proxy-client", Client: true},
+		},
+	}
 }
 
 // Pod Security Admission's cluster-wide defaults, for namespaces that set

@@ -33,29 +33,48 @@ const loopback = "127.0.0.1"
 // loopbackURL is https://127.0.0.1:port.
 func loopbackURL(port int) string { return "https://" + hostPort(loopback, port) }
 
-const controllerManagerKubeconfig = "kubeconfig/kube-controller-manager.conf"
+const (
+	controllerManagerKubeconfig = "kubeconfig/kube-controller-manager.conf"
+	controllerManagerServing    = "pki/kube-controller-manager"
+)
 
-func (ControllerManager) Prepare(env *Env) error {
+func (c ControllerManager) Prepare(env *Env) error {
+	// Where upstream made its self-signed serving certificate before
+	// kiln issued one (Certs).
 	if err := freshCertDir(env.Path("pki/kube-controller-manager")); err != nil {
 		return err
 	}
-	return writeKubeconfig(env, env.Path(controllerManagerKubeconfig), "system:kube-controller-manager", nil)
+	return issueAll(env, c.Certs(env))
+}
+
+// Certs: its client certificate (its kubeconfig names the file, which
+// client-go loads at each handshake) and its serving certificate (a
+// watched file, as the API server's).
+func (ControllerManager) Certs(env *Env) []Cert {
+	return []Cert{
+		clientKubeconfig(env, env.Path(controllerManagerKubeconfig), "system:kube-controller-manager", nil, "kube-controller-manager (client-go: at each handshake)"),
+		loopbackServing(env, "kube-controller-manager", controllerManagerServing),
+	}
 }
 
 func (ControllerManager) Flags(env *Env) map[string]string {
 	kc := env.Path(controllerManagerKubeconfig)
 	return map[string]string{
-		"kubeconfig":                       kc,
-		"authentication-kubeconfig":        kc,
-		"authorization-kubeconfig":         kc,
-		"bind-address":                     loopback,
-		"secure-port":                      strconv.Itoa(env.Config.Ports.ControllerManager),
-		"cert-dir":                         env.Path("pki/kube-controller-manager"),
-		"client-ca-file":                   env.Path(apiCACert),
-		"requestheader-client-ca-file":     env.Path(frontProxyCACert),
-		"root-ca-file":                     env.Path(apiCACert),
-		"cluster-signing-cert-file":        env.Cluster.Paths().CACert,
-		"cluster-signing-key-file":         env.Cluster.Paths().CAKey,
+		"kubeconfig":                   kc,
+		"authentication-kubeconfig":    kc,
+		"authorization-kubeconfig":     kc,
+		"bind-address":                 loopback,
+		"secure-port":                  strconv.Itoa(env.Config.Ports.ControllerManager),
+		"tls-cert-file":                env.Path(controllerManagerServing + ".crt"),
+		"tls-private-key-file":         env.Path(controllerManagerServing + ".key"),
+		"client-ca-file":               env.Path(apiCACert),
+		"requestheader-client-ca-file": env.Path(frontProxyCACert),
+		"root-ca-file":                 env.Path(apiCACert),
+		"cluster-signing-cert-file":    env.Cluster.Paths().CACert,
+		"cluster-signing-key-file":     env.Cluster.Paths().CAKey,
+		// The kubelets' certificates live as long as the node's own
+		// (certificates.validity), and are rotated by the kubelets.
+		"cluster-signing-duration":         CertValidity(env).String(),
 		"service-account-private-key-file": env.Cluster.Paths().ServiceAccountKey,
 		"use-service-account-credentials":  "true",
 		"controllers":                      "*,bootstrapsigner,tokencleaner",
@@ -86,13 +105,24 @@ func (Scheduler) Listens(env *Env) []string {
 	return []string{hostPort(loopback, env.Config.Ports.Scheduler)}
 }
 
-const schedulerKubeconfig = "kubeconfig/kube-scheduler.conf"
+const (
+	schedulerKubeconfig = "kubeconfig/kube-scheduler.conf"
+	schedulerServing    = "pki/kube-scheduler"
+)
 
-func (Scheduler) Prepare(env *Env) error {
+func (s Scheduler) Prepare(env *Env) error {
 	if err := freshCertDir(env.Path("pki/kube-scheduler")); err != nil {
 		return err
 	}
-	return writeKubeconfig(env, env.Path(schedulerKubeconfig), "system:kube-scheduler", nil)
+	return issueAll(env, s.Certs(env))
+}
+
+// Certs: as the controller-manager's.
+func (Scheduler) Certs(env *Env) []Cert {
+	return []Cert{
+		clientKubeconfig(env, env.Path(schedulerKubeconfig), "system:kube-scheduler", nil, "kube-scheduler (client-go: at each handshake)"),
+		loopbackServing(env, "kube-scheduler", schedulerServing),
+	}
 }
 
 func (Scheduler) Flags(env *Env) map[string]string {
@@ -103,7 +133,8 @@ func (Scheduler) Flags(env *Env) map[string]string {
 		"authorization-kubeconfig":     kc,
 		"bind-address":                 loopback,
 		"secure-port":                  strconv.Itoa(env.Config.Ports.Scheduler),
-		"cert-dir":                     env.Path("pki/kube-scheduler"),
+		"tls-cert-file":                env.Path(schedulerServing + ".crt"),
+		"tls-private-key-file":         env.Path(schedulerServing + ".key"),
 		"client-ca-file":               env.Path(apiCACert),
 		"requestheader-client-ca-file": env.Path(frontProxyCACert),
 		"leader-elect":                 leaderElect(env),
@@ -115,18 +146,16 @@ func (Scheduler) Ready(ctx context.Context, env *Env) error {
 	return probeSelfSigned(ctx, loopbackURL(env.Config.Ports.Scheduler)+"/healthz")
 }
 
-// probeSelfSigned checks /healthz of a component serving a certificate it
-// generated itself at start: there is nothing to verify it against, and
-// /healthz carries no secret.
+// probeSelfSigned checks /healthz of a component on loopback without
+// checking its certificate: /healthz carries no secret, and the probe
+// must not fail on a certificate being renewed.
 func probeSelfSigned(ctx context.Context, url string) error {
 	return probeHTTPS(ctx, url, &tls.Config{InsecureSkipVerify: true}, "ok")
 }
 
-// freshCertDir empties the directory where a component writes the
-// self-signed serving certificate it generates at start. The component
-// writes it without fsync: after a hard power-off it can be left empty, and
-// the component would then refuse to start on every boot. Regenerating it
-// costs milliseconds.
+// freshCertDir removes the directory where the component made its own
+// self-signed serving certificate at start under an older kiln (kiln
+// issues it now: Certs), so no stale key is left on the node.
 func freshCertDir(dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("clearing %s: %w", dir, err)

@@ -17,11 +17,14 @@ const csrApproverKubeconfig = "kubeconfig/kiln-csr-approver.conf"
 // its rights (kiln:csr-approver).
 const csrApproverUser = "kiln:csr-approver"
 
-func (CSRApprover) Name() string        { return node.ComponentCSRApprover }
-func (CSRApprover) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
-func (CSRApprover) DependsOn() []string { return []string{node.ComponentAPIServer} }
-func (CSRApprover) Prepare(env *Env) error {
-	return writeKubeconfig(env, env.Path(csrApproverKubeconfig), csrApproverUser, nil)
+func (CSRApprover) Name() string             { return node.ComponentCSRApprover }
+func (CSRApprover) Roles() []node.Role       { return []node.Role{node.RoleMaster} }
+func (CSRApprover) DependsOn() []string      { return []string{node.ComponentAPIServer} }
+func (c CSRApprover) Prepare(env *Env) error { return issueAll(env, c.Certs(env)) }
+
+// Certs: its client certificate (client-go: at each handshake).
+func (CSRApprover) Certs(env *Env) []Cert {
+	return []Cert{clientKubeconfig(env, env.Path(csrApproverKubeconfig), csrApproverUser, nil, "csr-approver (client-go: at each handshake)")}
 }
 
 func (CSRApprover) Flags(env *Env) map[string]string {

@@ -83,20 +83,7 @@ func (e Etcd) Prepare(env *Env) error {
 	if err := pki.WriteFile(env.Path(etcdCACert), ca.CertPEM, false); err != nil {
 		return err
 	}
-	names := []string{"localhost", env.NodeName}
-	if err := issue(ca, env.Path(etcdServerCert), env.Path(etcdServerKey), pki.CertRequest{
-		CommonName: env.NodeName, DNSNames: names, IPs: nodeIPs(env), Server: true, Client: true,
-	}); err != nil {
-		return err
-	}
-	if err := issue(ca, env.Path(etcdPeerCert), env.Path(etcdPeerKey), pki.CertRequest{
-		CommonName: env.NodeName, DNSNames: names, IPs: nodeIPs(env), Server: true, Client: true,
-	}); err != nil {
-		return err
-	}
-	if err := issue(ca, env.Path(etcdClientCert), env.Path(etcdClientKey), pki.CertRequest{
-		CommonName: "kube-apiserver-etcd-client", Client: true,
-	}); err != nil {
+	if err := issueAll(env, e.Certs(env)); err != nil {
 		return err
 	}
 	quota, maxWALs := etcdTuning(env.Memory.Total)
@@ -145,6 +132,32 @@ func (e Etcd) Prepare(env *Env) error {
 		return err
 	}
 	return pki.WriteFile(env.Path(etcdConfigFile), data, false)
+}
+
+// Certs: etcd's serving and peer certificates, which it loads at every
+// handshake (go.etcd.io/etcd/client/pkg/transport), and the API server's
+// client certificate to it, which the API server's etcd client loads at
+// every handshake too (the same package), as do kiln's probe and node
+// API and the etcd entry point's client of its peers.
+func (Etcd) Certs(env *Env) []Cert {
+	names := []string{"localhost", env.NodeName}
+	return []Cert{
+		{
+			Name: "etcd serving", Users: "etcd (loads it at each handshake)",
+			File: env.Path(etcdServerCert), KeyFile: env.Path(etcdServerKey),
+			ca: etcdCA, req: pki.CertRequest{CommonName: env.NodeName, DNSNames: names, IPs: nodeIPs(env), Server: true, Client: true},
+		},
+		{
+			Name: "etcd peer", Users: "etcd, to and from the other masters' etcd (loads it at each handshake)",
+			File: env.Path(etcdPeerCert), KeyFile: env.Path(etcdPeerKey),
+			ca: etcdCA, req: pki.CertRequest{CommonName: env.NodeName, DNSNames: names, IPs: nodeIPs(env), Server: true, Client: true},
+		},
+		{
+			Name: "etcd client", Users: "kube-apiserver to etcd, etcd to its peers, kiln's etcd probe and node API (each loads it at each handshake)",
+			File: env.Path(etcdClientCert), KeyFile: env.Path(etcdClientKey),
+			ca: etcdCA, req: pki.CertRequest{CommonName: "kube-apiserver-etcd-client", Client: true},
+		},
+	}
 }
 
 // EtcdDataDir is etcd's data dir, DATA/etcd; the node API leaves a

@@ -109,12 +109,16 @@ var _ Task = Addons{}
 
 const addonsKubeconfig = "kubeconfig/kiln-addons.conf"
 
-func (Addons) Name() string        { return node.ComponentAddons }
-func (Addons) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
-func (Addons) DependsOn() []string { return []string{node.ComponentAPIServer} }
-func (Addons) Task()               {}
-func (Addons) Prepare(env *Env) error {
-	return writeKubeconfig(env, env.Path(addonsKubeconfig), "kiln:addons", []string{"system:masters"})
+func (Addons) Name() string             { return node.ComponentAddons }
+func (Addons) Roles() []node.Role       { return []node.Role{node.RoleMaster} }
+func (Addons) DependsOn() []string      { return []string{node.ComponentAPIServer} }
+func (Addons) Task()                    {}
+func (a Addons) Prepare(env *Env) error { return issueAll(env, a.Certs(env)) }
+
+// Certs: its client certificate; a task, which reads it when it runs
+// (at every boot).
+func (Addons) Certs(env *Env) []Cert {
+	return []Cert{clientKubeconfig(env, env.Path(addonsKubeconfig), "kiln:addons", []string{"system:masters"}, "addons (a task: when it runs, at boot)")}
 }
 
 func (Addons) Flags(env *Env) map[string]string {

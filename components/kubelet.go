@@ -80,7 +80,7 @@ var kubeletSysctls = map[string]string{
 	"kernel/keys/root_maxbytes": "25000000",
 }
 
-func (Kubelet) Prepare(env *Env) error {
+func (k Kubelet) Prepare(env *Env) error {
 	if err := setSysctls(kubeletSysctls, nil, "protectKernelDefaults"); err != nil {
 		return err
 	}
@@ -88,20 +88,47 @@ func (Kubelet) Prepare(env *Env) error {
 		return err
 	}
 	if env.Config.Role == node.RoleMaster {
-		// The master holds the CA: issue the node's credentials directly
-		// instead of going through a CSR (re-issued at every start).
-		if err := writeKubeconfig(env, KubeletKubeconfig(env), "system:node:"+env.NodeName, []string{"system:nodes"}); err != nil {
+		// The master holds the CA: it gives its kubelet its first client
+		// certificate directly instead of through a join (the kubelet
+		// rotates it from then on), and the node's kubeconfig names it (a
+		// worker's join writes both).
+		if err := seedKubeletClient(env); err != nil {
+			return err
+		}
+		if err := writeNodeKubeconfig(env); err != nil {
 			return err
 		}
 		// And its serving certificate, for the API server to verify.
-		if err := issue(env.Cluster.CA, env.Path(kubeletServingCert), env.Path(kubeletServingKey), pki.CertRequest{
-			CommonName: "system:node:" + env.NodeName, Organization: []string{"system:nodes"},
-			DNSNames: []string{env.NodeName}, IPs: nodeIPs(env), Server: true,
-		}); err != nil {
+		if err := issueAll(env, k.Certs(env)); err != nil {
 			return err
 		}
 	}
 	return pki.WriteFile(env.Path(kubeletConfig), []byte(kubeletConfiguration(env)), false)
+}
+
+// Certs: a master's kubelet serving certificate, which the kubelet
+// watches (ReloadKubeletServerCertificateFile, on by default since
+// v1.31) and the node API serves (read at each handshake). A worker's
+// kubelet asks the cluster for its own and rotates it (KubeletRotated).
+func (Kubelet) Certs(env *Env) []Cert {
+	if env.Config.Role != node.RoleMaster {
+		return nil
+	}
+	c := kubeletServing(env)
+	c.Users = "kubelet (watches it); the node API (at each handshake)"
+	return []Cert{c}
+}
+
+// kubeletServing is a master's serving certificate of the kubelet and
+// the node API (NodeAPIServingFiles).
+func kubeletServing(env *Env) Cert {
+	return Cert{
+		Name: "kubelet serving", File: env.Path(kubeletServingCert), KeyFile: env.Path(kubeletServingKey),
+		ca: clusterCA, req: pki.CertRequest{
+			CommonName: "system:node:" + env.NodeName, Organization: []string{"system:nodes"},
+			DNSNames: []string{env.NodeName}, IPs: nodeIPs(env), Server: true,
+		},
+	}
 }
 
 func kubeletConfiguration(env *Env) string {
@@ -115,8 +142,11 @@ func kubeletConfiguration(env *Env) string {
 	}
 	// The API server verifies the kubelet's serving certificate against
 	// the cluster CA (--kubelet-certificate-authority): a master issues its
-	// own; a worker asks for one (serverTLSBootstrap) and kiln's
-	// csr-approver signs it off when its names are the node's.
+	// own (and renews it in place); a worker asks for one
+	// (serverTLSBootstrap), kiln's csr-approver signs it off when its
+	// names are the node's, and the kubelet rotates it. Every kubelet
+	// rotates its client certificate (rotateCertificates), which the
+	// controller-manager approves and signs.
 	serving := "serverTLSBootstrap: true\n"
 	if env.Config.Role == node.RoleMaster {
 		serving = fmt.Sprintf("tlsCertFile: %s\ntlsPrivateKeyFile: %s\n", env.Path(kubeletServingCert), env.Path(kubeletServingKey))
@@ -157,7 +187,7 @@ serializeImagePulls: false
 %[10]s%[11]s`,
 		env.Config.Address, KubeletPort, kubeletHealthzPort, env.Path(apiCACert),
 		ContainerdSocket(env), env.Cluster.ClusterDNS, env.Cluster.ClusterDomain, resolv,
-		env.Config.Role == node.RoleWorker, taints, serving) + kubeletMemoryConfig(env)
+		true, taints, serving) + kubeletMemoryConfig(env)
 }
 
 // kubeletMemoryConfig is the kubelet's memory settings, sized to the node

@@ -50,8 +50,13 @@ func (LocalStorage) Name() string        { return node.ComponentLocalStorage }
 func (LocalStorage) Roles() []node.Role  { return []node.Role{node.RoleMaster} }
 func (LocalStorage) DependsOn() []string { return []string{node.ComponentAPIServer} }
 
-func (LocalStorage) Prepare(env *Env) error {
-	return writeKubeconfig(env, env.Path(localStorageKubeconfig), localStorageUser, []string{nodeapi.VolumesGroup})
+func (l LocalStorage) Prepare(env *Env) error { return issueAll(env, l.Certs(env)) }
+
+// Certs: its client certificate, to the API (client-go) and to the
+// nodes' API (nodeclient): both load it at each handshake.
+func (LocalStorage) Certs(env *Env) []Cert {
+	return []Cert{clientKubeconfig(env, env.Path(localStorageKubeconfig), localStorageUser, []string{nodeapi.VolumesGroup},
+		"local-storage, to the API and to the nodes' API (at each handshake)")}
 }
 
 // Flags: the kubeconfig is also the provisioner's credentials to the

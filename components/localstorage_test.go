@@ -2,7 +2,6 @@ package components
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"slices"
 	"strings"
 	"testing"
@@ -29,11 +28,16 @@ func TestLocalStorageCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode(kc.CertPEM)
-	if block == nil {
-		t.Fatal("no client certificate in the kubeconfig")
+	// The kubeconfig names the certificate's file, which is renewed in
+	// place (certs.go).
+	if kc.CertFile == "" || kc.CertFile != kc.KeyFile || len(kc.CertPEM) != 0 {
+		t.Fatalf("kubeconfig's client certificate: file %q key %q, %d bytes embedded; want one file", kc.CertFile, kc.KeyFile, len(kc.CertPEM))
 	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	pair, err := kc.ClientCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,15 +64,26 @@ func (MetricsServer) Prepare(env *Env) error {
 	if err := pki.WriteFile(env.Path(apiCACert), env.Cluster.CA.CertPEM, false); err != nil {
 		return err
 	}
-	if err := writeKubeconfig(env, env.Path(metricsServerKubeconfig), metricsServerUser, nil); err != nil {
-		return err
+	return issueAll(env, MetricsServer{}.Certs(env))
+}
+
+// Certs: its client certificate, to the API and to the kubelets
+// (client-go: at each handshake), and its serving certificate (a watched
+// file, as the API server's).
+func (MetricsServer) Certs(env *Env) []Cert {
+	return []Cert{
+		clientKubeconfig(env, env.Path(metricsServerKubeconfig), metricsServerUser, nil, "metrics-server, to the API and the kubelets (client-go: at each handshake)"),
+		{
+			Name: "metrics-server serving", Users: "metrics-server (watches it), for the API server's aggregator",
+			File: env.Path(metricsServerCert), KeyFile: env.Path(metricsServerKey),
+			ca: clusterCA, req: pki.CertRequest{
+				CommonName: MetricsServerName,
+				DNSNames:   []string{MetricsServerName, "metrics-server.kube-system.svc.cluster.local", "localhost"},
+				IPs:        []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+				Server:     true,
+			},
+		},
 	}
-	return issue(env.Cluster.CA, env.Path(metricsServerCert), env.Path(metricsServerKey), pki.CertRequest{
-		CommonName: MetricsServerName,
-		DNSNames:   []string{MetricsServerName, "metrics-server.kube-system.svc.cluster.local", "localhost"},
-		IPs:        []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		Server:     true,
-	})
 }
 
 func (MetricsServer) Flags(env *Env) map[string]string {

@@ -1,9 +1,6 @@
 package components
 
-import (
-	"kiln/configs/node"
-	"kiln/pki"
-)
+import "kiln/configs/node"
 
 // PrepareNodeAPI issues a master's node API serving certificate when no
 // kubelet does: a master that runs no pods has no kubelet, and its node
@@ -14,10 +11,19 @@ func PrepareNodeAPI(env *Env) error {
 	if env.Config.Role != node.RoleMaster || env.Config.RunsPods() {
 		return nil
 	}
-	return issue(env.Cluster.CA, env.Path(kubeletServingCert), env.Path(kubeletServingKey), pki.CertRequest{
-		CommonName: "system:node:" + env.NodeName, Organization: []string{"system:nodes"},
-		DNSNames: []string{env.NodeName}, IPs: nodeIPs(env), Server: true,
-	})
+	c, _ := nodeAPICert(env)
+	return c.Issue(env, false)
+}
+
+// nodeAPICert is the node API's serving certificate on a master without
+// a kubelet (ok false elsewhere: the kubelet's is the node API's).
+func nodeAPICert(env *Env) (Cert, bool) {
+	if env.Config.Role != node.RoleMaster || env.Config.RunsPods() {
+		return Cert{}, false
+	}
+	c := kubeletServing(env)
+	c.Name, c.Users = "node API serving", "the node API (at each handshake)"
+	return c, true
 }
 
 // NodeAPIClientFiles are the certificate and key a master's node API

@@ -45,8 +45,11 @@ func (VIP) Roles() []node.Role            { return []node.Role{node.RoleMaster} 
 func (VIP) DependsOn() []string           { return []string{node.ComponentAPIServer} }
 func (VIP) Enabled(cfg *node.Config) bool { return cfg.ControlPlane.VIP != "" }
 
-func (VIP) Prepare(env *Env) error {
-	return writeKubeconfig(env, env.Path(vipKubeconfig), vipUser, nil)
+func (v VIP) Prepare(env *Env) error { return issueAll(env, v.Certs(env)) }
+
+// Certs: its client certificate (client-go: at each handshake).
+func (VIP) Certs(env *Env) []Cert {
+	return []Cert{clientKubeconfig(env, env.Path(vipKubeconfig), vipUser, nil, "vip (client-go: at each handshake)")}
 }
 
 func (VIP) Flags(env *Env) map[string]string {

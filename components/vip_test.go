@@ -70,7 +70,7 @@ func TestVIPComponent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := pki.ParseCertPEM(kc.CertPEM)
+	cert, err := ReadCert(kc.CertFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,14 @@ type Kubeconfig struct {
 	CAPEM       []byte // the cluster CA certificate
 	CertPEM     []byte
 	KeyPEM      []byte
-	Token       string
+	// CertFile and KeyFile, instead of CertPEM and KeyPEM, name the
+	// client certificate's files (absolute paths; the same file may hold
+	// both). A client that reads its kubeconfig with client-go loads them
+	// again at every TLS handshake: a certificate renewed in place is
+	// used without a restart, which embedded data never is.
+	CertFile string
+	KeyFile  string
+	Token    string
 }
 
 // ContextName is the name of the kubeconfig's only context, "USER@CLUSTER"
@@ -54,6 +61,8 @@ type kcUser struct {
 	User struct {
 		ClientCertificateData []byte `json:"client-certificate-data,omitempty"`
 		ClientKeyData         []byte `json:"client-key-data,omitempty"`
+		ClientCertificate     string `json:"client-certificate,omitempty"`
+		ClientKey             string `json:"client-key,omitempty"`
 		Token                 string `json:"token,omitempty"`
 	} `json:"user"`
 }
@@ -81,7 +90,13 @@ func (k Kubeconfig) Marshal() ([]byte, error) {
 	if (len(k.CertPEM) == 0) != (len(k.KeyPEM) == 0) {
 		return nil, errors.New("kubeconfig: a client certificate needs its key and a key its certificate")
 	}
-	if len(k.CertPEM) == 0 && k.Token == "" {
+	if (k.CertFile == "") != (k.KeyFile == "") {
+		return nil, errors.New("kubeconfig: a client certificate file needs its key file and a key file its certificate file")
+	}
+	if len(k.CertPEM) > 0 && k.CertFile != "" {
+		return nil, errors.New("kubeconfig: a client certificate is either embedded or a file, not both")
+	}
+	if len(k.CertPEM) == 0 && k.CertFile == "" && k.Token == "" {
 		return nil, errors.New("kubeconfig: no credentials (want a client certificate and key, or a token)")
 	}
 	var c kcCluster
@@ -92,6 +107,8 @@ func (k Kubeconfig) Marshal() ([]byte, error) {
 	usr.Name = k.UserName
 	usr.User.ClientCertificateData = k.CertPEM
 	usr.User.ClientKeyData = k.KeyPEM
+	usr.User.ClientCertificate = k.CertFile
+	usr.User.ClientKey = k.KeyFile
 	usr.User.Token = k.Token
 	var ctx kcContext
 	ctx.Name = k.ContextName()
@@ -130,13 +147,23 @@ func ParseKubeconfig(data []byte) (Kubeconfig, error) {
 		CAPEM:       c.Cluster.CertificateAuthorityData,
 		CertPEM:     u.User.ClientCertificateData,
 		KeyPEM:      u.User.ClientKeyData,
+		CertFile:    u.User.ClientCertificate,
+		KeyFile:     u.User.ClientKey,
 		Token:       u.User.Token,
 	}, nil
 }
 
 // ClientCertificate returns the user's client certificate and key, for a
-// TLS client that authenticates with them.
+// TLS client that authenticates with them: embedded, or read now from
+// their files.
 func (k Kubeconfig) ClientCertificate() (tls.Certificate, error) {
+	if k.CertFile != "" && len(k.CertPEM) == 0 {
+		cert, err := tls.LoadX509KeyPair(k.CertFile, k.KeyFile)
+		if err != nil {
+			return tls.Certificate{}, fmt.Errorf("kubeconfig: user %q: %w", k.UserName, err)
+		}
+		return cert, nil
+	}
 	if len(k.CertPEM) == 0 || len(k.KeyPEM) == 0 {
 		return tls.Certificate{}, fmt.Errorf("kubeconfig: user %q has no client certificate and key", k.UserName)
 	}

@@ -298,6 +298,22 @@ type CertRequest struct {
 	// Validity defaults to DefaultValidity. The certificate never outlives
 	// the CA: NotAfter is capped at the CA's.
 	Validity time.Duration
+	// Key, when set, is the key to certify (a renewal keeps the key, so
+	// a reader that loads the certificate and the key from two files
+	// never sees a pair that does not match); nil makes a new one.
+	Key crypto.Signer
+}
+
+// RenewalFraction is how much of a certificate's lifetime passes before
+// kiln renews it: two thirds, so a third of it is left for the renewal
+// to be picked up, or retried.
+const RenewalFraction = 2.0 / 3
+
+// RenewAt is when a certificate is due for renewal: RenewalFraction of
+// its lifetime (NotBefore to NotAfter) after NotBefore.
+func RenewAt(cert *x509.Certificate) time.Time {
+	life := cert.NotAfter.Sub(cert.NotBefore)
+	return cert.NotBefore.Add(time.Duration(float64(life) * RenewalFraction))
 }
 
 // Issue makes a new ECDSA P-256 key and a certificate for it signed by ca.
@@ -315,7 +331,12 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 	if validity <= 0 {
 		validity = DefaultValidity
 	}
-	key, keyPEM, err := NewKey()
+	key := req.Key
+	if key == nil {
+		key, keyPEM, err = NewKey()
+	} else {
+		keyPEM, err = KeyPEM(key)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -324,6 +345,9 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 		return nil, nil, err
 	}
 	now := time.Now()
+	// A short-lived certificate (a test's) is backdated less, so that
+	// most of its lifetime is ahead of it.
+	back := min(backdate, validity/10)
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
@@ -333,7 +357,7 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 		Subject:      pkix.Name{CommonName: req.CommonName, Organization: req.Organization},
 		DNSNames:     req.DNSNames,
 		IPAddresses:  req.IPs,
-		NotBefore:    now.Add(-backdate).UTC(),
+		NotBefore:    now.Add(-back).UTC(),
 		NotAfter:     notAfter.UTC(),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		// A leaf: BasicConstraints CA:FALSE, as kubeadm writes.
@@ -493,3 +517,38 @@ func encodeCert(der []byte) []byte {
 
 // EncodeCertPEM encodes a certificate as PEM.
 func EncodeCertPEM(c *x509.Certificate) []byte { return encodeCert(c.Raw) }
+
+// CurrentPair is the file name of a certificate and key the kubelet
+// rotates, in its certificate directory: the kubelet keeps
+// PREFIX-current.pem (prefix kubelet-client or kubelet-server), a symlink
+// to the newest PREFIX-<time>.pem.
+func CurrentPair(prefix string) string { return prefix + "-current.pem" }
+
+// WriteRotatedPair writes a certificate and its key (PEM, in one 0600
+// file) the way the kubelet keeps those it rotates: DIR/PREFIX-<time>.pem,
+// then the symlink DIR/PREFIX-current.pem pointed at it by a rename, so a
+// reader of the current pair (the kubelet, and the node's components
+// through its kubeconfig) never sees half of one, and the kubelet goes on
+// rotating it (it refuses to replace a current pair that is a regular
+// file). It returns the current pair's path.
+func WriteRotatedPair(dir, prefix string, pairPEM []byte) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	file := filepath.Join(dir, prefix+"-"+time.Now().UTC().Format("2006-01-02-15-04-05")+".pem")
+	if err := WriteFile(file, pairPEM, true); err != nil {
+		return "", err
+	}
+	current := filepath.Join(dir, CurrentPair(prefix))
+	tmp := current + ".kiln-tmp"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(file, tmp); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, current); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return current, nil
+}

@@ -74,13 +74,13 @@ func TestNodeCommandsUsage(t *testing.T) {
 	for _, args := range [][]string{
 		{"logs", "etcd"}, {"dmesg"}, {"reboot"}, {"shutdown"}, {"reset", "--yes"},
 		{"logs", "--node", "10.0.0.1"}, {"logs", "--node", "10.0.0.1", "etcd", "--tail", "-1"},
-		{"dmesg", "--node", "a b"},
+		{"dmesg", "--node", "a b"}, {"certs"}, {"certs", "--node", "10.0.0.1", "extra"},
 	} {
 		if code, _, errOut := kiln(t, append(args, "--cluster", t.TempDir())...); code != 2 || errOut == "" {
 			t.Errorf("%q: exit %d, %q", args, code, errOut)
 		}
 	}
-	for _, cmd := range []string{"logs", "dmesg", "reboot", "shutdown", "reset", "status"} {
+	for _, cmd := range []string{"logs", "dmesg", "reboot", "shutdown", "reset", "status", "certs"} {
 		if code, out, _ := kiln(t, cmd, "--help"); code != 0 || !strings.Contains(out, "--node") || !strings.Contains(out, "Examples:") {
 			t.Errorf("%s --help: exit %d, %q", cmd, code, out)
 		}
@@ -98,6 +98,8 @@ func TestNodeCommandsTalk(t *testing.T) {
 		switch {
 		case r.Method == http.MethodGet && r.URL.Path == "/logs/etcd":
 			fmt.Fprintf(w, "etcd line (%s)\n", r.URL.RawQuery)
+		case r.Method == http.MethodGet && r.URL.Path == nodeapi.PathCerts:
+			fmt.Fprintln(w, `{"node":"n1","validity":"3m0s","certs":[{"name":"etcd serving","path":"/var/lib/kiln/pki/etcd/server.crt","subject":"CN=n1","notAfter":"2030-01-02T03:04:05Z","renewAt":"2029-01-01T00:00:00Z","renewedBy":"node"}]}`)
 		case r.Method == http.MethodPost && r.URL.Path == nodeapi.PathReboot:
 			w.WriteHeader(http.StatusAccepted)
 			fmt.Fprintln(w, "node n1: rebooting")
@@ -114,6 +116,10 @@ func TestNodeCommandsTalk(t *testing.T) {
 	}
 	if code, out, errOut := kiln(t, "reboot", "--node", addr, "--cluster", dir); code != 0 || out != "node n1: rebooting\n" {
 		t.Errorf("reboot: exit %d, %q %q", code, out, errOut)
+	}
+	if code, out, errOut := kiln(t, "certs", "--node", addr, "--cluster", dir); code != 0 || !strings.Contains(out, "node n1, certificates.validity 3m0s") ||
+		!strings.Contains(out, "etcd serving") || !strings.Contains(out, "2030-01-02T03:04:05Z") || !strings.Contains(out, "CN=n1") {
+		t.Errorf("certs: exit %d, %q %q", code, out, errOut)
 	}
 	if code, _, errOut := kiln(t, "dmesg", "--node", addr, "--cluster", dir); code != 1 || !strings.Contains(errOut, "403 Forbidden") {
 		t.Errorf("forbidden: exit %d, %q", code, errOut)

@@ -67,7 +67,7 @@ Run a master on this machine from a cluster directory with
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w\nsee '%s --help'", err, c.CommandPath())}
 	})
-	root.AddCommand(genCommand(), buildCommand(), runCommand(), clusterCommand(), statusCommand(), logsCommand(), dmesgCommand(), powerCommand(true), powerCommand(false), resetCommand(), upgradeCommand(), etcdCommand(), pxeCommand(), versionCommand())
+	root.AddCommand(genCommand(), buildCommand(), runCommand(), clusterCommand(), statusCommand(), logsCommand(), dmesgCommand(), powerCommand(true), powerCommand(false), resetCommand(), certsCommand(), upgradeCommand(), etcdCommand(), pxeCommand(), versionCommand())
 	return root
 }
 

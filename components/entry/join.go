@@ -185,42 +185,53 @@ func join(ctx context.Context, o *joinOptions) error {
 		return err
 	}
 	user := "system:node:" + o.nodeName
-	if until, ok := validKubeletCert(filepath.Join(o.certDir, "kubelet-client-current.pem"), ca, user); ok {
-		if kc, err := readKubeconfig(o.kubeconfig); err == nil {
-			// An earlier boot's kubeconfig may name another endpoint (a
-			// worker of an older kiln reached the master directly; now
-			// through its API load balancer): the node's components
-			// follow this boot's.
-			if kc.Server != o.endpoint {
-				kc.Server = o.endpoint
-				data, err := kc.Marshal()
-				if err == nil {
-					err = pki.WriteFile(o.kubeconfig, data, true)
-				}
-				if err != nil {
-					return fmt.Errorf("pointing the kubeconfig at %s: %w", o.endpoint, err)
-				}
-			}
-			w.done()
-			fmt.Fprintf(o.out, "join: master %s verified (CA %s), bootstrap token %s accepted; the kubelet's certificate of an earlier boot is valid until %s\n",
-				o.endpoint, o.caHash, tokenID, until.UTC().Format(time.RFC3339))
-			return nil
+	pair := filepath.Join(o.certDir, pki.CurrentPair("kubelet-client"))
+	if until, ok := validKubeletCert(pair, ca, user); ok {
+		// The node's kubeconfig is written again at every join: it
+		// follows this boot's endpoint (a worker of an older kiln reached
+		// the master directly, now through its API load balancer) and
+		// names the kubelet's current pair (an older kiln embedded the
+		// certificate it joined with, which the kubelet's rotation then
+		// left behind for kube-proxy and the pod network).
+		if err := writeNodeKubeconfig(o, caPEM, user, pair); err != nil {
+			return err
 		}
+		w.done()
+		fmt.Fprintf(o.out, "join: master %s verified (CA %s), bootstrap token %s accepted; the kubelet's certificate of an earlier boot is valid until %s\n",
+			o.endpoint, o.caHash, tokenID, until.UTC().Format(time.RFC3339))
+		return nil
 	}
 	certPEM, keyPEM, csrName, err := requestNodeCert(ctx, w, o.endpoint, caPEM, o.token, o.nodeName, o.identity)
 	if err != nil {
 		return err
 	}
-	kc := pki.Kubeconfig{ClusterName: o.clusterName, Server: o.endpoint, UserName: user, CAPEM: caPEM, CertPEM: certPEM, KeyPEM: keyPEM}
+	// Where and how the kubelet keeps the client certificates it rotates
+	// (a symlink to the newest), so it rotates this one too.
+	if pair, err = pki.WriteRotatedPair(o.certDir, "kubelet-client", append(certPEM, keyPEM...)); err != nil {
+		return err
+	}
+	if err := writeNodeKubeconfig(o, caPEM, user, pair); err != nil {
+		return err
+	}
+	w.done()
+	fmt.Fprintf(o.out, "join: master %s verified (CA %s), bootstrap token %s accepted, node name %s granted (%s)\n", o.endpoint, o.caHash, tokenID, o.nodeName, csrName)
+	return nil
+}
+
+// writeNodeKubeconfig writes the node's kubeconfig (the kubelet's, which
+// kube-proxy, the pod network, the network policies and the API load
+// balancer use too) naming the kubelet's current client certificate
+// file, pair: the kubelet rotates it, and each of them reads it again at
+// its next handshake.
+func writeNodeKubeconfig(o *joinOptions, caPEM []byte, user, pair string) error {
+	kc := pki.Kubeconfig{ClusterName: o.clusterName, Server: o.endpoint, UserName: user, CAPEM: caPEM, CertFile: pair, KeyFile: pair}
 	data, err := kc.Marshal()
 	if err == nil {
 		err = pki.WriteFile(o.kubeconfig, data, true)
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("writing the node's kubeconfig %s: %w", o.kubeconfig, err)
 	}
-	w.done()
-	fmt.Fprintf(o.out, "join: master %s verified (CA %s), bootstrap token %s accepted, node name %s granted (%s)\n", o.endpoint, o.caHash, tokenID, o.nodeName, csrName)
 	return nil
 }
 
@@ -621,13 +632,4 @@ func readyz(ctx context.Context, c *http.Client, base string) string {
 		return ""
 	}
 	return "readyz: " + resp.Status
-}
-
-// readKubeconfig reads a kubeconfig kiln wrote.
-func readKubeconfig(path string) (pki.Kubeconfig, error) {
-	data, err := pki.ReadFile(path)
-	if err != nil {
-		return pki.Kubeconfig{}, err
-	}
-	return pki.ParseKubeconfig(data)
 }

@@ -325,6 +325,19 @@ func TestJoinWaitsForTheMaster(t *testing.T) {
 	if err != nil || !strings.Contains(string(kc), "system:node:w1") {
 		t.Errorf("kubeconfig: %v %s", err, kc)
 	}
+	// The kubeconfig names the kubelet's current pair, a symlink the
+	// kubelet moves when it rotates the certificate.
+	parsed, err := pki.ParseKubeconfig(kc)
+	pair := filepath.Join(o.certDir, "kubelet-client-current.pem")
+	if err != nil || parsed.CertFile != pair || parsed.KeyFile != pair || len(parsed.CertPEM) != 0 {
+		t.Errorf("kubeconfig names %q and %q (%v), want %s", parsed.CertFile, parsed.KeyFile, err, pair)
+	}
+	if fi, err := os.Lstat(pair); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("%s: %v, want a symlink", pair, err)
+	}
+	if data, err := os.ReadFile(pair); err != nil || !strings.Contains(string(data), "CERTIFICATE") || !strings.Contains(string(data), "PRIVATE KEY") {
+		t.Errorf("the pair %s: %v", pair, err)
+	}
 	if _, err := os.Stat(o.caOut); err != nil {
 		t.Error(err)
 	}

@@ -41,7 +41,10 @@ func runLocalStorage(args []string) int {
 	if err != nil {
 		return usageError("local-storage", err)
 	}
-	nodes, err := localstorage.NewNodeAPI(cfg.CAData, cfg.CertData, cfg.KeyData, *port)
+	// The kubeconfig names its certificate's file (components.Cert),
+	// which client-go and the node API client both read again at each
+	// handshake.
+	nodes, err := localstorage.NewNodeAPI(cfg.CAData, cfg.CertFile, cfg.KeyFile, *port)
 	if err != nil {
 		return usageError("local-storage", fmt.Errorf("%s: %w", *kubeconfig, err))
 	}

@@ -79,7 +79,10 @@ func NewClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, err
 // ClientTLS is the TLS configuration of an etcd client: the client
 // certificate and key files (the peers require one signed by the etcd CA)
 // and the etcd CA's certificate file, which the members' serving
-// certificates must chain to.
+// certificates must chain to. The certificate is loaded again at each
+// handshake, as etcd's own clients do, so a long-lived client (the etcd
+// entry point's of its peers) uses the one the node renewed in place
+// (components.Cert); the one loaded now stands in if a load fails.
 func ClientTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -94,9 +97,14 @@ func ClientTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 		return nil, fmt.Errorf("etcd CA %s: no PEM certificate in it", caFile)
 	}
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		MinVersion:   tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
+				return &c, nil
+			}
+			return &cert, nil
+		},
+		RootCAs:    pool,
+		MinVersion: tls.VersionTLS12,
 	}, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -211,7 +213,8 @@ func TestProvisionAsksTheNode(t *testing.T) {
 		w.WriteHeader(http.StatusCreated)
 		io.WriteString(w, "made\n")
 	})
-	api, err := NewNodeAPI(ca.CertPEM, clientCert, clientKey, port)
+	pair := pairFile(t, clientCert, clientKey)
+	api, err := NewNodeAPI(ca.CertPEM, pair, pair, port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +301,8 @@ func TestDelete(t *testing.T) {
 		got = append(got, r.Method+" "+r.URL.Path+" by "+r.TLS.PeerCertificates[0].Subject.CommonName)
 		io.WriteString(w, "removed\n")
 	})
-	api, err := NewNodeAPI(ca.CertPEM, clientCert, clientKey, port)
+	pair := pairFile(t, clientCert, clientKey)
+	api, err := NewNodeAPI(ca.CertPEM, pair, pair, port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,4 +363,15 @@ func TestDelete(t *testing.T) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
 	}
+}
+
+// pairFile writes a certificate and its key to one file, as the node
+// keeps the provisioner's (components.Cert).
+func pairFile(t *testing.T, certPEM, keyPEM []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pair.pem")
+	if err := os.WriteFile(p, append(append([]byte{}, certPEM...), keyPEM...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

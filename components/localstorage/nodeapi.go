@@ -29,10 +29,11 @@ type NodeAPI struct {
 	Timeout time.Duration
 }
 
-// NewNodeAPI makes a client from the cluster CA and the provisioner's
-// client certificate and key (PEM), for the node API on port.
-func NewNodeAPI(caPEM, certPEM, keyPEM []byte, port int) (*NodeAPI, error) {
-	c, err := nodeclient.FromPEM(caPEM, certPEM, keyPEM)
+// NewNodeAPI makes a client from the cluster CA (PEM) and the
+// provisioner's client certificate and key files, read again at each
+// handshake (the node renews them in place), for the node API on port.
+func NewNodeAPI(caPEM []byte, certFile, keyFile string, port int) (*NodeAPI, error) {
+	c, err := nodeclient.FromCertFiles(certFile, keyFile, caPEM)
 	if err != nil {
 		return nil, err
 	}

@@ -95,6 +95,9 @@ type Config struct {
 	// more than one.
 	ControlPlane ControlPlane `yaml:"controlPlane,omitempty"`
 	Registries   Registries   `yaml:"registries,omitempty"` // where pods' images are pulled from: mirrors, CAs, credentials (registries.go)
+	// Certificates is how long the node's leaf certificates live
+	// (certs.go).
+	Certificates Certificates `yaml:"certificates,omitempty"`
 }
 
 // ControlPlane is what a node knows of the cluster's masters.
@@ -240,6 +243,7 @@ func Default() Config {
 		ControlPlane: ControlPlane{
 			Snapshots: Snapshots{Interval: Duration(DefaultSnapshotInterval), Keep: DefaultSnapshotKeep},
 		},
+		Certificates: Certificates{Validity: Duration(DefaultCertValidity)},
 		Ports: Ports{
 			APIServer:         6443,
 			EtcdClient:        2379,
@@ -543,6 +547,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.PodSecurity.validate()...)
 	errs = append(errs, c.validateControlPlane()...)
 	errs = append(errs, c.Registries.validate()...)
+	errs = append(errs, c.Certificates.validate()...)
 	problems := make([]string, len(errs))
 	for i, e := range errs {
 		problems[i] = e.Error()

@@ -46,6 +46,8 @@ type operator struct {
 	// relay is a client of the other nodes' node APIs, with this
 	// master's admin-group certificate; nil on a worker.
 	relay func() (*nodeclient.Client, error)
+	// certs lists the node's certificates (kiln certs --node).
+	certs func() nodeapi.Certs
 }
 
 // operatorOf is the node's operator.
@@ -57,6 +59,7 @@ func operatorOf(env *components.Env, power PowerFunc) *operator {
 		kmsg:       openKmsg,
 		dataDir:    env.DataDir,
 		diskless:   env.Config.Storage.StateDisk == "",
+		certs:      func() nodeapi.Certs { return nodeCerts(env) },
 	}
 	if cert, key, ok := components.NodeAPIClientFiles(env); ok {
 		ca := env.Path("pki", "ca.crt")
@@ -76,6 +79,7 @@ func withOperator(op *operator, h http.Handler) http.Handler {
 	mux.HandleFunc("POST "+nodeapi.PathShutdown, func(w http.ResponseWriter, r *http.Request) { op.powerOff(w, false, "kiln shutdown") })
 	mux.HandleFunc("POST "+nodeapi.PathReset, op.reset)
 	mux.HandleFunc(nodeapi.PathRelay+"{name}/{addr}/{rest...}", op.relayTo)
+	mux.HandleFunc("GET "+nodeapi.PathCerts, serveCerts(op.certs))
 	return mux
 }
 

@@ -215,6 +215,10 @@ func Run(ctx context.Context, o Options) error {
 		}
 	})
 	go reportExits(runCtx, con, sup, time.Second)
+	// Certificates renewed in place while the node runs (certs.go).
+	rn := &renewer{env: env, certs: components.NodeCerts(env, comps), sup: sup, now: time.Now, readyWait: 5 * time.Minute,
+		say: func(format string, args ...any) { con.stage(format, args...) }}
+	go rn.run(runCtx, con.panic)
 
 	err = <-done
 	con.stage("all components stopped, in order: %s", strings.Join(stopOrder(sup.Status()), ", "))

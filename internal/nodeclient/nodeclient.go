@@ -73,8 +73,11 @@ func (t Target) String() string {
 
 // Client sends requests to node APIs.
 type Client struct {
-	cert  tls.Certificate
-	roots *x509.CertPool
+	cert tls.Certificate
+	// certFile and keyFile, when set, are where cert came from, read
+	// again at each handshake (FromCertFiles).
+	certFile, keyFile string
+	roots             *x509.CertPool
 	// DialTimeout bounds the connection and the TLS handshake; the
 	// request itself is bounded by its context only (a followed log
 	// streams for as long as the caller wants).
@@ -106,6 +109,24 @@ func FromPEM(caPEM, certPEM, keyPEM []byte) (*Client, error) {
 		return nil, fmt.Errorf("client certificate: %w", err)
 	}
 	return New(cert, caPEM)
+}
+
+// FromCertFiles is a client with the certificate and key in certFile
+// and keyFile and the cluster CA in caPEM, for a client that lives long
+// (the local-storage provisioner): it reads the files again at each
+// handshake, so a certificate the node renews in place is used at once;
+// the one read now stands in if a read fails.
+func FromCertFiles(certFile, keyFile string, caPEM []byte) (*Client, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	c, err := New(cert, caPEM)
+	if err != nil {
+		return nil, err
+	}
+	c.certFile, c.keyFile = certFile, keyFile
+	return c, nil
 }
 
 // FromKubeconfig is a client with a kiln kubeconfig's client certificate
@@ -289,8 +310,15 @@ func (c *Client) TLSConfig(name string) *tls.Config {
 // be p's.
 func (c *Client) tlsConfig(p peer) *tls.Config {
 	return &tls.Config{
-		Certificates: []tls.Certificate{c.cert},
-		MinVersion:   tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c.certFile != "" {
+				if cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile); err == nil {
+					return &cert, nil
+				}
+			}
+			return &c.cert, nil
+		},
+		MinVersion: tls.VersionTLS12,
 		// The check is VerifyConnection's: Go's own would check the
 		// certificate against the address dialled, which a forward's
 		// (127.0.0.1) is not.
