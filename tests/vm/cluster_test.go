@@ -82,6 +82,12 @@ func TestCluster(t *testing.T) {
 		}
 		c.Close()
 	})
+	// As kiln cluster up does: kiln's node commands find the nodes by
+	// name through it.
+	stateDir := filepath.Join(dir, "vms")
+	if _, err := c.WriteState(stateDir); err != nil {
+		t.Fatal(err)
+	}
 	waitNodes(t, ctx, c, 20*time.Minute)
 	readyAt := time.Now()
 	t.Logf("FIGURE cluster: QEMU start to both nodes Ready: %s", time.Since(start).Round(time.Second))
@@ -325,6 +331,9 @@ func TestCluster(t *testing.T) {
 	t.Run("claim on a diskless node", func(t *testing.T) {
 		checkDisklessClaim(t, mustKT(t), k)
 	})
+	t.Run("node operations by name from the host", func(t *testing.T) {
+		checkNodeOperations(t, c, filepath.Join(dir, "cluster"), stateDir)
+	})
 
 	// Kill -9 containerd, then the kubelet, on the worker (from the debug
 	// pod there): both restart, the pods keep running.
@@ -356,22 +365,23 @@ func TestCluster(t *testing.T) {
 		t.Errorf("Service after the kills: %q", svcOut)
 	}
 
-	// Reboot the worker: it rejoins under its name (a new boot ID on the
-	// same Node), no CSR approved by hand.
+	// Reboot the worker from the host, by name (kiln reboot, relayed by
+	// the master): it rejoins under its name (a new boot ID on the same
+	// Node), no CSR approved by hand.
 	bootID := func() string {
 		out, _ := k("get", "node", "kiln-worker-1", "-o", "jsonpath={.status.nodeInfo.bootID}")
 		return out
 	}
 	before := bootID()
 	rebootStart := time.Now()
-	if err := c.Restart(ctx, "kiln-worker-1", false); err != nil {
-		t.Fatal(err)
+	if out, err := e2e.Kiln("reboot", "--node", "kiln-worker-1", "--cluster", filepath.Join(dir, "cluster"), "--state", stateDir); err != nil {
+		t.Fatalf("kiln reboot --node kiln-worker-1: %v\n%s", err, out)
 	}
 	testutil.Eventually(t, 15*time.Minute, 5*time.Second, "kiln-worker-1 back with a new boot ID (was "+before+")",
 		testutil.Until("a new boot ID", func() bool { id := bootID(); return id != "" && id != before }))
 	waitNodes(t, ctx, c, 10*time.Minute)
 	waitPods(t, k, "app=echo", 2, 10*time.Minute)
-	t.Logf("FIGURE cluster: worker reboot (ACPI power-off, boot) to Ready again with its pod Running: %s", time.Since(rebootStart).Round(time.Second))
+	t.Logf("FIGURE cluster: worker reboot (kiln reboot --node) to Ready again with its pod Running: %s", time.Since(rebootStart).Round(time.Second))
 	t.Run("volume after the worker's reboot", func(t *testing.T) {
 		if volumeText == "" {
 			t.Fatal("nothing was written to the volume before the reboot (see the subtest above)")
