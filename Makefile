@@ -123,6 +123,11 @@ BOOT ?= kernel
 # machine's networks (README, Egress); anything else keeps them closed.
 EGRESS ?=
 egress_flag = $(if $(filter 1 yes true on,$(EGRESS)),--egress)
+# DISKS=1: make cluster boots each node from a qcow2 disk of its own.
+DISKS ?=
+disks_flag = $(if $(filter 1 yes true on,$(DISKS)),--disks)
+cluster_format = $(if $(disks_flag),kernel$(comma)qcow2,kernel)
+comma := ,
 
 .PHONY: deps image run
 
@@ -144,10 +149,10 @@ bench: deps build ## measure sizes, host-mode up → /readyz and memory, and a m
 
 MASTERS ?= 1
 WORKERS ?= 1
-cluster: deps build ## boot MASTERS=1 masters and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl; EGRESS=1 lets the VMs out (NAT)
-	@$(MAKE) --no-print-directory image ROLE=master FORMAT=kernel
-	@$(MAKE) --no-print-directory image ROLE=worker FORMAT=kernel
-	bin/kiln cluster up --masters $(MASTERS) --workers $(WORKERS) $(egress_flag)
+cluster: deps build ## boot MASTERS=1 masters and WORKERS=1 workers in QEMU, wait until every node is Ready, print how to use kubectl; EGRESS=1 lets the VMs out (NAT); DISKS=1 boots them from qcow2 disks (kiln upgrade)
+	@$(MAKE) --no-print-directory image ROLE=master FORMAT=$(cluster_format)
+	@$(MAKE) --no-print-directory image ROLE=worker FORMAT=$(cluster_format)
+	bin/kiln cluster up --masters $(MASTERS) --workers $(WORKERS) $(egress_flag) $(disks_flag)
 
 cluster-down: ## power off the VMs of make cluster
 	bin/kiln cluster down

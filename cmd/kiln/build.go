@@ -138,8 +138,10 @@ func (f buildFlags) request() (builder.Request, error) {
 		Append:     f.appendArgs,
 		DiskSize:   int64(f.diskSizeGiB) << 30,
 		Version:    f.release,
-		BinDir:     f.binDir,
-		Images:     f.images,
+		// The node binary kiln builds with make is from the same go.mod.
+		KubernetesVersion: kubeVersionOrEmpty(),
+		BinDir:            f.binDir,
+		Images:            f.images,
 
 		BootstrapToken: f.token,
 	}
@@ -177,4 +179,13 @@ func runBuild(ctx context.Context, stdout io.Writer, f buildFlags, clusterGiven 
 	}
 	fmt.Fprintf(stdout, "kiln build: boot it with: kiln run --image %s\n", res.OutDir)
 	return nil
+}
+
+// kubeVersionOrEmpty is the Kubernetes version make stamped, or "" for a
+// kiln built without make.
+func kubeVersionOrEmpty() string {
+	if strings.HasPrefix(kubernetesVersion, "v") {
+		return kubernetesVersion
+	}
+	return ""
 }

@@ -27,7 +27,7 @@ type clusterFlags struct {
 	masters, workers, masterMemory, workerMemory, cpus, apiPort int
 	clusterDir, state, masterImage, workerImage, vip            string
 	timeout                                                     time.Duration
-	egress                                                      bool
+	egress, disks                                               bool
 }
 
 const (
@@ -60,6 +60,7 @@ func (f *clusterFlags) register(c *cobra.Command) {
 	fl.DurationVar(&f.timeout, "timeout", 25*time.Minute, "how long to wait for every node to be Ready (no KVM: boots are ~12x slower)")
 	fl.StringVar(&f.vip, "vip", "auto", "the API's virtual IP with several masters: auto ("+vmcluster.DefaultVIP+"), none, or an address of 10.120.0.1 to 10.120.0.9")
 	fl.BoolVar(&f.egress, "egress", false, egressHelp)
+	fl.BoolVar(&f.disks, "disks", false, "boot every node from a disk of its own (an overlay of its image's qcow2, kiln build --format qcow2), as servers do: state on the disk, and kiln upgrade works")
 }
 
 // egressHelp is --egress's line in kiln cluster up and kiln run.
@@ -85,7 +86,7 @@ func (f *clusterFlags) args() []string {
 		"--master-image", f.masterImage, "--worker-image", f.workerImage,
 		"--master-memory", strconv.Itoa(f.masterMemory), "--worker-memory", strconv.Itoa(f.workerMemory),
 		"--cpus", strconv.Itoa(f.cpus), "--api-port", strconv.Itoa(f.apiPort), "--timeout", f.timeout.String(), "--vip", f.vip,
-		"--egress=" + strconv.FormatBool(f.egress)}
+		"--egress=" + strconv.FormatBool(f.egress), "--disks=" + strconv.FormatBool(f.disks)}
 }
 
 func clusterUpCommand() *cobra.Command {
@@ -273,7 +274,7 @@ func clusterDaemon(out io.Writer, f *clusterFlags) error {
 	c, err := vmcluster.Up(context.Background(), vmcluster.Options{
 		MasterImage: f.masterImage, WorkerImage: f.workerImage, ClusterDir: f.clusterDir, StateDir: f.state,
 		Masters: f.masters, Workers: f.workers, MasterMemory: f.masterMemory, WorkerMemory: f.workerMemory, CPUs: f.cpus,
-		APIPort: f.apiPort, VIP: clusterVIP(f.vip, f.masters), Egress: f.egress, Progress: out,
+		APIPort: f.apiPort, VIP: clusterVIP(f.vip, f.masters), Egress: f.egress, Disks: f.disks, Progress: out,
 	})
 	if err != nil {
 		fmt.Fprintf(out, "%s: %v\n", failedMark, err)

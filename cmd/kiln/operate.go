@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,11 +18,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"kiln/configs/cluster"
 	"kiln/configs/nodeapi"
 	"kiln/internal/bounded"
 	"kiln/internal/nodeclient"
-	"kiln/pki"
 	"kiln/qemu/vmcluster"
 )
 
@@ -120,28 +118,20 @@ func vmClusterTarget(stateDir, name string) (t nodeclient.Target, ok bool, err e
 // apiTarget finds a node by name in the cluster's API: its node API at
 // its InternalIP.
 func apiTarget(clusterDir, name string) (nodeclient.Target, error) {
-	kc := filepath.Join(clusterDir, cluster.AdminKubeconfigFile)
-	server, cfg, err := pki.LoadKubeconfigTLS(kc)
-	if err != nil {
-		return nodeclient.Target{}, fmt.Errorf("admin credentials: %w (give the cluster directory with --cluster)", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, server+"/api/v1/nodes", nil)
+	api, err := apiFor(clusterDir, "")
 	if err != nil {
 		return nodeclient.Target{}, err
 	}
-	resp, err := client.Do(req)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	code, body, err := api.do(ctx, http.MethodGet, "/api/v1/nodes", "", nil)
 	if err != nil {
-		return nodeclient.Target{}, fmt.Errorf("finding node %s: the cluster's API does not answer: %v (give the node's address instead: --node IP)", name, err)
+		return nodeclient.Target{}, fmt.Errorf("finding node %s: %v (give the node's address instead: --node IP)", name, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nodeclient.Target{}, fmt.Errorf("finding node %s: GET /api/v1/nodes: %s: %s", name, resp.Status, bounded.Shorten(strings.TrimSpace(string(body)), 512))
+	if code != http.StatusOK {
+		return nodeclient.Target{}, fmt.Errorf("finding node %s: %w", name, apiError(http.MethodGet, "/api/v1/nodes", code, body))
 	}
-	nodes, err := vmcluster.ParseNodeList(io.LimitReader(resp.Body, 64<<20))
+	nodes, err := vmcluster.ParseNodeList(bytes.NewReader(body))
 	if err != nil {
 		return nodeclient.Target{}, err
 	}

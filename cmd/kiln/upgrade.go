@@ -24,44 +24,82 @@ import (
 
 func upgradeCommand() *cobra.Command {
 	var f nodeFlags
-	var imageDir string
-	var trial, wait time.Duration
+	var imageDirs []string
+	var all, force bool
+	var trial, wait, drainTimeout time.Duration
 	c := &cobra.Command{
-		Use:   "upgrade --node NODE --image DIR",
-		Short: "Upgrade a disk-booted node to another image, with rollback",
-		Long: `Upgrade one node booted from a kiln disk (the qcow2 image, or a disk
-written from it) to the image in DIR (kiln build --out DIR; its kernel
-format). The disk's boot partition has two slots: kiln checks the image
-(its role and cluster must be the node's, its files must match its
-manifest), the node writes it to the slot it did not boot from, stops its
-components and boots the new slot on trial, by kexec where the kernel
-allows it (no firmware POST), else through the firmware. Once every
-component is ready on the new image, the node makes that slot the default.
-If the new image does not get there within --trial-timeout (it stops
-early, hangs, panics, or is reset), the node boots the previous slot again
-by itself, and kiln says why. kiln waits for either and exits non-zero on
-a rollback.
+		Use:   "upgrade --node NODE --image DIR | --all --image DIR [--image DIR]",
+		Short: "Upgrade disk-booted nodes to another image, with rollback",
+		Long: `Upgrade a node booted from a kiln disk (the qcow2 image, or a disk written
+from it) to the image in DIR (kiln build --out DIR; its kernel format).
+The disk's boot partition has two slots: kiln checks the image (its role
+and cluster must be the node's, its files must match its manifest), the
+node writes it to the slot it did not boot from, stops its components and
+boots the new slot on trial, by kexec where the kernel allows it (no
+firmware POST), else through the firmware. Once every component is ready
+on the new image, the node makes that slot the default. If the new image
+does not get there within --trial-timeout (it stops early, hangs, panics,
+or is reset), the node boots the previous slot again by itself, and kiln
+says why. kiln waits for either and exits non-zero on a rollback.
+
+With --all, the whole cluster, one node at a time, masters first (give
+one --image per role; nodes of a role without one are left as they are):
+each node is cordoned, drained (evictions that a PodDisruptionBudget
+refuses are retried until it allows them; DaemonSets' pods stay), upgraded,
+seen Ready again in the cluster's API and uncordoned. Before the first node
+is touched, kiln checks every node can be upgraded and Kubernetes'
+version-skew rules (API servers one minor at a time, never down; kubelets
+never newer than the API servers, at most three minors older). A rollback
+stops the rollout there. With --node, kiln does not drain: drain the node
+first (kubectl drain) when its pods must move before it reboots.
 
 Diskless (PXE) nodes are upgraded by serving the new image (kiln pxe
 serve) and rebooting them (kiln reboot).` + "\n" + nodeHelp,
-		Example: `  kiln upgrade --node kiln-worker-1 --image out/worker
-  kiln upgrade --node 192.168.1.21 --image out/worker --cluster out/cluster`,
+		Example: `  kiln upgrade --node kiln-worker-1 --image out/worker-v2
+  kiln upgrade --node 192.168.1.21 --image out/worker-v2 --cluster out/cluster
+  kiln upgrade --all --image out/master-v2 --image out/worker-v2`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if imageDir == "" {
+			if len(imageDirs) == 0 {
 				return usageError{errors.New("--image is required (an image directory: kiln build --out DIR)")}
+			}
+			images := map[string]upgradeImage{}
+			for _, dir := range imageDirs {
+				img, err := readUpgradeImage(dir, f.clusterDir)
+				if err != nil {
+					return err
+				}
+				if prev, ok := images[img.up.Role]; ok {
+					return usageError{fmt.Errorf("--image %s and --image %s are both %s images: give one per role", prev.dir, dir, img.up.Role)}
+				}
+				images[img.up.Role] = img
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			if all {
+				if f.node != "" {
+					return usageError{errors.New("--all upgrades every node: leave out --node")}
+				}
+				return runRollout(ctx, c.OutOrStdout(), rolloutOptions{nodes: f, images: images, trial: trial, force: force, drainTimeout: drainTimeout})
+			}
+			if len(images) != 1 {
+				return usageError{errors.New("one --image for one --node (several only with --all)")}
 			}
 			t, err := f.target()
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
-			defer cancel()
-			return runUpgrade(ctx, c.OutOrStdout(), t, f.clusterDir, imageDir, trial, wait)
+			for _, img := range images {
+				return runUpgrade(ctx, c.OutOrStdout(), t, f.clusterDir, img, trial, wait)
+			}
+			return nil
 		},
 	}
 	f.register(c)
-	c.Flags().StringVar(&imageDir, "image", "", "the image directory to upgrade to (kiln build --out DIR)")
+	c.Flags().StringSliceVar(&imageDirs, "image", nil, "the image directory to upgrade to (kiln build --out DIR); with --all, one per role")
+	c.Flags().BoolVar(&all, "all", false, "upgrade every node of the cluster, one at a time, masters first")
+	c.Flags().BoolVar(&force, "force", false, "with --all: evict pods that no controller recreates too (they are gone for good)")
+	c.Flags().DurationVar(&drainTimeout, "drain-timeout", 10*time.Minute, "with --all: how long a node's drain may take")
 	c.Flags().DurationVar(&trial, "trial-timeout", nodeapi.DefaultTrialTimeout, "how long the new image has to bring the node to ready before it goes back to the previous one")
 	c.Flags().DurationVar(&wait, "wait", 0, "how long kiln waits for the outcome (default: the trial timeout and 5 minutes more)")
 	return c
@@ -69,8 +107,10 @@ serve) and rebooting them (kiln reboot).` + "\n" + nodeHelp,
 
 // upgradeImage is an image directory read for an upgrade.
 type upgradeImage struct {
-	up             nodeapi.Upgrade
-	kernel, initrd string
+	dir               string
+	up                nodeapi.Upgrade
+	kernel, initrd    string
+	kubernetesVersion string // "" when the image does not record it
 }
 
 // readUpgradeImage opens an image directory and describes it for the
@@ -95,7 +135,7 @@ func readUpgradeImage(dir, clusterDir string) (upgradeImage, error) {
 	if d.ClusterCAHash != cl.CAHash {
 		return u, fmt.Errorf("image %s belongs to another cluster (its CA %s; %s's is %s): refused, nothing was sent", dir, d.ClusterCAHash, clusterDir, cl.CAHash)
 	}
-	u.kernel, u.initrd = k.Vmlinuz, k.Initramfs
+	u.dir, u.kernel, u.initrd, u.kubernetesVersion = dir, k.Vmlinuz, k.Initramfs, d.KubernetesVersion
 	u.up = nodeapi.Upgrade{ImageID: d.ID, Role: string(d.Role), Release: d.Release, ClusterCAHash: d.ClusterCAHash, Cmdline: d.Cmdline}
 	if u.up.KernelSize, u.up.KernelSHA256, err = hashFile(u.kernel); err != nil {
 		return u, err
@@ -119,18 +159,14 @@ func hashFile(path string) (int64, string, error) {
 
 // runUpgrade checks the image against the node, sends it, and waits for
 // the trial's outcome.
-func runUpgrade(ctx context.Context, out io.Writer, t nodeclient.Target, clusterDir, imageDir string, trial, wait time.Duration) error {
-	img, err := readUpgradeImage(imageDir, clusterDir)
-	if err != nil {
-		return err
-	}
+func runUpgrade(ctx context.Context, out io.Writer, t nodeclient.Target, clusterDir string, img upgradeImage, trial, wait time.Duration) error {
 	img.up.TrialTimeout = trial
 	before, err := nodeImage(t, clusterDir)
 	if err != nil {
 		return err
 	}
 	if before.Role != "" && before.Role != img.up.Role {
-		return fmt.Errorf("image %s is a %s image and node %s is a %s: refused, nothing was sent", imageDir, img.up.Role, t, before.Role)
+		return fmt.Errorf("image %s is a %s image and node %s is a %s: refused, nothing was sent", img.dir, img.up.Role, t, before.Role)
 	}
 	if before.Slot == "" {
 		return fmt.Errorf("node %s booted from %s, not from a kiln disk with slots: upgrade a diskless node by serving the new image (kiln pxe serve) and rebooting it", t, before.Boot)

@@ -80,6 +80,10 @@ type Request struct {
 	DiskSize int64
 	// Version is kiln's version, written to /etc/os-release. Default "dev".
 	Version string
+	// KubernetesVersion is the Kubernetes release the node binary links
+	// (v1.37.2), recorded in the manifest for kiln upgrade's version-skew
+	// checks; "" when unknown.
+	KubernetesVersion string
 	// BinDir holds the worker stack's programs (runc, the shim, cni/*,
 	// oci/*), as "make build" lays them out. Default: NodeBinary's
 	// directory. Used when the node runs pods.
@@ -118,6 +122,8 @@ type Result struct {
 	// ClusterCAHash is the cluster CA's pki.CAHash: an image is for one
 	// cluster (kiln upgrade refuses another's).
 	ClusterCAHash string
+	// KubernetesVersion is Request.KubernetesVersion.
+	KubernetesVersion string
 	// Kernel is the kernel the image boots.
 	Kernel *kernel.Kernel
 	// Vmlinuz and Initramfs are the boot files in OutDir.
@@ -352,7 +358,7 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 	defer os.RemoveAll(tmp)
 
 	p := &progress{w: r.Progress}
-	res := &Result{Role: r.Role, OutDir: r.OutDir, Release: r.Version, ClusterCAHash: cl.CAHash}
+	res := &Result{Role: r.Role, OutDir: r.OutDir, Release: r.Version, ClusterCAHash: cl.CAHash, KubernetesVersion: r.KubernetesVersion}
 	total := time.Now()
 
 	if err := p.step("fetch", func() (string, error) {

@@ -25,10 +25,13 @@ type Manifest struct {
 	// ClusterCAHash is the cluster CA's hash (sha256:...): the cluster the
 	// image belongs to, which kiln upgrade checks against the node's.
 	ClusterCAHash string `json:"clusterCAHash,omitempty"`
-	ClusterDir    string `json:"clusterDir"` // absolute
-	KernelRelease string `json:"kernelRelease"`
-	KernelPackage string `json:"kernelPackage"`
-	KernelVersion string `json:"kernelVersion"` // Debian package version
+	// KubernetesVersion is the Kubernetes release the image runs
+	// (v1.37.2; kiln upgrade checks Kubernetes' version-skew rules).
+	KubernetesVersion string `json:"kubernetesVersion,omitempty"`
+	ClusterDir        string `json:"clusterDir"` // absolute
+	KernelRelease     string `json:"kernelRelease"`
+	KernelPackage     string `json:"kernelPackage"`
+	KernelVersion     string `json:"kernelVersion"` // Debian package version
 	// Cmdline is the kernel command line every format starts from (each
 	// adds ParamBoot).
 	Cmdline []string `json:"cmdline"`
@@ -161,18 +164,19 @@ func writeManifest(r Request, res *Result) error {
 		return err
 	}
 	m := Manifest{
-		ID:            res.ID,
-		Role:          res.Role,
-		Release:       res.Release,
-		ClusterCAHash: res.ClusterCAHash,
-		ClusterDir:    clusterDir,
-		KernelRelease: res.Kernel.Release,
-		KernelPackage: res.Kernel.Package,
-		KernelVersion: res.Kernel.DebVersion,
-		Cmdline:       res.Cmdline,
-		InitramfsRaw:  res.InitramfsRaw,
-		Modules:       res.Modules,
-		Tools:         res.Tools,
+		ID:                res.ID,
+		Role:              res.Role,
+		Release:           res.Release,
+		ClusterCAHash:     res.ClusterCAHash,
+		KubernetesVersion: res.KubernetesVersion,
+		ClusterDir:        clusterDir,
+		KernelRelease:     res.Kernel.Release,
+		KernelPackage:     res.Kernel.Package,
+		KernelVersion:     res.Kernel.DebVersion,
+		Cmdline:           res.Cmdline,
+		InitramfsRaw:      res.InitramfsRaw,
+		Modules:           res.Modules,
+		Tools:             res.Tools,
 	}
 	for _, a := range res.Artifacts {
 		if rel, err := filepath.Rel(r.OutDir, a.Path); err == nil {

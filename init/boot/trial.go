@@ -40,6 +40,21 @@ type slotKeeper struct {
 	usable  bool // the boot partition was read: upgrades can be written
 }
 
+// settle ends the trial once: true for the caller that ended it (false
+// on a machine without slots, or a trial already ended).
+func (k *slotKeeper) settle() bool {
+	if k == nil {
+		return false
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.settled {
+		return false
+	}
+	k.settled = true
+	return true
+}
+
 // diskBoot reports whether the node booted from a kiln disk.
 func diskBoot(boot string) bool { return boot == image.BootQcow2BIOS || boot == image.BootQcow2UEFI }
 
@@ -157,16 +172,9 @@ func (m *machine) slotsStep(ctx context.Context) error {
 // default slot.
 func (m *machine) failTrial(reason string) {
 	k := m.slots
-	if k == nil {
+	if !k.settle() {
 		return
 	}
-	k.mu.Lock()
-	if k.settled {
-		k.mu.Unlock()
-		return
-	}
-	k.settled = true
-	k.mu.Unlock()
 	m.con.Raw(fmt.Sprintf("kiln: UPGRADE FAILED: the image on trial in slot %s (release %s): %s; rebooting into slot %s\n",
 		k.slot, m.release, reason, image.OtherSlot(k.slot)))
 	if err := withPartition(func(p *slots.Partition) error {
@@ -192,16 +200,9 @@ func (m *machine) failTrial(reason string) {
 // trialGood makes the slot on trial the default: the node came up on it.
 func (m *machine) trialGood() {
 	k := m.slots
-	if k == nil {
+	if !k.settle() {
 		return
 	}
-	k.mu.Lock()
-	if k.settled {
-		k.mu.Unlock()
-		return
-	}
-	k.settled = true
-	k.mu.Unlock()
 	err := withPartition(func(p *slots.Partition) error {
 		st, err := p.Read()
 		if err != nil {

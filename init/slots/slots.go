@@ -14,6 +14,7 @@
 package slots
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -28,6 +29,7 @@ import (
 
 	"kiln/configs/image"
 	"kiln/configs/nodeapi"
+	"kiln/internal/fsutil"
 )
 
 // Errors of an upgrade the node API answers 409 to.
@@ -123,30 +125,8 @@ func (p *Partition) Install(slot string, u nodeapi.Upgrade, kernel, initrd io.Re
 // installFile copies r to path.new, checks it, syncs it and renames it
 // over path.
 func installFile(path string, r io.Reader, size int64, sum string) error {
-	tmp := path + ".new"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, size+1))
-	if err == nil {
-		err = check(n, h, size, sum)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+	return fsutil.ReplaceSynced(path, io.TeeReader(io.LimitReader(r, size+1), h), 0o644, func(n int64) error { return check(n, h, size, sum) })
 }
 
 func check(n int64, h hash.Hash, size int64, sum string) error {
@@ -208,49 +188,17 @@ func (p *Partition) RestoreConfigs() error {
 		if err := os.Rename(path+".saved", path); err != nil {
 			return err
 		}
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// writeFileSync writes path.new, syncs it and renames it over path, so a
-// power cut leaves the old file or the new one.
+// writeFileSync replaces path with data (fsutil.ReplaceSynced).
 func writeFileSync(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".new"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if serr := f.Sync(); err == nil {
-		err = serr
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
+	return fsutil.ReplaceSynced(path, bytes.NewReader(data), 0o644, nil)
 }

@@ -118,6 +118,14 @@ type Options struct {
 	// endpoint sends each connection to the master that holds it (the
 	// host cannot reach the L2 itself; it asks each master's node API).
 	VIP string
+	// Disks boots every node from a disk of its own: a copy-on-write
+	// overlay (beside its console log) of its role's qcow2 image (kiln
+	// build --format qcow2), as a server boots its disk. Its state is on
+	// the disk's state partition (MasterStateDisk and WorkerStateDisk
+	// do not apply) and its boot partition has the slots kiln upgrade
+	// writes. Append does not apply either: the disk's bootloader has its
+	// command line.
+	Disks bool
 	// Append adds kernel arguments to every VM.
 	Append []string
 	// Progress receives one line per step.
@@ -227,6 +235,10 @@ type Cluster struct {
 	api        *Client
 	started    time.Time
 	ctx        context.Context
+	// disksMade are the nodes whose disk (Options.Disks) this cluster
+	// made: a node's disk is new at Up (its image may have been rebuilt
+	// under an old overlay) and kept across its reboots after.
+	disksMade map[string]bool
 }
 
 // Up checks the images and boots every VM (it does not wait for them; see
@@ -448,14 +460,11 @@ func (c *Cluster) prepare(n *Node) error {
 		c.say("%s: warning: %d MiB may be too little to unpack its %d MiB initramfs (want %d MiB or more)",
 			n.Name, mem, img.InitramfsRaw>>20, img.SuggestedMemoryMiB())
 	}
-	k, err := img.Kernel()
+	boot, err := c.bootOptions(n)
 	if err != nil {
 		return err
 	}
-	n.opts = []qemu.Option{
-		qemu.WithKernel(k.Vmlinuz),
-		qemu.WithInitramfs(k.Initramfs),
-		qemu.WithAppend(append(strings.Fields(k.Cmdline), c.opts.Append...)...),
+	n.opts = append(boot,
 		qemu.WithMemory(mem), qemu.WithCPUs(c.opts.CPUs),
 		qemu.WithSocketNet(c.hub.Addr(), n.MAC), // eth0: the cluster's L2
 		qemu.WithDrive(qemu.Disk{Path: drive, Format: "raw", ReadOnly: true}),
@@ -463,8 +472,8 @@ func (c *Cluster) prepare(n *Node) error {
 		// kiln reboot --node: the guest's reboot boots the same image
 		// again instead of ending the VM.
 		qemu.WithReboot(),
-	}
-	if c.stateDiskMiB(n) > 0 {
+	)
+	if c.stateDiskMiB(n) > 0 && !c.opts.Disks {
 		disk := c.stateDisk(n)
 		if _, err := os.Stat(disk); errors.Is(err, fs.ErrNotExist) {
 			if err := blankDisk(disk, c.stateDiskMiB(n)); err != nil {
@@ -498,6 +507,44 @@ func (c *Cluster) prepare(n *Node) error {
 		n.opts = append(n.opts, qemu.WithUserNetConfig(c.userNet(n, 0))) // eth1
 	}
 	return nil
+}
+
+// bootOptions are how a node boots: its role image's kernel format, or
+// with Options.Disks its own disk, an overlay of the role's qcow2 made at
+// its first boot (kept across restarts: it is the node's disk).
+func (c *Cluster) bootOptions(n *Node) ([]qemu.Option, error) {
+	if !c.opts.Disks {
+		k, err := n.image.Kernel()
+		if err != nil {
+			return nil, err
+		}
+		return []qemu.Option{
+			qemu.WithKernel(k.Vmlinuz),
+			qemu.WithInitramfs(k.Initramfs),
+			qemu.WithAppend(append(strings.Fields(k.Cmdline), c.opts.Append...)...),
+		}, nil
+	}
+	base, err := n.image.Qcow2()
+	if err != nil {
+		return nil, err
+	}
+	base, err = filepath.Abs(base)
+	if err != nil {
+		return nil, err
+	}
+	disk := filepath.Join(c.opts.StateDir, n.Name+".qcow2")
+	if !c.disksMade[n.Name] {
+		os.Remove(disk)
+		out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("%s's disk: qemu-img create: %v: %s", n.Name, err, strings.TrimSpace(string(out)))
+		}
+		if c.disksMade == nil {
+			c.disksMade = map[string]bool{}
+		}
+		c.disksMade[n.Name] = true
+	}
+	return []qemu.Option{qemu.WithDisk(disk, "qcow2")}, nil
 }
 
 // userNet is a node's eth1, QEMU's user network, restrict=on unless
