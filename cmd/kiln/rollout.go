@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -89,6 +90,10 @@ func runRollout(ctx context.Context, out io.Writer, o rolloutOptions) error {
 			return fmt.Errorf("%w (node %s stays cordoned: kubectl uncordon %s)", err, n.name, n.name)
 		}
 		upErr := runUpgrade(ctx, out, n.target, o.nodes.clusterDir, img, o.trial, 0)
+		if errors.As(upErr, new(notSent)) {
+			// The node did not take it and did not reboot.
+			return fmt.Errorf("%w; the rollout stops here (%d of %d nodes upgraded; node %s stays cordoned: kubectl uncordon %s)", upErr, done, len(plan.todo), n.name, n.name)
+		}
 		// Ready again in the API, on a new boot, whichever image it runs.
 		if err := waitNodeReady(ctx, out, api, n.name, n.api.Status.NodeInfo.BootID, o.trial+10*time.Minute); err != nil {
 			return fmt.Errorf("%v (node %s stays cordoned)", err, n.name)

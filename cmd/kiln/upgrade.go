@@ -163,19 +163,19 @@ func runUpgrade(ctx context.Context, out io.Writer, t nodeclient.Target, cluster
 	img.up.TrialTimeout = trial
 	before, err := nodeImage(t, clusterDir)
 	if err != nil {
-		return err
+		return notSent{err}
 	}
 	if before.Role != "" && before.Role != img.up.Role {
-		return fmt.Errorf("image %s is a %s image and node %s is a %s: refused, nothing was sent", img.dir, img.up.Role, t, before.Role)
+		return notSent{fmt.Errorf("image %s is a %s image and node %s is a %s: refused, nothing was sent", img.dir, img.up.Role, t, before.Role)}
 	}
 	if before.Slot == "" {
-		return fmt.Errorf("node %s booted from %s, not from a kiln disk with slots: upgrade a diskless node by serving the new image (kiln pxe serve) and rebooting it", t, before.Boot)
+		return notSent{fmt.Errorf("node %s booted from %s, not from a kiln disk with slots: upgrade a diskless node by serving the new image (kiln pxe serve) and rebooting it", t, before.Boot)}
 	}
 	fmt.Fprintf(out, "node %s: release %s (slot %s) → release %s (image %s)\n", t, before.Release, before.Slot, img.up.Release, img.up.ImageID)
 	start := time.Now()
 	acc, err := sendUpgrade(ctx, t, clusterDir, img)
 	if err != nil {
-		return err
+		return notSent{err}
 	}
 	fmt.Fprintf(out, "%s (sent in %s)\n", acc.Message, time.Since(start).Round(100*time.Millisecond))
 	if wait == 0 {
@@ -192,6 +192,12 @@ func runUpgrade(ctx context.Context, out io.Writer, t nodeclient.Target, cluster
 	}
 	return fmt.Errorf("node %s: the upgrade to release %s was rolled back after %s: %s", t, img.up.Release, took, res.Reason)
 }
+
+// notSent is an upgrade refused or failed before the node accepted it: the
+// node did not reboot.
+type notSent struct{ error }
+
+func (e notSent) Unwrap() error { return e.error }
 
 // nodeImage is what the node says of its image.
 func nodeImage(t nodeclient.Target, clusterDir string) (*nodeapi.ImageStatus, error) {
