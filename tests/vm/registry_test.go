@@ -197,9 +197,15 @@ func checkRegistryPulls(t *testing.T, k func(...string) (string, error), c *vmcl
 			}
 			return err
 		})
-		if out := must(t)("get", "pod", "pull-wrong", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}"); out != "ErrImagePull" && out != "ImagePullBackOff" {
-			t.Errorf("pull-wrong waits for %q, want ErrImagePull or ImagePullBackOff", out)
-		}
+		// The event comes first; the kubelet's status update follows it
+		// (ContainerCreating until then).
+		testutil.Eventually(t, time.Minute, 2*time.Second, "pull-wrong waiting in ErrImagePull or ImagePullBackOff", func() error {
+			out, err := k("get", "pod", "pull-wrong", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}")
+			if err == nil && out != "ErrImagePull" && out != "ImagePullBackOff" {
+				err = fmt.Errorf("pull-wrong waits for %q", out)
+			}
+			return err
+		})
 	})
 
 	t.Run("baked images stay preferred", func(t *testing.T) {
